@@ -1,1 +1,17 @@
-"""dualforge.modeling."""
+"""Encoders over Hugging Face transformers, pooling, and sentence-transformers I/O."""
+
+from dualforge.modeling.encoder import DualEncoder, Encoder
+from dualforge.modeling.io import load_model, resolve_model_path, save_model
+from dualforge.modeling.pooling import cls_pool, get_pooler, last_token_pool, mean_pool
+
+__all__ = [
+    "DualEncoder",
+    "Encoder",
+    "cls_pool",
+    "get_pooler",
+    "last_token_pool",
+    "load_model",
+    "mean_pool",
+    "resolve_model_path",
+    "save_model",
+]

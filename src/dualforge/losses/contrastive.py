@@ -1,0 +1,102 @@
+"""InfoNCE with in-batch negatives and optional hard negatives: pure functions of representations.
+
+Document layout: ``d`` holds ``n = 1 + K`` rows per query, grouped by query:
+rows ``i*n .. i*n+n-1`` belong to query ``i``; row ``i*n`` is its positive, the rest its hard
+negatives. Every document in the batch is a negative for every other query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def docs_per_query(q: torch.Tensor, d: torch.Tensor) -> int:
+    """``n = 1 + K``: rows of ``d`` per query.
+
+    Raises:
+        ValueError: If ``d`` does not hold the same whole number of rows for every query.
+    """
+    if q.shape[0] == 0 or d.shape[0] % q.shape[0] != 0:
+        raise ValueError(
+            f"documents ({d.shape[0]}) must be a positive multiple of queries ({q.shape[0]})"
+        )
+    return d.shape[0] // q.shape[0]
+
+
+def similarity(q: torch.Tensor, d: torch.Tensor, kind: str = "dot") -> torch.Tensor:
+    """``(Q, N)`` score matrix: ``"dot"`` inner product or ``"cos"`` cosine."""
+    if kind == "cos":
+        q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
+    elif kind != "dot":
+        raise ValueError(f"unknown similarity {kind!r}; use 'dot' or 'cos'")
+    return q @ d.T
+
+
+def info_nce(
+    q: torch.Tensor,
+    d: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 0.05,
+    symmetric: bool = False,
+    false_negatives: torch.Tensor | None = None,
+    sim: str = "dot",
+) -> torch.Tensor:
+    """Contrastive loss of each query against all documents in the batch.
+
+    Args:
+        q: ``(B, D)`` query representations.
+        d: ``(B * n, D)`` document representations, grouped by query (see module doc).
+        temperature: Scores are divided by it; a tensor may be a learned parameter.
+        symmetric: Add the document-to-query loss of each positive against all queries, and
+            average the two directions.
+        false_negatives: ``(B, B * n)`` bool, True where a document must not count as a negative
+            for a query (e.g. another query's copy of its positive). The target is never masked.
+        sim: ``"dot"`` or ``"cos"``.
+
+    Returns:
+        Scalar mean cross-entropy.
+    """
+    n = docs_per_query(q, d)
+    scores = similarity(q, d, sim) / temperature  # (B, B*n)
+    target = torch.arange(q.shape[0], device=q.device) * n  # (B,)
+    mask = _keep_target(false_negatives, target) if false_negatives is not None else None
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    loss = F.cross_entropy(scores, target)
+    if not symmetric:
+        return loss
+    d2q = scores[:, target].T  # (B, B): positive doc j against every query i
+    back = F.cross_entropy(d2q, torch.arange(q.shape[0], device=q.device))
+    return (loss + back) / 2
+
+
+def _keep_target(false_negatives: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    mask = false_negatives.clone().bool()
+    mask[torch.arange(mask.shape[0], device=mask.device), target] = False
+    return mask
+
+
+def false_negative_mask(
+    doc_ids: Sequence[str | None],
+    positives: Sequence[Sequence[str]],
+) -> torch.Tensor:
+    """Mask documents that are known positives of a query but sit elsewhere in the batch.
+
+    Args:
+        doc_ids: Id of every document row (``B * n``), in the grouped layout; None if unknown.
+        positives: For each of the ``B`` queries, all ids known to be relevant to it (qrels).
+
+    Returns:
+        ``(B, B * n)`` bool mask for :func:`info_nce` ``false_negatives``; a query's own target
+        row is left to :func:`info_nce`, which never masks it.
+    """
+    mask = torch.zeros(len(positives), len(doc_ids), dtype=torch.bool)
+    for i, pos in enumerate(positives):
+        wanted = set(pos)
+        for j, doc in enumerate(doc_ids):
+            if doc is not None and doc in wanted:
+                mask[i, j] = True
+    return mask

@@ -1,0 +1,136 @@
+"""Encoders over Hugging Face transformers: token states -> pooled (optionally normalised) vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dualforge.modeling.pooling import get_pooler
+
+Side = Literal["query", "document"]
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+class Encoder(nn.Module):
+    """One tower: a transformer, a pooling, and optional L2 normalisation.
+
+    Args:
+        transformer: A Hugging Face model whose output has ``last_hidden_state``.
+        pooling: ``"mean"``, ``"cls"`` or ``"last"``.
+        normalize: L2-normalise the pooled vectors.
+    """
+
+    def __init__(self, transformer: nn.Module, pooling: str = "mean", normalize: bool = False):
+        super().__init__()
+        self.transformer = transformer
+        self.pooling = pooling
+        self.normalize = normalize
+        self._pool = get_pooler(pooling)
+
+    @property
+    def dim(self) -> int:
+        """Width of the output vectors."""
+        return int(self.transformer.config.hidden_size)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, D)`` vectors for a tokenizer batch (``input_ids``, ``attention_mask``, ...)."""
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        hidden = self.transformer(**inputs).last_hidden_state  # (B, L, H)
+        pooled = self._pool(hidden, batch["attention_mask"])  # (B, H)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+class DualEncoder(nn.Module):
+    """Query and document towers (tied or separate) with their tokenizer and prefixes.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        query_encoder: The query tower.
+        doc_encoder: The document tower; None ties it to the query tower.
+        max_seq_length: Truncation length for both sides.
+        query_prefix: Text put before every query (e.g. ``"query: "``).
+        doc_prefix: Text put before every document.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        query_encoder: Encoder,
+        doc_encoder: Encoder | None = None,
+        max_seq_length: int = 256,
+        query_prefix: str = "",
+        doc_prefix: str = "",
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.query_encoder = query_encoder
+        self.doc_encoder = doc_encoder if doc_encoder is not None else query_encoder
+        self.max_seq_length = max_seq_length
+        self.query_prefix = query_prefix
+        self.doc_prefix = doc_prefix
+
+    @property
+    def tied(self) -> bool:
+        """True when both sides share one tower."""
+        return self.doc_encoder is self.query_encoder
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return self.query_encoder.dim
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    def tower(self, side: Side) -> Encoder:
+        """The encoder of ``side``."""
+        return self.query_encoder if side == "query" else self.doc_encoder
+
+    def tokenize(
+        self, texts: Sequence[str], side: Side = "query", max_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Tokenizer batch for ``texts`` (prefix added, padded to the longest, truncated)."""
+        prefix = self.query_prefix if side == "query" else self.doc_prefix
+        out = self.tokenizer(
+            [prefix + t for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.max_seq_length,
+            return_tensors="pt",
+        )
+        return dict(out)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], side: Side = "query") -> torch.Tensor:
+        """``(B, D)`` vectors of a tokenized batch for one side."""
+        return self.tower(side)(batch)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Sequence[str],
+        side: Side = "query",
+        batch_size: int = 64,
+        show_progress: bool = False,
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """``(N, D)`` float32 embeddings, computed in eval mode, longest texts first for speed."""
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc=f"encode {side}", disable=not show_progress, unit="batch"):
+            rows = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in rows], side, max_length)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out[rows] = self.tower(side)(batch).float().cpu().numpy()
+        self.train(was_training)
+        return out

