@@ -51,7 +51,8 @@ class GradCache:
             (a learned temperature); they get their gradient in phase 2.
         chunk_size: Most rows per chunk.
         token_budget: Most padded tokens per chunk (rows x longest row); combines with chunk_size.
-        sort_by_length: Chunk rows longest-first, so each chunk pads only to its own longest row.
+        sort_by_length: Chunk rows longest-first, so each chunk pads only to its own longest row
+            (exact; on variable-length text it saves most of the padding work). Default on.
         trim: Cut each chunk's padding columns beyond its longest row (exact under masking).
         keep_last_graph: Run each tower's last chunk with a graph in phase 1 and reuse it, instead
             of recomputing it. Exact: it is the same forward. With ``no_sync`` the very last chunk
@@ -70,7 +71,7 @@ class GradCache:
         chunk_size: int | None = 8,
         *,
         token_budget: int | None = None,
-        sort_by_length: bool = False,
+        sort_by_length: bool = True,
         trim: bool = True,
         keep_last_graph: bool = True,
         autocast_dtype: torch.dtype | None = None,
