@@ -8,10 +8,33 @@ import torch
 
 from dualforge.modeling import Encoder
 
-WORDS = (
-    "protein cell gene cancer therapy brain immune risk patients virus dose trial mouse "
-    "signal growth tumour blood heart receptor memory sleep diet vitamin drug infection"
-).split()
+WORDS = [
+    "protein",
+    "cell",
+    "gene",
+    "cancer",
+    "therapy",
+    "brain",
+    "immune",
+    "risk",
+    "patients",
+    "virus",
+    "dose",
+    "trial",
+    "mouse",
+    "signal",
+    "growth",
+    "tumour",
+    "blood",
+    "heart",
+    "receptor",
+    "memory",
+    "sleep",
+    "diet",
+    "vitamin",
+    "drug",
+    "infection",
+]
 
 
 def texts(n: int, seed: int, min_words: int = 2, max_words: int = 30) -> list[str]:

@@ -52,7 +52,10 @@ def test_trim_keeps_real_tokens(left: bool) -> None:
         assert mask.shape[1] == int(data["attention_mask"][chunk.rows].sum(1).max())
         assert int(mask.sum()) == int(data["attention_mask"][chunk.rows].sum())
         kept_ids = chunk.inputs["input_ids"][mask.bool()]
-        assert torch.equal(kept_ids.sort().values, data["input_ids"][chunk.rows][data["attention_mask"][chunk.rows].bool()].sort().values)
+        assert torch.equal(
+            kept_ids.sort().values,
+            data["input_ids"][chunk.rows][data["attention_mask"][chunk.rows].bool()].sort().values,
+        )
 
 
 def test_scatter_restores_order() -> None:

@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from dualforge import GradCache
-from dualforge.gradcache.reference import GradDiff, compare_grads, plain_chunked_step, snapshot_grads
+from dualforge.gradcache.reference import (
+    GradDiff,
+    compare_grads,
+    plain_chunked_step,
+    snapshot_grads,
+)
 from dualforge.losses import false_negative_mask, info_nce
 from tests.conftest import make_tiny_bert
 from tests.gradcache.helpers import encoder, texts, tokenize
@@ -135,7 +140,9 @@ def test_symmetric_loss_with_false_negative_mask(tokenizer) -> None:  # type: ig
     ref = copy.deepcopy(q_enc)
     q_batch = tokenize(tokenizer, texts(4, seed=5))
     d_batch = tokenize(tokenizer, texts(8, seed=6))
-    mask = false_negative_mask(["a", "x", "b", "a", "c", "y", "d", "z"], [["a"], ["b"], ["c"], ["d", "a"]])
+    mask = false_negative_mask(
+        ["a", "x", "b", "a", "c", "y", "d", "z"], [["a"], ["b"], ["c"], ["d", "a"]]
+    )
 
     def loss(q: torch.Tensor, d: torch.Tensor, false_negatives: torch.Tensor) -> torch.Tensor:
         return info_nce(q, d, symmetric=True, false_negatives=false_negatives)
@@ -178,7 +185,10 @@ def test_dropout_on_differs_without_rng_replay(tokenizer) -> None:  # type: igno
 def test_gradients_accumulate_like_backward(tokenizer) -> None:  # type: ignore[no-untyped-def]
     q_enc, _ = make_towers(tokenizer, tied=True, dropout=0.0)
     gc = GradCache([q_enc, q_enc], loss_fn, chunk_size=2)
-    q_batch, d_batch = tokenize(tokenizer, texts(5, seed=11)), tokenize(tokenizer, texts(5, seed=12))
+    q_batch, d_batch = (
+        tokenize(tokenizer, texts(5, seed=11)),
+        tokenize(tokenizer, texts(5, seed=12)),
+    )
     gc.step(q_batch, d_batch)
     once = snapshot_grads([q_enc])
     gc.step(q_batch, d_batch)
@@ -191,8 +201,13 @@ def test_bf16_autocast_close_to_fp32(tokenizer) -> None:  # type: ignore[no-unty
     """bf16 has an 8-bit mantissa: we accept 5% relative difference against an fp32 oracle."""
     q_enc, _ = make_towers(tokenizer, tied=True, dropout=0.0)
     ref = copy.deepcopy(q_enc)
-    q_batch, d_batch = tokenize(tokenizer, texts(6, seed=13)), tokenize(tokenizer, texts(6, seed=14))
-    GradCache([q_enc, q_enc], loss_fn, chunk_size=4, autocast_dtype=torch.bfloat16).step(q_batch, d_batch)
+    q_batch, d_batch = (
+        tokenize(tokenizer, texts(6, seed=13)),
+        tokenize(tokenizer, texts(6, seed=14)),
+    )
+    GradCache([q_enc, q_enc], loss_fn, chunk_size=4, autocast_dtype=torch.bfloat16).step(
+        q_batch, d_batch
+    )
     plain_full_batch([ref, ref], loss_fn, q_batch, d_batch)
     diff = compare_grads(snapshot_grads([q_enc]), snapshot_grads([ref]))
     assert diff.max_rel <= 5e-2, diff
@@ -201,7 +216,10 @@ def test_bf16_autocast_close_to_fp32(tokenizer) -> None:  # type: ignore[no-unty
 def test_bf16_cached_matches_bf16_same_chunk_reference(tokenizer) -> None:  # type: ignore[no-untyped-def]
     q_enc, _ = make_towers(tokenizer, tied=True, dropout=0.0)
     ref = copy.deepcopy(q_enc)
-    q_batch, d_batch = tokenize(tokenizer, texts(6, seed=15)), tokenize(tokenizer, texts(6, seed=16))
+    q_batch, d_batch = (
+        tokenize(tokenizer, texts(6, seed=15)),
+        tokenize(tokenizer, texts(6, seed=16)),
+    )
     kw = {"chunk_size": 4, "autocast_dtype": torch.bfloat16}
     GradCache([q_enc, q_enc], loss_fn, **kw).step(q_batch, d_batch)
     plain_chunked_step(GradCache([ref, ref], loss_fn, **kw), q_batch, d_batch)
@@ -211,9 +229,14 @@ def test_bf16_cached_matches_bf16_same_chunk_reference(tokenizer) -> None:  # ty
 def test_fp16_with_grad_scaler(tokenizer) -> None:  # type: ignore[no-untyped-def]
     q_enc, _ = make_towers(tokenizer, tied=True, dropout=0.0)
     ref = copy.deepcopy(q_enc)
-    q_batch, d_batch = tokenize(tokenizer, texts(6, seed=17)), tokenize(tokenizer, texts(6, seed=18))
+    q_batch, d_batch = (
+        tokenize(tokenizer, texts(6, seed=17)),
+        tokenize(tokenizer, texts(6, seed=18)),
+    )
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    gc = GradCache([q_enc, q_enc], loss_fn, chunk_size=4, autocast_dtype=torch.float16, scaler=scaler)
+    gc = GradCache(
+        [q_enc, q_enc], loss_fn, chunk_size=4, autocast_dtype=torch.float16, scaler=scaler
+    )
     gc.step(q_batch, d_batch)
     optimizer = torch.optim.SGD(q_enc.parameters(), lr=0.0)
     scaler.unscale_(optimizer)
@@ -234,7 +257,10 @@ def test_no_sync_wraps_all_but_final_backward(tokenizer) -> None:  # type: ignor
         events.append("exit")
 
     real_backward = torch.Tensor.backward
-    q_batch, d_batch = tokenize(tokenizer, texts(5, seed=19)), tokenize(tokenizer, texts(5, seed=20))
+    q_batch, d_batch = (
+        tokenize(tokenizer, texts(5, seed=19)),
+        tokenize(tokenizer, texts(5, seed=20)),
+    )
     gc = GradCache([q_enc, q_enc], loss_fn, chunk_size=2, no_sync=no_sync)
     gc.step(q_batch, d_batch)
     # q: 3 chunks (last kept: 1 kept forward, 1 kept backward, 2 replays); d: 3 replays.

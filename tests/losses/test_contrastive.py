@@ -42,7 +42,9 @@ def test_symmetric_averages_both_directions() -> None:
     q, d = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     back = manual_nce(d, q, 0.5, n=1)
     expected = (manual_nce(q, d, 0.5, n=1) + back) / 2
-    assert float(info_nce(q, d, temperature=0.5, symmetric=True)) == pytest.approx(expected, rel=1e-5)
+    assert float(info_nce(q, d, temperature=0.5, symmetric=True)) == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_cosine_similarity_is_scale_free() -> None:

@@ -16,7 +16,9 @@ TEXTS = ["a short one", "a much longer sentence about protein folding in yeast c
 def tiny_model(tokenizer, tied: bool = True, pooling: str = "mean") -> DualEncoder:  # type: ignore[no-untyped-def]
     q = Encoder(make_tiny_bert(len(tokenizer), seed=0), pooling=pooling, normalize=True)
     d = None if tied else Encoder(make_tiny_bert(len(tokenizer), seed=1), pooling=pooling)
-    return DualEncoder(tokenizer, q, d, max_seq_length=32, query_prefix="query: ", doc_prefix="doc: ")
+    return DualEncoder(
+        tokenizer, q, d, max_seq_length=32, query_prefix="query: ", doc_prefix="doc: "
+    )
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
@@ -67,4 +69,3 @@ def test_untied_load_copies_weights() -> None:
     p_q = next(model.query_encoder.parameters())
     p_d = next(model.doc_encoder.parameters())
     assert p_q is not p_d and np.allclose(p_q.detach().numpy(), p_d.detach().numpy())
-

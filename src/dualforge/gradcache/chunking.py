@@ -35,7 +35,9 @@ def batch_size_of(inputs: Inputs) -> int:
     Raises:
         ValueError: If the batch has no tensor or its tensors disagree on the leading dim.
     """
-    sizes = {k: v.shape[0] for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+    sizes = {
+        k: v.shape[0] for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.dim() > 0
+    }
     if not sizes:
         raise ValueError("batch has no tensor with a batch dimension")
     if len(set(sizes.values())) != 1:

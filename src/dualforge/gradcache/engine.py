@@ -95,7 +95,9 @@ class GradCache:
 
     def split(self, batch: Mapping[str, Any]) -> list[Chunk]:
         """Chunks of one tower's batch, as the engine will run them."""
-        return split_batch(batch, self.chunk_size, self.token_budget, self.sort_by_length, self.trim)
+        return split_batch(
+            batch, self.chunk_size, self.token_budget, self.sort_by_length, self.trim
+        )
 
     def step(self, *batches: Mapping[str, Any], **loss_kwargs: Any) -> torch.Tensor:
         """Run phases 1-3 on one batch per tower; leave the full-batch gradient in ``.grad``.
@@ -143,7 +145,7 @@ class GradCache:
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
-            scaled.backward()
+            torch.autograd.backward(scaled)
         grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
         return loss.detach(), grads
 
@@ -157,7 +159,9 @@ class GradCache:
             replayed = len(tower.chunks) - (tower.kept is not None)
             for chunk, state, g in list(zip(tower.chunks, tower.states, chunk_grads))[:replayed]:
                 autocast = self._autocast(chunk)
-                jobs.append(partial(replay_backward, tower.encoder, chunk.inputs, state, g, autocast))
+                jobs.append(
+                    partial(replay_backward, tower.encoder, chunk.inputs, state, g, autocast)
+                )
         for job in jobs[:-1]:
             with self._sync_off():
                 job()
@@ -179,7 +183,7 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(out: torch.Tensor, grad: torch.Tensor) -> None:
-    out.backward(grad.to(out.dtype))
+    torch.autograd.backward(out, grad.to(out.dtype))
 
 
 def _device_type(inputs: Mapping[str, Any]) -> str:

@@ -33,7 +33,7 @@ def plain_chunked_step(
                 parts.append(encoder(chunk.inputs))
         reps.append(upcast(scatter_rows(parts, chunks)))
     loss = gc.loss_fn(*reps, **loss_kwargs)
-    (gc.scaler.scale(loss) if gc.scaler is not None else loss).backward()
+    torch.autograd.backward(gc.scaler.scale(loss) if gc.scaler is not None else loss)
     return loss.detach()
 
 

@@ -37,4 +37,4 @@ def replay_backward(
     """
     with replay_rng(state), torch.enable_grad(), autocast():
         out = encoder(inputs)
-    out.backward(grad.to(out.dtype))
+    torch.autograd.backward(out, grad.to(out.dtype))

@@ -36,7 +36,7 @@ def cuda_devices(inputs: Mapping[str, object]) -> list[int]:
         for value in inputs.values()
         if isinstance(value, torch.Tensor) and value.device.type == "cuda"
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         devices.add(torch.cuda.current_device())
     return sorted(devices)
 

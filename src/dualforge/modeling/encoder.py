@@ -36,7 +36,8 @@ class Encoder(nn.Module):
     @property
     def dim(self) -> int:
         """Width of the output vectors."""
-        return int(self.transformer.config.hidden_size)
+        config: Any = self.transformer.config
+        return int(config.hidden_size)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, D)`` vectors for a tokenizer batch (``input_ids``, ``attention_mask``, ...)."""
@@ -110,7 +111,8 @@ class DualEncoder(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor], side: Side = "query") -> torch.Tensor:
         """``(B, D)`` vectors of a tokenized batch for one side."""
-        return self.tower(side)(batch)
+        out: torch.Tensor = self.tower(side)(batch)
+        return out
 
     @torch.no_grad()
     def encode(

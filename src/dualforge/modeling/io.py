@@ -126,6 +126,7 @@ def load_model(
     folder = Path(resolve_model_path(name))
     if (folder / DUALFORGE_FILE).is_file():
         q_enc, tokenizer, settings = load_encoder(str(folder / "query"), pooling, normalize)
+        d_enc: Encoder | None
         d_enc, _, _ = load_encoder(str(folder / "document"), pooling, normalize)
     else:
         q_enc, tokenizer, settings = load_encoder(str(folder), pooling, normalize)
@@ -155,21 +156,29 @@ def save_model(model: DualEncoder, path: str | Path) -> Path:
 
 def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    encoder.transformer.save_pretrained(str(out), safe_serialization=True)
+    transformer: Any = encoder.transformer
+    transformer.save_pretrained(str(out), safe_serialization=True)
     model.tokenizer.save_pretrained(str(out))
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": f"{ST_MODULE}.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": f"{ST_MODULE}.Pooling"},
     ]
     if encoder.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": f"{ST_MODULE}.Normalize"})
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": f"{ST_MODULE}.Normalize"}
+        )
         (out / "2_Normalize").mkdir(exist_ok=True)
     _write_json(out / "modules.json", modules)
-    _write_json(out / "sentence_bert_config.json", {"max_seq_length": model.max_seq_length, "do_lower_case": False})
+    _write_json(
+        out / "sentence_bert_config.json",
+        {"max_seq_length": model.max_seq_length, "do_lower_case": False},
+    )
     pooling = {key: encoder.pooling == mode for mode, key in ST_POOLING_KEYS.items()}
     pooling.update(pooling_mode_max_tokens=False, pooling_mode_mean_sqrt_len_tokens=False)
     (out / "1_Pooling").mkdir(exist_ok=True)
-    _write_json(out / "1_Pooling" / "config.json", {"word_embedding_dimension": encoder.dim, **pooling})
+    _write_json(
+        out / "1_Pooling" / "config.json", {"word_embedding_dimension": encoder.dim, **pooling}
+    )
     prompts = {"query": model.query_prefix, "document": model.doc_prefix}
     similarity = "cosine" if encoder.normalize else "dot"
     _write_json(

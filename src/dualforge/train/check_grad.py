@@ -42,7 +42,9 @@ def random_batch(model: DualEncoder, rows: int, max_len: int, seed: int) -> dict
     mask = torch.zeros(rows, max_len, dtype=torch.long)
     for i, n in enumerate(lengths.tolist()):
         body = vocab[torch.randint(len(vocab), (n - 2,), generator=g)]
-        ids[i, :n] = torch.cat([torch.tensor([tok.cls_token_id]), body, torch.tensor([tok.sep_token_id])])
+        ids[i, :n] = torch.cat(
+            [torch.tensor([tok.cls_token_id]), body, torch.tensor([tok.sep_token_id])]
+        )
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
@@ -79,20 +81,23 @@ def check_gradients(
         m.zero_grad(set_to_none=True)
     q_batch = random_batch(cached, batch, max_len, seed)
     d_batch = random_batch(cached, batch, max_len, seed + 1)
-    kwargs = {"chunk_size": chunk, "sort_by_length": sort_by_length}
-    gc = GradCache([cached.query_encoder, cached.doc_encoder], info_nce, **kwargs)
+
+    def engine(m: DualEncoder) -> GradCache:
+        towers = [m.query_encoder, m.doc_encoder]
+        return GradCache(towers, info_nce, chunk, sort_by_length=sort_by_length)
+
+    gc = engine(cached)
     torch.manual_seed(seed)
     start = time.perf_counter()
     loss_c = float(gc.step(q_batch, d_batch))
     mid = time.perf_counter()
     torch.manual_seed(seed)
     if dropout:
-        ref_gc = GradCache([plain.query_encoder, plain.doc_encoder], info_nce, **kwargs)
-        loss_p = float(plain_chunked_step(ref_gc, q_batch, d_batch))
+        loss_p = float(plain_chunked_step(engine(plain), q_batch, d_batch))
         reference = "plain backward over the same chunks, same RNG stream"
     else:
         loss = info_nce(plain(q_batch, "query"), plain(d_batch, "document"))
-        loss.backward()
+        torch.autograd.backward(loss)
         loss_p, reference = float(loss), "plain full-batch backward"
     end = time.perf_counter()
     diff = compare_grads(snapshot_grads([cached]), snapshot_grads([plain]))

@@ -1,0 +1,221 @@
+"""Frozen dataclass configs, loaded from YAML with ``key.sub=value`` overrides.
+
+Every section is a frozen dataclass; unknown keys and wrong types are errors that name the key.
+Classes of the library never see a config: the training loop reads it and passes plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which encoder to fine-tune and how it reads text."""
+
+    name: str = "minilm"
+    tied: bool = True
+    pooling: str | None = None
+    normalize: bool | None = None
+    query_max_length: int = 64
+    doc_max_length: int = 256
+    query_prefix: str | None = None
+    doc_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: a BEIR folder, or a JSONL / TSV file of training examples."""
+
+    path: str = "../shared/data/scifact"
+    format: str = "beir"
+    train_file: str | None = None
+    train_split: str = "train"
+    dev_split: str | None = None
+    dev_fraction: float = 0.1
+    test_split: str = "test"
+    positives: str = "sample"
+    num_negatives: int = 0
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Contrastive loss settings."""
+
+    name: str = "info_nce"
+    temperature: float = 0.05
+    symmetric: bool = False
+    similarity: str = "dot"
+    mask_false_negatives: bool = True
+
+
+@dataclass(frozen=True)
+class GradCacheConfig:
+    """Gradient Cache settings (it is always on)."""
+
+    chunk_size: int | None = 16
+    token_budget: int | None = None
+    sort_by_length: bool = True
+    keep_last_graph: bool = True
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and decay."""
+
+    batch_size: int = 128
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Retrieval evaluation settings."""
+
+    metrics: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")
+    select_metric: str = "ndcg@10"
+    k: int = 100
+    batch_size: int = 128
+    dims: tuple[int, ...] = ()
+    before: bool = True
+    every: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Run bookkeeping: name, folder, seed, checkpoints, logging."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 42
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    resume: bool = False
+    progress: bool = True
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    gradcache: GradCacheConfig = field(default_factory=GradCacheConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON friendly)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (or defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
+
+    Relative paths in the config are relative to the working directory.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        raw = loaded
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(Config, raw, where=str(path or "config"))
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``raw[a][b] = value`` for ``"a.b=value"`` (value parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys and types recursively."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, where)  # type: ignore[arg-type]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 3e-5 (no dot) as a string
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint in (float, str) and not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
