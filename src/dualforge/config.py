@@ -47,6 +47,7 @@ class DataConfig:
     train_split: str = "train"
     dev_split: str | None = None
     dev_fraction: float = 0.1
+    dev_corpus_size: int = 0
     test_split: str = "test"
     positives: str = "sample"
     num_negatives: int = 0
@@ -219,3 +220,10 @@ def _scalar(hint: Any, value: Any, where: str) -> Any:
     if hint in (float, str) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` as YAML that :func:`load_config` reads back to an equal config."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

@@ -6,14 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dualforge.cli import check_grad
+from dualforge.cli import check_grad, encode, eval, export, train, validate
 
-SUBCOMMANDS = (check_grad,)
+SUBCOMMANDS = (train, eval, encode, export, check_grad, validate)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="dualforge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dualforge",
+        description="Train and evaluate dual encoders with Gradient Cache.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)

@@ -130,16 +130,25 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return path if (path / STATE).is_file() else None
 
 
-def load_checkpoint(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; return the trainer state."""
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load ``model.safetensors`` of checkpoint ``path`` into ``model``, checking every name."""
     path = Path(path)
     weights = load_file(str(path / WEIGHTS))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     real_missing = [k for k in missing if k not in _aliases(model, weights)]
     if real_missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model (missing {real_missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path / WEIGHTS}: weights do not match the model "
+            f"(missing {real_missing[:5]}, unexpected {unexpected[:5]})"
+        )
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNG from ``path``; return the trainer state."""
+    path = Path(path)
+    load_weights(path, model)
     extra = torch.load(path / OPTIM, weights_only=True)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])

@@ -65,15 +65,20 @@ def collate(
     )
 
 
-def _mask(batch: Any, known: dict[str, set[str]]) -> torch.Tensor | None:
-    """Mask a document for a query when its id (or, without ids, its text) is a known positive."""
-    doc_ids: list[str | None] = []
-    wanted: list[set[str]] = []
-    for i, (pos_id, neg_ids) in enumerate(zip(batch.positive_ids, batch.negative_ids)):
-        doc_ids.append(pos_id if pos_id is not None else batch.positives[i])
-        negs = neg_ids if neg_ids else batch.negatives[i]
-        doc_ids.extend(n if n is not None else t for n, t in zip(negs, batch.negatives[i]))
+def _doc_key(doc_id: str | None, text: str) -> str:
+    return doc_id if doc_id is not None else f"text:{text}"
+
+
+def _mask(batch: Any, known: dict[str, set[str]]) -> torch.Tensor:
+    """Mask a document row for query ``i`` when it is a known positive of ``i`` (qrels ids) or a
+    copy of ``i``'s own positive elsewhere in the batch (matched by id, else by text)."""
+    keys: list[str | None] = []
+    wanted: list[list[str]] = []
+    for i, positive in enumerate(batch.positives):
+        own = _doc_key(batch.positive_ids[i], positive)
+        keys.append(own)
+        neg_ids = batch.negative_ids[i] or [None] * len(batch.negatives[i])
+        keys.extend(_doc_key(n, t) for n, t in zip(neg_ids, batch.negatives[i]))
         qid = batch.query_ids[i]
-        wanted.append(set(known.get(qid, set())) if qid is not None else set())
-        wanted[-1].add(doc_ids[len(doc_ids) - 1 - len(batch.negatives[i])] or "")
-    return false_negative_mask(doc_ids, [sorted(w) for w in wanted])
+        wanted.append([own, *sorted(known.get(qid, set()) if qid is not None else ())])
+    return false_negative_mask(keys, wanted)

@@ -13,24 +13,28 @@ class MetricsLog:
     """Append-only JSONL log of training events (``{"event": ..., "step": ..., ...}``).
 
     Args:
-        path: File to append to (created with its folder).
+        path: File to append to; it and its folder are created at the first write.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._fh: TextIO | None = None
         self._start = time.time()
 
     def write(self, event: str, **fields: Any) -> None:
         """Append one record; non-finite floats are written as strings (valid JSON)."""
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         record = {"event": event, "time": round(time.time() - self._start, 3), **fields}
         self._fh.write(json.dumps(_finite(record)) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
-        """Close the file."""
-        self._fh.close()
+        """Close the file if it was opened."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _finite(value: Any) -> Any:

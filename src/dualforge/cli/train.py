@@ -1,0 +1,27 @@
+"""``dualforge train CONFIG [key=value ...]``: fine-tune, evaluate, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dualforge.config import load_config
+from dualforge.train.loop import train
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the subcommand."""
+    p = subparsers.add_parser("train", help="fine-tune a model from a YAML config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-5")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print where the report went."""
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    result = train(load_config(args.config, overrides))
+    print(json.dumps({"before": (result.before or {}).get("metrics"), "after": result.after.get("metrics")}, indent=2))
+    print(f"report: {result.run_dir / 'report.json'}  ({result.steps} steps, {result.seconds / 60:.1f} min)")
+    return 0

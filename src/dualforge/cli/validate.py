@@ -1,0 +1,28 @@
+"""``dualforge validate CONFIG [key=value ...]``: build everything a run needs, train nothing."""
+
+from __future__ import annotations
+
+import argparse
+
+from dualforge.config import load_config
+from dualforge.train.loop import build_parts
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the subcommand."""
+    p = subparsers.add_parser("validate", help="check a config: load data and model, train nothing")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the run's parts and print what they hold."""
+    cfg = load_config(args.config, args.overrides)
+    parts = build_parts(cfg)
+    test = parts.data.test
+    print(f"config ok: {args.config}")
+    print(f"model: {cfg.model.name} (dim {parts.model.dim}, tied {parts.model.tied})")
+    print(f"training examples: {len(parts.data.examples)}; batches/epoch: {len(parts.sampler)}; steps: {parts.steps}")
+    print(f"dev queries: {len(parts.data.dev.queries) if parts.data.dev else 0}; test queries: {len(test.queries) if test else 0}")
+    return 0

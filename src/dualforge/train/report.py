@@ -1,0 +1,67 @@
+"""Run outputs: ``report.json`` (machine-readable) and ``summary.md`` (for people)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dualforge.config import Config
+
+
+def write_report(
+    run_dir: Path,
+    cfg: Config,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    steps: int,
+    seconds: float,
+) -> Path:
+    """Write ``report.json`` and ``summary.md`` under ``run_dir``; return the JSON path.
+
+    ``report.json`` holds ``metrics`` (after training, the headline), ``metrics_by_dim`` when
+    dims were evaluated, ``before`` (zero-shot metrics), the config, steps and wall time.
+    """
+    report = {
+        "metrics": after.get("metrics", {}),
+        "metrics_by_dim": after.get("metrics_by_dim", {}),
+        "before": (before or {}).get("metrics"),
+        "before_by_dim": (before or {}).get("metrics_by_dim"),
+        "steps": steps,
+        "seconds": round(seconds, 1),
+        "config": cfg.to_dict(),
+    }
+    path = run_dir / "report.json"
+    _atomic_text(path, json.dumps(report, indent=2) + "\n")
+    _atomic_text(run_dir / "summary.md", summary_markdown(cfg, report))
+    return path
+
+
+def summary_markdown(cfg: Config, report: dict[str, Any]) -> str:
+    """A short Markdown summary: metrics before and after training."""
+    after: dict[str, float] = report["metrics"]
+    before: dict[str, float] | None = report["before"]
+    lines = [
+        f"# Run `{cfg.run.name}`",
+        "",
+        f"Model `{cfg.model.name}` fine-tuned on `{cfg.data.path}` "
+        f"({report['steps']} steps, batch {cfg.optim.batch_size}, "
+        f"GradCache chunk {cfg.gradcache.chunk_size}, {report['seconds'] / 60:.1f} min).",
+        "",
+        "| metric | before | after | change |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, value in after.items():
+        old = before.get(name) if before else None
+        change = f"{100 * (value - old):+.2f} pts" if old is not None else ""
+        old_text = f"{old:.4f}" if old is not None else ""
+        lines.append(f"| {name} | {old_text} | {value:.4f} | {change} |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
