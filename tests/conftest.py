@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,43 @@ def tiny_bert(tokenizer):  # type: ignore[no-untyped-def]
     model = make_tiny_bert(len(tokenizer))
     model.train()
     return model
+
+
+WORDS = (
+    ["alpha", "beta", "gamma", "delta", "protein", "cell", "gene", "virus", "brain", "heart", "blood", "drug", "dose", "trial", "risk"]
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 documents, 24 train and 8 test queries; each query's positive shares its words."""
+    rng = random.Random(0)
+    folder = tmp_path_factory.mktemp("beir")
+    (folder / "qrels").mkdir()
+    docs, queries, rows = [], [], {"train": [], "test": []}
+    for i in range(40):
+        words = rng.sample(WORDS, 6)
+        docs.append({"_id": f"d{i}", "title": words[0], "text": " ".join(words)})
+        if i < 32:
+            queries.append({"_id": f"q{i}", "text": " ".join(words[:3])})
+            rows["train" if i < 24 else "test"].append(f"q{i}\td{i}\t1")
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    for split, lines in rows.items():
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n"
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny random BERT saved in sentence-transformers format (dropout 0.1)."""
+    from dualforge.modeling import DualEncoder, Encoder, save_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model = DualEncoder(
+        tokenizer, Encoder(make_tiny_bert(len(tokenizer)), "mean", True), max_seq_length=32
+    )
+    save_model(model, folder)
+    return folder

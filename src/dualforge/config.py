@@ -35,6 +35,7 @@ class ModelConfig:
     doc_max_length: int = 256
     query_prefix: str | None = None
     doc_prefix: str | None = None
+    attention_dropout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DataConfig:
     dev_split: str | None = None
     dev_fraction: float = 0.1
     dev_corpus_size: int = 0
-    test_split: str = "test"
+    test_split: str | None = "test"
     positives: str = "sample"
     num_negatives: int = 0
     skip_bad: bool = False
@@ -96,7 +97,7 @@ class EvalConfig:
     metrics: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")
     select_metric: str = "ndcg@10"
     k: int = 100
-    batch_size: int = 128
+    batch_size: int = 32
     dims: tuple[int, ...] = ()
     before: bool = True
     every: int = 0
@@ -131,7 +132,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly)."""
-        return _plain(dataclasses.asdict(self))
+        out: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return out
 
 
 def _plain(value: Any) -> Any:

@@ -15,11 +15,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register the subcommand."""
     p = subparsers.add_parser("encode", help="embed texts to a .npy file")
     p.add_argument("--model", default="minilm")
-    p.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl (_id/title/text)")
+    p.add_argument(
+        "--input", required=True, help=".txt (one text per line) or .jsonl (_id/title/text)"
+    )
     p.add_argument("--side", choices=("query", "document"), default="document")
     p.add_argument("--output", required=True, help="output .npy; ids go to <output>.ids.txt")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--dim", type=int, default=None, help="keep only the first DIM dims (Matryoshka)")
+    p.add_argument(
+        "--dim", type=int, default=None, help="keep only the first DIM dims (Matryoshka)"
+    )
     p.set_defaults(func=run)
 
 
@@ -42,7 +46,9 @@ def read_texts(path: Path) -> tuple[list[str], list[str]]:
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise SystemExit(f"{path}:{n}: field 'text' missing or not a string")
             ids.append(str(record.get("_id", n)))
-            texts.append(" ".join(x for x in (record.get("title") or "", record["text"]) if x).strip())
+            texts.append(
+                " ".join(x for x in (record.get("title") or "", record["text"]) if x).strip()
+            )
     return ids, texts
 
 

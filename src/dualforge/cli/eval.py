@@ -16,10 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Register the subcommand."""
     p = subparsers.add_parser("eval", help="evaluate a model on a BEIR split")
     p.add_argument("--model", default="minilm", help="model name or folder")
-    p.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument(
+        "--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)"
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--dims", default="", help="comma-separated prefix dims, e.g. 32,64,128")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=None, help="override max_seq_length")
     p.add_argument("--k", type=int, default=100, help="retrieve this many documents per query")
     p.add_argument("--output", default=None, help="write the JSON report here")

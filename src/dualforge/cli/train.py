@@ -22,6 +22,13 @@ def run(args: argparse.Namespace) -> int:
     """Train and print where the report went."""
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
     result = train(load_config(args.config, overrides))
-    print(json.dumps({"before": (result.before or {}).get("metrics"), "after": result.after.get("metrics")}, indent=2))
-    print(f"report: {result.run_dir / 'report.json'}  ({result.steps} steps, {result.seconds / 60:.1f} min)")
+    print(
+        json.dumps(
+            {"before": (result.before or {}).get("metrics"), "after": result.after.get("metrics")},
+            indent=2,
+        )
+    )
+    print(
+        f"report: {result.run_dir / 'report.json'}  ({result.steps} steps, {result.seconds / 60:.1f} min)"
+    )
     return 0

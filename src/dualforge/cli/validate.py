@@ -23,6 +23,10 @@ def run(args: argparse.Namespace) -> int:
     test = parts.data.test
     print(f"config ok: {args.config}")
     print(f"model: {cfg.model.name} (dim {parts.model.dim}, tied {parts.model.tied})")
-    print(f"training examples: {len(parts.data.examples)}; batches/epoch: {len(parts.sampler)}; steps: {parts.steps}")
-    print(f"dev queries: {len(parts.data.dev.queries) if parts.data.dev else 0}; test queries: {len(test.queries) if test else 0}")
+    print(
+        f"training examples: {len(parts.data.examples)}; batches/epoch: {len(parts.sampler)}; steps: {parts.steps}"
+    )
+    print(
+        f"dev queries: {len(parts.data.dev.queries) if parts.data.dev else 0}; test queries: {len(test.queries) if test else 0}"
+    )
     return 0

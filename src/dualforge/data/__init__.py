@@ -1,15 +1,24 @@
-"""Data: BEIR folders, JSONL / TSV training examples, and resumable batch sampling."""
+"""Data: BEIR folders, JSONL / TSV training examples, and resumable batch sampling.
+
+Every loader takes ``skip_bad``: by default the first bad record raises a :class:`DataError`
+naming file, line and field; with ``skip_bad=True`` bad records are skipped, counted (pass a
+:class:`BadRecordCounter` as ``counter`` to read the count; ``BeirDataset.skipped`` for
+:func:`load_beir`) and reported in one logged warning.
+"""
 
 from dualforge.data.beir import (
     BeirDataset,
     Document,
+    QrelsRow,
     available_splits,
+    iter_corpus,
+    iter_qrels,
     load_beir,
     load_corpus,
     load_qrels,
     load_queries,
 )
-from dualforge.data.errors import BadRecords, DataError
+from dualforge.data.errors import BadRecordCounter, BadRecords, DataError
 from dualforge.data.examples import (
     TrainingExample,
     examples_from_beir,
@@ -21,16 +30,20 @@ from dualforge.data.examples import (
 from dualforge.data.sampler import Batch, EpochBatchSampler
 
 __all__ = [
+    "BadRecordCounter",
     "BadRecords",
     "Batch",
     "BeirDataset",
     "DataError",
     "Document",
     "EpochBatchSampler",
+    "QrelsRow",
     "TrainingExample",
     "available_splits",
     "examples_from_beir",
+    "iter_corpus",
     "iter_jsonl_examples",
+    "iter_qrels",
     "iter_tsv_triples",
     "load_beir",
     "load_corpus",

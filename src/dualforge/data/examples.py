@@ -1,4 +1,4 @@
-"""Training examples: BEIR qrels groups, JSONL (texts or corpus ids), MS MARCO-style TSV triples."""
+"""Training examples: BEIR qrels groups, JSONL lines (texts or corpus ids), MS MARCO TSV triples."""
 
 from __future__ import annotations
 
@@ -7,13 +7,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dualforge.data.beir import BeirDataset, Document, iter_jsonl
-from dualforge.data.errors import BadRecords, DataError
+from dualforge.data.beir import BeirDataset, Document
+from dualforge.data.errors import BadRecordCounter, DataError, make_counter
+from dualforge.data.lines import iter_jsonl, iter_lines, split_columns, string_field
+
+POSITIVE_KEYS = ("positive", "positives", "pos")
+NEGATIVE_KEYS = ("negatives", "negative", "neg")
+TRIPLE_COLUMNS = ("query", "positive", "negative")
 
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """A query with one or more positives and optional hard negatives (texts, and ids if known)."""
+    """A query with one or more positives and optional hard negatives.
+
+    Attributes:
+        query: The query text.
+        positives: Relevant document texts (at least one).
+        negatives: Hard-negative document texts (may be empty).
+        query_id: The query's id, if known.
+        positive_ids: Ids aligned with ``positives``, or empty when the texts came inline.
+        negative_ids: Ids aligned with ``negatives``, or empty when the texts came inline.
+    """
 
     query: str
     positives: tuple[str, ...]
@@ -22,9 +36,43 @@ class TrainingExample:
     positive_ids: tuple[str, ...] = ()
     negative_ids: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Check that there is a positive and that ids, when given, align with the texts.
+
+        Raises:
+            ValueError: No positive, or ids not aligned with their texts.
+        """
+        if not self.positives:
+            raise ValueError(f"training example for query {self.query[:60]!r} has no positive")
+        for texts, ids, what in (
+            (self.positives, self.positive_ids, "positive"),
+            (self.negatives, self.negative_ids, "negative"),
+        ):
+            if ids and len(ids) != len(texts):
+                raise ValueError(f"{len(ids)} {what} ids for {len(texts)} {what} texts")
+
 
 def examples_from_beir(dataset: BeirDataset, min_score: int = 1) -> list[TrainingExample]:
-    """One example per judged query, holding all its documents with score >= ``min_score``."""
+    """One example per judged query, holding all its documents with score >= ``min_score``.
+
+    Documents judged below ``min_score`` (e.g. BEIR's score-0 "judged non-relevant" rows) are
+    not positives; queries left without a positive are dropped. Texts are
+    :attr:`Document.full_text`; ids are kept. Order follows the qrels file.
+
+    Args:
+        dataset: A loaded BEIR split.
+        min_score: Lowest qrels score counted as relevant (at least 1).
+
+    Returns:
+        The examples, without negatives.
+
+    Raises:
+        ValueError: ``min_score`` is below 1.
+    """
+    if min_score < 1:
+        raise ValueError(
+            f"min_score must be >= 1 (score 0 means judged non-relevant), got {min_score}"
+        )
     out: list[TrainingExample] = []
     for qid, judged in dataset.qrels.items():
         pos_ids = tuple(d for d, s in judged.items() if s >= min_score)
@@ -35,95 +83,181 @@ def examples_from_beir(dataset: BeirDataset, min_score: int = 1) -> list[Trainin
     return out
 
 
-def _text_list(obj: dict[str, Any], keys: tuple[str, ...], path: Path, n: int) -> tuple[str, ...]:
-    for key in keys:
-        if key not in obj:
-            continue
-        value = obj[key]
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
-            raise DataError(path, n, key, "expected a non-empty string or a list of them")
-        return tuple(items)
-    return ()
+def _present_key(obj: dict[str, Any], keys: tuple[str, ...], path: Path, n: int) -> str | None:
+    """The one alias of ``keys`` present in ``obj`` (None if none); two aliases are an error."""
+    present = [k for k in keys if k in obj]
+    if len(present) > 1:
+        raise DataError(path, n, present[1], f"give only one of {present}")
+    return present[0] if present else None
 
 
-def _ids(obj: dict[str, Any], key: str, corpus: Mapping[str, Document], path: Path, n: int) -> tuple[str, ...]:
-    value = obj.get(key, [])
-    items = [value] if isinstance(value, (str, int)) else value
-    if not isinstance(items, list):
-        raise DataError(path, n, key, "expected an id or a list of ids")
-    for item in items:
-        if str(item) not in corpus:
-            raise DataError(path, n, key, f"id {item!r} not in the corpus")
-    return tuple(str(x) for x in items)
+def _strings(value: Any, path: Path, n: int, key: str) -> tuple[str, ...]:
+    """A string or a list of strings, as a tuple of non-empty strings."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise DataError(path, n, key, "expected a non-empty string or a list of them")
+    return tuple(items)
 
 
-def _parse_example(obj: dict[str, Any], corpus: Mapping[str, Document] | None, path: Path, n: int) -> TrainingExample:
-    query = obj.get("query")
-    if not isinstance(query, str) or not query.strip():
-        raise DataError(path, n, "query", "missing or empty")
-    positives = _text_list(obj, ("positive", "positives", "pos"), path, n)
-    negatives = _text_list(obj, ("negatives", "negative", "neg"), path, n)
-    pos_ids: tuple[str, ...] = ()
-    neg_ids: tuple[str, ...] = ()
-    if corpus is not None and ("positive_ids" in obj or "negative_ids" in obj):
-        pos_ids = _ids(obj, "positive_ids", corpus, path, n)
-        neg_ids = _ids(obj, "negative_ids", corpus, path, n)
-        positives = positives or tuple(corpus[d].full_text for d in pos_ids)
-        negatives = negatives or tuple(corpus[d].full_text for d in neg_ids)
+def _side(
+    obj: dict[str, Any],
+    text_keys: tuple[str, ...],
+    id_key: str,
+    corpus: Mapping[str, Document] | None,
+    where: tuple[Path, int],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(texts, ids)`` of the positives or negatives of one JSONL record."""
+    path, n = where
+    text_key = _present_key(obj, text_keys, path, n)
+    texts = _strings(obj[text_key], path, n, text_key) if text_key else None
+    if id_key not in obj:
+        return texts or (), ()
+    ids = _strings(obj[id_key], path, n, id_key)
+    if corpus is not None:
+        for doc_id in ids:
+            if doc_id not in corpus:
+                raise DataError(path, n, id_key, f"id {doc_id!r} not in the corpus")
+    if texts is None:
+        if corpus is None:
+            raise DataError(path, n, id_key, "ids need a corpus to look them up (pass corpus=...)")
+        texts = tuple(corpus[d].full_text for d in ids)
+    elif len(texts) != len(ids):
+        raise DataError(path, n, id_key, f"{len(ids)} ids for {len(texts)} texts in {text_key!r}")
+    return texts, ids
+
+
+def parse_example(
+    obj: dict[str, Any], corpus: Mapping[str, Document] | None, path: Path, n: int
+) -> TrainingExample:
+    """Build a :class:`TrainingExample` from one parsed JSONL record.
+
+    Args:
+        obj: The record.
+        corpus: Documents for ``positive_ids``/``negative_ids``, or None.
+        path: The file (for errors).
+        n: The line number (for errors).
+
+    Returns:
+        The example.
+
+    Raises:
+        DataError: The record is invalid (the field is named).
+    """
+    query = string_field(obj, "query", path, n)
+    if not query.strip():
+        raise DataError(path, n, "query", "empty")
+    positives, pos_ids = _side(obj, POSITIVE_KEYS, "positive_ids", corpus, (path, n))
+    negatives, neg_ids = _side(obj, NEGATIVE_KEYS, "negative_ids", corpus, (path, n))
     if not positives:
         raise DataError(path, n, "positive", "missing (give 'positive', 'pos' or 'positive_ids')")
     qid = obj.get("query_id")
-    return TrainingExample(query, positives, negatives, str(qid) if qid is not None else None, pos_ids, neg_ids)
+    if qid is not None and not isinstance(qid, str):
+        raise DataError(path, n, "query_id", "expected a string")
+    return TrainingExample(query, positives, negatives, qid, pos_ids, neg_ids)
 
 
 def iter_jsonl_examples(
-    path: str | Path, corpus: Mapping[str, Document] | None = None, bad: BadRecords | None = None
+    path: str | Path,
+    corpus: Mapping[str, Document] | None = None,
+    skip_bad: bool = False,
+    counter: BadRecordCounter | None = None,
 ) -> Iterator[TrainingExample]:
-    """Stream examples from JSONL lines like ``{"query", "positive", "negatives"}``.
+    """Stream training examples from a JSONL file.
 
-    Also accepted: FlagEmbedding keys ``pos``/``neg``; with ``corpus``, ``positive_ids`` and
-    ``negative_ids`` naming corpus documents.
+    Each line is an object with ``"query"`` (string), positives under ``"positive"`` (a string
+    or a list of strings; ``"positives"`` and FlagEmbedding's ``"pos"`` are aliases) and
+    optional negatives under ``"negatives"`` (aliases ``"negative"``, ``"neg"``). With
+    ``corpus``, ``"positive_ids"``/``"negative_ids"`` may name corpus documents instead of
+    giving texts (or alongside them, aligned, to attach ids). ``"query_id"`` is stored as is;
+    other keys (``pos_scores``, ``prompt``...) are ignored.
+
+    Args:
+        path: The file.
+        corpus: Documents that ``*_ids`` refer to, or None.
+        skip_bad: Skip and count bad lines instead of raising.
+        counter: Optional counter to read the number skipped from.
+
+    Yields:
+        One example per valid line.
+
+    Raises:
+        DataError: On the first bad line (naming line and field), unless ``skip_bad``.
     """
-    path, bad = Path(path), bad or BadRecords()
-    for n, obj in iter_jsonl(path, bad):
+    path, counter = Path(path), make_counter(skip_bad, counter)
+    start = counter.count
+    for n, obj in iter_jsonl(path, counter):
         try:
-            yield _parse_example(obj, corpus, path, n)
+            example = parse_example(obj, corpus, path, n)
         except DataError as err:
-            bad.handle(err)
+            counter.handle(err)
+            continue
+        yield example
+    counter.report(f"examples in {path}", start)
 
 
 def load_jsonl_examples(
-    path: str | Path, corpus: Mapping[str, Document] | None = None, skip_bad: bool = False
+    path: str | Path,
+    corpus: Mapping[str, Document] | None = None,
+    skip_bad: bool = False,
+    counter: BadRecordCounter | None = None,
 ) -> list[TrainingExample]:
-    """All examples of a JSONL file (see :func:`iter_jsonl_examples`)."""
-    bad = BadRecords(skip_bad)
-    out = list(iter_jsonl_examples(path, corpus, bad))
-    bad.report(f"examples in {path}")
-    return out
+    """Load all examples of a JSONL file (format: :func:`iter_jsonl_examples`).
+
+    Args:
+        path: The file.
+        corpus: Documents that ``positive_ids``/``negative_ids`` refer to, or None.
+        skip_bad: Skip and count bad lines instead of raising.
+        counter: Optional counter to read the number skipped from.
+
+    Returns:
+        The examples, in file order.
+
+    Raises:
+        DataError: On the first bad line, unless ``skip_bad``.
+    """
+    return list(iter_jsonl_examples(path, corpus, skip_bad, counter))
 
 
-def iter_tsv_triples(path: str | Path, bad: BadRecords | None = None) -> Iterator[TrainingExample]:
-    """Stream ``query<TAB>positive<TAB>negative`` lines (no header) as examples with one negative."""
-    path, bad = Path(path), bad or BadRecords()
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) != 3:
-                bad.handle(DataError(path, n, None, f"expected 3 tab-separated columns, got {len(cols)}"))
-                continue
-            empty = [name for name, col in zip(("query", "positive", "negative"), cols) if not col.strip()]
-            if empty:
-                bad.handle(DataError(path, n, empty[0], "empty"))
-                continue
+def iter_tsv_triples(
+    path: str | Path, skip_bad: bool = False, counter: BadRecordCounter | None = None
+) -> Iterator[TrainingExample]:
+    """Stream MS MARCO-style ``query<TAB>positive<TAB>negative`` lines (no header).
+
+    Args:
+        path: The file.
+        skip_bad: Skip and count bad lines (not 3 columns, or an empty column) instead of
+            raising.
+        counter: Optional counter to read the number skipped from.
+
+    Yields:
+        One example with one positive and one negative per valid line.
+
+    Raises:
+        DataError: On the first bad line, unless ``skip_bad``.
+    """
+    path, counter = Path(path), make_counter(skip_bad, counter)
+    start = counter.count
+    for n, line in iter_lines(path, counter):
+        cols = split_columns(path, n, line, TRIPLE_COLUMNS, counter)
+        if cols is not None:
             yield TrainingExample(cols[0], (cols[1],), (cols[2],))
+    counter.report(f"triples in {path}", start)
 
 
-def load_tsv_triples(path: str | Path, skip_bad: bool = False) -> list[TrainingExample]:
-    """All triples of a TSV file (see :func:`iter_tsv_triples`)."""
-    bad = BadRecords(skip_bad)
-    out = list(iter_tsv_triples(path, bad))
-    bad.report(f"triples in {path}")
-    return out
+def load_tsv_triples(
+    path: str | Path, skip_bad: bool = False, counter: BadRecordCounter | None = None
+) -> list[TrainingExample]:
+    """Load all triples of a TSV file (format: :func:`iter_tsv_triples`).
+
+    Args:
+        path: The file.
+        skip_bad: Skip and count bad lines instead of raising.
+        counter: Optional counter to read the number skipped from.
+
+    Returns:
+        The examples, in file order.
+
+    Raises:
+        DataError: On the first bad line, unless ``skip_bad``.
+    """
+    return list(iter_tsv_triples(path, skip_bad, counter))

@@ -43,10 +43,10 @@ class GradDiff:
 
     Attributes:
         max_abs: Largest ``|g_a - g_b|`` over all entries.
-        max_rel: Largest, over parameters, of ``max|g_a - g_b| / max(max|g_b|, floor)``, where
-            ``floor = 1e-3 * max|g_b|`` over the whole model. Without the floor, parameters whose
-            true gradient is zero (an attention key bias: softmax ignores a constant shift) would
-            divide rounding noise by rounding noise.
+        max_rel: Largest, over parameters, of ``||g_a - g_b||_2 / max(||g_b||_2, floor)``, where
+            ``floor = 1e-3 * max_p ||g_b,p||_2``. Without the floor, parameters whose true gradient
+            is zero (an attention key bias: softmax ignores a constant shift) would divide
+            rounding noise by rounding noise.
         worst: Name of the parameter with the largest relative difference.
     """
 
@@ -73,14 +73,15 @@ def compare_grads(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) 
     """Compare gradients ``a`` against the reference ``b`` (same keys); see :class:`GradDiff`."""
     if a.keys() != b.keys():
         raise ValueError("gradient sets name different parameters")
-    scales = {name: float(g.float().abs().max()) if g.numel() else 0.0 for name, g in b.items()}
-    floor = REL_FLOOR * max(scales.values(), default=0.0)
+    norms = {name: float(g.double().norm()) for name, g in b.items()}
+    floor = REL_FLOOR * max(norms.values(), default=0.0)
     max_abs, max_rel, worst = 0.0, 0.0, ""
     for name, ref in b.items():
-        diff = float((a[name].float() - ref.float()).abs().max()) if ref.numel() else 0.0
-        scale = max(scales[name], floor)
+        delta = a[name].double() - ref.double()
+        diff = float(delta.norm())
+        scale = max(norms[name], floor)
         rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-        max_abs = max(max_abs, diff)
+        max_abs = max(max_abs, float(delta.abs().max()) if delta.numel() else 0.0)
         if rel > max_rel or not worst:
             max_rel, worst = rel, name
     return GradDiff(max_abs, max_rel, worst)

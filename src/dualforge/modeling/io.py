@@ -82,16 +82,35 @@ def _pooling_mode(config: dict[str, Any]) -> str:
     return chosen[0]
 
 
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
 def load_encoder(
-    name: str, pooling: str | None = None, normalize: bool | None = None
+    name: str,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    attention_dropout: float | None = None,
 ) -> tuple[Encoder, Any, StSettings]:
-    """One tower, its tokenizer and its folder settings (explicit arguments override them)."""
-    from transformers import AutoModel, AutoTokenizer
+    """One tower, its tokenizer and its folder settings (explicit arguments override them).
+
+    ``attention_dropout`` overrides the attention-probability dropout of the model config (0.0
+    lets PyTorch use its fused attention kernels; on CPU that halves the cost of a training step).
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     path = resolve_model_path(name)
     folder = Path(path)
     settings = read_st_settings(folder) if folder.is_dir() else StSettings()
-    transformer = AutoModel.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    if attention_dropout is not None:
+        keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+        if not keys:
+            raise ValueError(
+                f"{name}: config has no attention dropout setting {ATTENTION_DROPOUT_KEYS}"
+            )
+        for key in keys:
+            setattr(config, key, attention_dropout)
+    transformer = AutoModel.from_pretrained(path, config=config)
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = Encoder(
         transformer,
@@ -110,6 +129,7 @@ def load_model(
     max_seq_length: int | None = None,
     query_prefix: str | None = None,
     doc_prefix: str | None = None,
+    attention_dropout: float | None = None,
 ) -> DualEncoder:
     """Load a :class:`DualEncoder` from ``minilm``, a local folder or a hub name.
 
@@ -122,14 +142,19 @@ def load_model(
         max_seq_length: Override the folder's truncation length.
         query_prefix: Override the query prompt.
         doc_prefix: Override the document prompt.
+        attention_dropout: Override the attention dropout (see :func:`load_encoder`).
     """
     folder = Path(resolve_model_path(name))
     if (folder / DUALFORGE_FILE).is_file():
-        q_enc, tokenizer, settings = load_encoder(str(folder / "query"), pooling, normalize)
+        q_enc, tokenizer, settings = load_encoder(
+            str(folder / "query"), pooling, normalize, attention_dropout
+        )
         d_enc: Encoder | None
-        d_enc, _, _ = load_encoder(str(folder / "document"), pooling, normalize)
+        d_enc, _, _ = load_encoder(str(folder / "document"), pooling, normalize, attention_dropout)
     else:
-        q_enc, tokenizer, settings = load_encoder(str(folder), pooling, normalize)
+        q_enc, tokenizer, settings = load_encoder(
+            str(folder), pooling, normalize, attention_dropout
+        )
         d_enc = None if tied else copy.deepcopy(q_enc)
     return DualEncoder(
         tokenizer,

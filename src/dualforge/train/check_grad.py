@@ -98,7 +98,7 @@ def check_gradients(
     else:
         loss = info_nce(plain(q_batch, "query"), plain(d_batch, "document"))
         torch.autograd.backward(loss)
-        loss_p, reference = float(loss), "plain full-batch backward"
+        loss_p, reference = float(loss.detach()), "plain full-batch backward"
     end = time.perf_counter()
     diff = compare_grads(snapshot_grads([cached]), snapshot_grads([plain]))
     return GradCheck(loss_c, loss_p, diff, mid - start, end - mid, reference)

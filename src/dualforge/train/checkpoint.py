@@ -51,7 +51,7 @@ def unique_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "python": list(random.getstate()[1]),
@@ -92,7 +92,11 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(unique_state_dict(model), str(tmp / WEIGHTS))
-    extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
+    extra = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+    }
     torch.save(extra, tmp / OPTIM)
     (tmp / STATE).write_text(json.dumps(state.__dict__, indent=2), encoding="utf-8")
     for f in tmp.iterdir():

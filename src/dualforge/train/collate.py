@@ -22,9 +22,7 @@ class StepInputs:
     false_negatives: torch.Tensor | None  # (B, B * (1 + K)) bool
 
 
-def grouped_documents(
-    positives: Sequence[str], negatives: Sequence[Sequence[str]]
-) -> list[str]:
+def grouped_documents(positives: Sequence[str], negatives: Sequence[Sequence[str]]) -> list[str]:
     """``[pos_0, neg_0_1..neg_0_K, pos_1, ...]``; every query must have the same K."""
     counts = {len(n) for n in negatives}
     if len(counts) > 1:

@@ -51,6 +51,7 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
         max_seq_length=cfg.doc_max_length,
         query_prefix=cfg.query_prefix,
         doc_prefix=cfg.doc_prefix,
+        attention_dropout=cfg.attention_dropout,
     )
 
 
@@ -59,7 +60,9 @@ def build_gradcache(
 ) -> tuple[GradCache, torch.amp.GradScaler | None]:
     """The engine over the model's two towers, and a GradScaler when training in fp16."""
     if cfg.precision not in PRECISIONS:
-        raise ValueError(f"gradcache.precision={cfg.precision!r} is not one of {sorted(PRECISIONS)}")
+        raise ValueError(
+            f"gradcache.precision={cfg.precision!r} is not one of {sorted(PRECISIONS)}"
+        )
     dtype = PRECISIONS[cfg.precision]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     gc = GradCache(

@@ -92,6 +92,7 @@ def build_parts(cfg: Config) -> Parts:
         seed=cfg.run.seed,
         positives=cfg.data.positives,
         num_negatives=cfg.data.num_negatives,
+        require_negatives=cfg.data.num_negatives > 0,
     )
     steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
     optimizer = build_optimizer(model.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
@@ -156,13 +157,26 @@ def train_steps(p: Parts, state: TrainerState) -> TrainerState:
         bar.update(1)
         last = state.step == p.steps
         if state.step % cfg.run.log_every == 0 or last:
-            p.log.write("train", step=state.step, epoch=p.sampler.epoch, loss=loss, lr=lr,
-                        grad_norm=grad_norm, examples_per_s=rate)
+            p.log.write(
+                "train",
+                step=state.step,
+                epoch=p.sampler.epoch,
+                loss=loss,
+                lr=lr,
+                grad_norm=grad_norm,
+                examples_per_s=rate,
+            )
         if cfg.eval.every and p.data.dev is not None and (state.step % cfg.eval.every == 0 or last):
             state = dev_eval(p, state)
         if cfg.run.save_every and (state.step % cfg.run.save_every == 0 or last):
-            save_checkpoint(p.run_dir / "checkpoints", p.model, p.optimizer, p.scheduler, state,
-                            cfg.run.keep_checkpoints)
+            save_checkpoint(
+                p.run_dir / "checkpoints",
+                p.model,
+                p.optimizer,
+                p.scheduler,
+                state,
+                cfg.run.keep_checkpoints,
+            )
     bar.close()
     return state
 
@@ -170,8 +184,14 @@ def train_steps(p: Parts, state: TrainerState) -> TrainerState:
 def training_step(p: Parts, batch: Batch, step: int) -> float:
     """Collate and run one GradCache step; stop on a non-finite loss."""
     cfg = p.cfg
-    inputs = collate(p.model, batch, cfg.model.query_max_length, cfg.model.doc_max_length,
-                     p.data.known_positives, cfg.loss.mask_false_negatives)
+    inputs = collate(
+        p.model,
+        batch,
+        cfg.model.query_max_length,
+        cfg.model.doc_max_length,
+        p.data.known_positives,
+        cfg.loss.mask_false_negatives,
+    )
     kwargs = {} if inputs.false_negatives is None else {"false_negatives": inputs.false_negatives}
     loss = float(p.gc.step(inputs.queries, inputs.documents, **kwargs))
     if not math.isfinite(loss):
@@ -219,8 +239,9 @@ def finish(p: Parts, state: TrainerState) -> dict[str, Any]:
     model = p.model
     if state.best_step is not None and (p.run_dir / "best").is_dir():
         model = load_model(str(p.run_dir / "best"))
-        p.log.write("select", step=state.best_step, metric=p.cfg.eval.select_metric,
-                    score=state.best_score)
+        p.log.write(
+            "select", step=state.best_step, metric=p.cfg.eval.select_metric, score=state.best_score
+        )
     if p.data.test is None:
         return {}
     after = evaluate_split(model, p.data.test, p.cfg.eval, p.cfg.run.progress).to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from dualforge.data import (
     load_jsonl_examples,
     load_tsv_triples,
 )
+
+logger = logging.getLogger("dualforge.train")
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,22 @@ def load_run_data(cfg: DataConfig, seed: int) -> RunData:
             raise ValueError(f"data.format={cfg.format!r} needs data.train_file")
         loader = load_jsonl_examples if cfg.format == "jsonl" else load_tsv_triples
         examples = list(loader(cfg.train_file, skip_bad=cfg.skip_bad))
-        test = load_eval_set(folder, cfg.test_split, cfg.skip_bad) if _has_split(folder, cfg.test_split) else None
-        return RunData(examples, None, test, {})
+        return RunData(examples, None, _test_set(cfg, folder), {})
     raise ValueError(f"data.format={cfg.format!r}; use 'beir', 'jsonl' or 'tsv'")
 
 
-def _has_split(folder: Path, split: str | None) -> bool:
-    return split is not None and folder.is_dir() and split in available_splits(folder)
+def _test_set(cfg: DataConfig, folder: Path) -> EvalSet | None:
+    """The test split, or None when ``data.test_split`` is null or the folder has no such split."""
+    if cfg.test_split is None:
+        return None
+    if not folder.is_dir() or cfg.test_split not in available_splits(folder):
+        logger.warning("no qrels/%s.tsv under %s: no test evaluation", cfg.test_split, folder)
+        return None
+    return load_eval_set(folder, cfg.test_split, cfg.skip_bad)
 
 
 def load_eval_set(folder: Path, split: str, skip_bad: bool) -> EvalSet:
+    """Corpus texts, the split's judged queries and its qrels, for evaluation."""
     ds = load_beir(folder, split, skip_bad=skip_bad)
     corpus = {doc_id: doc.full_text for doc_id, doc in ds.corpus.items()}
     queries = {qid: ds.queries[qid] for qid in ds.qrels if qid in ds.queries}
@@ -79,7 +88,7 @@ def _from_beir(cfg: DataConfig, folder: Path, seed: int) -> RunData:
         qrels = {q: train.qrels[q] for q in qids}
         dev_corpus = _subsample(corpus, qrels, cfg.dev_corpus_size, seed)
         dev = EvalSet(dev_corpus, {q: train.queries[q] for q in qids}, qrels)
-    test = load_eval_set(folder, cfg.test_split, cfg.skip_bad) if _has_split(folder, cfg.test_split) else None
+    test = _test_set(cfg, folder)
     return RunData(examples, dev, test, known)
 
 
@@ -91,7 +100,7 @@ def _carve(
         raise ValueError(f"data.dev_fraction must be in (0, 1), got {fraction}")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_dev = max(1, int(round(fraction * len(examples))))
+    n_dev = max(1, round(fraction * len(examples)))
     dev_rows = set(order[:n_dev])
     keep = [ex for i, ex in enumerate(examples) if i not in dev_rows]
     held = [ex for i, ex in enumerate(examples) if i in dev_rows]

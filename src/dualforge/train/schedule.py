@@ -19,7 +19,8 @@ def build_optimizer(
     params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float
 ) -> torch.optim.AdamW:
     """AdamW without weight decay on biases and LayerNorm weights."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in params:
         if not param.requires_grad:
             continue

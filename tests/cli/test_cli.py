@@ -1,0 +1,116 @@
+"""The dualforge command on the tiny model and tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualforge.cli.main import main
+from dualforge.modeling import load_model
+from tests.train.helpers import tiny_overrides
+
+
+def test_check_grad_passes_on_tiny_model(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-grad", "--model", str(tiny_model_dir), "--batch", "8", "--chunk", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "same chunks" in out and "OK" in out
+    rel = float(out.split("max rel grad diff:")[1].split()[0])
+    assert rel <= 1e-5
+
+
+def test_check_grad_reports_failure_above_tolerance(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Against the plain full batch (no dropout) rounding differs a little: tolerance 0 must fail."""
+    args = [
+        "check-grad",
+        "--model",
+        str(tiny_model_dir),
+        "--batch",
+        "6",
+        "--chunk",
+        "2",
+        "--no-dropout",
+        "--tolerance",
+        "0",
+    ]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "plain full-batch backward" in out and "FAIL" in out
+
+
+def test_eval_writes_metrics_report(tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(tiny_beir),
+            "--split",
+            "test",
+            "--dims",
+            "16,64",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert 0.0 <= report["metrics"]["ndcg@10"] <= 1.0
+    assert set(report["metrics_by_dim"]) == {"16", "64"}
+    assert report["metrics_by_dim"]["64"] == report["metrics"]
+    assert report["num_queries"] == 8
+
+
+def test_encode_and_validate_and_export(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "emb.npy"
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(tiny_model_dir),
+                "--input",
+                str(tiny_beir / "corpus.jsonl"),
+                "--output",
+                str(target),
+                "--dim",
+                "16",
+            ]
+        )
+        == 0
+    )
+    emb = np.load(target)
+    assert emb.shape == (40, 16)
+    assert target.with_suffix(".ids.txt").read_text().split()[0] == "d0"
+
+    overrides = [
+        *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path),
+        "optim.max_steps=2",
+        "run.save_every=1",
+        "eval.before=false",
+    ]
+    assert main(["validate", "configs/scifact-minilm.yaml", *overrides]) == 0
+    assert "training examples: 24" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+    assert main(["train", "configs/scifact-minilm.yaml", *overrides]) == 0
+    exported = tmp_path / "exported"
+    assert main(["export", str(tmp_path / "run"), "--output", str(exported)]) == 0
+    a = load_model(str(exported)).encode(["alpha beta"])
+    b = load_model(str(tmp_path / "run" / "final")).encode(["alpha beta"])
+    assert np.allclose(a, b, atol=1e-6)
+
+
+def test_bad_dims_argument(tiny_model_dir: Path, tiny_beir: Path) -> None:
+    with pytest.raises(SystemExit, match="--dims"):
+        main(["eval", "--model", str(tiny_model_dir), "--data", str(tiny_beir), "--dims", "a,b"])

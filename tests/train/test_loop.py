@@ -1,0 +1,129 @@
+"""The training loop on a tiny model: it learns, resumes exactly after SIGKILL, stops on NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dualforge.config import load_config
+from dualforge.train import components
+from dualforge.train.checkpoint import latest_checkpoint
+from dualforge.train.loop import NonFiniteLossError, train
+from dualforge.train.metrics_log import read_metrics_log
+from tests.train.helpers import tiny_overrides
+
+SLOW_TRAIN = """
+import sys, time
+import dualforge.train.loop as loop
+from dualforge.config import load_config
+real = loop.optimizer_step
+def slow(p):
+    time.sleep(0.3)
+    return real(p)
+loop.optimizer_step = slow
+loop.train(load_config(None, sys.argv[1:]))
+"""
+
+
+def test_run_learns_and_writes_outputs(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    result = train(load_config(None, tiny_overrides(tiny_model_dir, tiny_beir, tmp_path)))
+    assert result.steps == 12
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert set(report["metrics"]) >= {"ndcg@10", "recall@100"} and report["before"] is not None
+    assert report["metrics"]["ndcg@10"] > report["before"]["ndcg@10"]
+    losses = [
+        r["loss"]
+        for r in read_metrics_log(result.run_dir / "metrics.jsonl")
+        if r["event"] == "train"
+    ]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    assert (result.run_dir / "final" / "modules.json").is_file()
+    assert "ndcg@10" in (result.run_dir / "summary.md").read_text()
+
+
+def _wait_for_checkpoint(
+    run_dir: Path, step: int, proc: subprocess.Popen[bytes], timeout: float = 120
+) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is not None and int(latest.name.split("-")[1]) >= step:
+            return
+        if proc.poll() is not None:
+            pytest.fail(
+                f"training exited early: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+            )
+        time.sleep(0.02)
+    pytest.fail("no checkpoint appeared in time")
+
+
+def test_sigkill_then_resume_gives_identical_weights(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    base = [
+        *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path),
+        "run.save_every=1",
+        "eval.before=false",
+    ]
+    straight = train(load_config(None, [*base, "run.name=straight"]))
+    killed_args = [*base, "run.name=killed"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_TRAIN, *killed_args], stderr=subprocess.PIPE, env=env
+    )
+    try:
+        _wait_for_checkpoint(tmp_path / "killed", 5, proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    interrupted_at = latest_checkpoint(tmp_path / "killed" / "checkpoints")
+    assert interrupted_at is not None and int(interrupted_at.name.split("-")[1]) < 12
+    resumed = train(load_config(None, [*killed_args, "run.resume=true"]))
+    events = [r["event"] for r in read_metrics_log(resumed.run_dir / "metrics.jsonl")]
+    assert "resume" in events
+    a = load_file(str(straight.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = components.build_info_nce
+
+    def flaky(cfg):  # type: ignore[no-untyped-def]
+        inner = real(cfg)
+
+        def loss(q: torch.Tensor, d: torch.Tensor, **kw: object) -> torch.Tensor:
+            calls["n"] += 1
+            out = inner(q, d, **kw)
+            return out * float("nan") if calls["n"] == 4 else out
+
+        return loss
+
+    monkeypatch.setitem(components.LOSSES, "flaky", flaky)
+    overrides = [
+        *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path),
+        "loss.name=flaky",
+        "run.save_every=1",
+        "eval.before=false",
+    ]
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 4"):
+        train(load_config(None, overrides))
+    latest = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert latest is not None and latest.name == "step-0000003"
+    assert (latest / "model.safetensors").is_file()
