@@ -67,9 +67,23 @@ def tiny_bert(tokenizer):  # type: ignore[no-untyped-def]
     return model
 
 
-WORDS = (
-    ["alpha", "beta", "gamma", "delta", "protein", "cell", "gene", "virus", "brain", "heart", "blood", "drug", "dose", "trial", "risk"]
-)
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "protein",
+    "cell",
+    "gene",
+    "virus",
+    "brain",
+    "heart",
+    "blood",
+    "drug",
+    "dose",
+    "trial",
+    "risk",
+]
 
 
 @pytest.fixture(scope="session")

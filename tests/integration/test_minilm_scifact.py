@@ -24,7 +24,9 @@ ZERO_SHOT = {"384": 0.645, "64": 0.484, "32": 0.337}
 
 def test_zero_shot_scifact_matches_known_figures(shared_data: Path) -> None:
     data = load_eval_set(shared_data / "scifact", "test", skip_bad=False)
-    report = evaluate_split(load_model("minilm"), data, EvalConfig(dims=(32, 64, 384)), show_progress=False)
+    report = evaluate_split(
+        load_model("minilm"), data, EvalConfig(dims=(32, 64, 384)), show_progress=False
+    )
     assert report.num_queries == 300 and report.num_docs == 5183
     for dim, expected in ZERO_SHOT.items():
         assert report.metrics_by_dim[dim]["ndcg@10"] == pytest.approx(expected, abs=1e-3), dim
@@ -63,5 +65,7 @@ def test_short_training_run_lowers_training_loss(shared_data: Path, tmp_path: Pa
     ]
     result = train(load_config("configs/scifact-minilm.yaml", overrides))
     assert result.steps == 8
-    after = fixed_batch_loss(load_model(str(result.run_dir / "final")), batch.queries, batch.positives)
+    after = fixed_batch_loss(
+        load_model(str(result.run_dir / "final")), batch.queries, batch.positives
+    )
     assert after < before - 0.05, (before, after)
