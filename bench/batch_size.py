@@ -1,0 +1,151 @@
+"""Retrieval accuracy vs batch size on SciFact: why cache gradients rather than accumulate them.
+
+Four arms, same seed, same number of optimizer steps, same learning-rate schedule, bf16 autocast:
+
+    plain-32      plain backward, batch 32 (31 in-batch negatives per query)
+    accum-4x32    gradient accumulation: 4 micro-batches of 32, negatives only within each
+    gradcache-128 GradCache, batch 128, chunk 16 (127 negatives per query, same memory as 32)
+    gradcache-512 GradCache, batch 512, chunk 16
+
+Each arm fine-tunes the packaged all-MiniLM-L6-v2 on SciFact train and is evaluated (fp32,
+documents truncated at 256 tokens) on SciFact test. Run:
+
+    python bench/batch_size.py --steps 12 --output bench/out/batch_size.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dualforge import GradCache
+from dualforge.config import EvalConfig
+from dualforge.data import Batch, EpochBatchSampler, examples_from_beir, load_beir
+from dualforge.losses import info_nce
+from dualforge.modeling import DualEncoder, load_model
+from dualforge.train.collate import collate
+from dualforge.train.evaluation import evaluate_split
+from dualforge.train.loop import batches, seed_everything
+from dualforge.train.run_data import load_eval_set
+from dualforge.train.schedule import build_optimizer, build_scheduler
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training recipe."""
+
+    name: str
+    batch: int
+    micro: int  # rows per backward for plain / accumulation; chunk size for GradCache
+    cached: bool
+
+
+ARMS = {
+    "plain-32": Arm("plain-32", 32, 32, False),
+    "accum-4x32": Arm("accum-4x32", 128, 32, False),
+    "gradcache-128": Arm("gradcache-128", 128, 16, True),
+    "gradcache-512": Arm("gradcache-512", 512, 16, True),
+}
+
+
+def bf16() -> AbstractContextManager[None]:
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def sub_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows ``start:stop`` of a batch."""
+    return replace(
+        batch,
+        queries=batch.queries[start:stop],
+        positives=batch.positives[start:stop],
+        negatives=batch.negatives[start:stop],
+        query_ids=batch.query_ids[start:stop],
+        positive_ids=batch.positive_ids[start:stop],
+        negative_ids=batch.negative_ids[start:stop],
+    )
+
+
+def backward_fn(model: DualEncoder, arm: Arm, doc_len: int) -> Callable[[Batch], float]:
+    """The gradient computation of one arm (no optimizer step)."""
+    towers = [model.query_encoder, model.doc_encoder]
+    gc = GradCache(towers, info_nce, arm.micro, autocast_dtype=torch.bfloat16)
+
+    def run(batch: Batch) -> float:
+        if arm.cached:
+            x = collate(model, batch, 64, doc_len)
+            return float(gc.step(x.queries, x.documents, false_negatives=x.false_negatives))
+        total = 0.0
+        for start in range(0, len(batch), arm.micro):
+            x = collate(model, sub_batch(batch, start, start + arm.micro), 64, doc_len)
+            with bf16():
+                q, d = model(x.queries, "query"), model(x.documents, "document")
+            loss = info_nce(q.float(), d.float(), false_negatives=x.false_negatives)
+            (loss * arm.micro / len(batch)).backward()
+            total += float(loss) * arm.micro / len(batch)
+        return total
+
+    return run
+
+
+def train_arm(
+    arm: Arm, steps: int, lr: float, doc_len: int, seed: int
+) -> tuple[DualEncoder, float]:
+    """Fine-tune a fresh MiniLM with ``arm``; return it and the training seconds."""
+    seed_everything(seed)
+    model = load_model("minilm", attention_dropout=0.0)
+    model.train()
+    examples = examples_from_beir(load_beir(DATA, "train"))
+    sampler = EpochBatchSampler(examples, arm.batch, seed=seed)
+    optimizer = build_optimizer(model.named_parameters(), lr, 0.01)
+    scheduler = build_scheduler(optimizer, max(1, steps // 10), steps)
+    step_fn, stream = backward_fn(model, arm, doc_len), batches(sampler)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        loss = step_fn(next(stream))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        print(f"  {arm.name} step {step}/{steps} loss {loss:.4f}", flush=True)
+    return model, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--doc-len", type=int, default=128, help="training truncation")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--output", default="bench/out/batch_size.json")
+    args = parser.parse_args()
+    test = load_eval_set(DATA, "test", skip_bad=False)
+    results = []
+    for name in args.arms.split(","):
+        arm = ARMS[name]
+        model, seconds = train_arm(arm, args.steps, args.lr, args.doc_len, args.seed)
+        report = evaluate_split(model, test, EvalConfig(), show_progress=False)
+        row = {"arm": name, "batch": arm.batch, "train_s": round(seconds, 1), **report.metrics}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| arm | batch | train s | nDCG@10 | Recall@100 |\n| --- | --- | --- | --- | --- |")
+    for r in results:
+        print(
+            f"| {r['arm']} | {r['batch']} | {r['train_s']} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} |"
+        )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
