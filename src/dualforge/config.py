@@ -56,6 +56,27 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class MatryoshkaConfig:
+    """Matryoshka nesting over the loss: on when ``enabled`` or ``dims`` is given.
+
+    ``dims`` empty means powers of two from 32 up to the model dim, plus the model dim.
+    ``renormalize`` None means: renormalise prefixes when the model outputs unit vectors.
+    ``sample_dims`` 0 uses every dim at every step.
+    """
+
+    enabled: bool = False
+    dims: tuple[int, ...] = ()
+    weights: tuple[float, ...] = ()
+    renormalize: bool | None = None
+    sample_dims: int = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether the loss is wrapped."""
+        return self.enabled or bool(self.dims)
+
+
+@dataclass(frozen=True)
 class LossConfig:
     """Contrastive loss settings."""
 
@@ -64,6 +85,7 @@ class LossConfig:
     symmetric: bool = False
     similarity: str = "dot"
     mask_false_negatives: bool = True
+    matryoshka: MatryoshkaConfig = field(default_factory=MatryoshkaConfig)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     test = parts.data.test
     print(f"config ok: {args.config}")
     print(f"model: {cfg.model.name} (dim {parts.model.dim}, tied {parts.model.tied})")
+    print(f"loss: {parts.gc.loss_fn!r}")
     print(
         f"training examples: {len(parts.data.examples)}; batches/epoch: {len(parts.sampler)}; steps: {parts.steps}"
     )

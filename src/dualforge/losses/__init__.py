@@ -1,5 +1,20 @@
-"""Losses: pure functions of representations."""
+"""Losses: pure functions of representations (and a Matryoshka wrapper over any of them)."""
 
 from dualforge.losses.contrastive import docs_per_query, false_negative_mask, info_nce, similarity
+from dualforge.losses.matryoshka import (
+    MatryoshkaLoss,
+    default_dims,
+    matryoshka_losses,
+    prefix,
+)
 
-__all__ = ["docs_per_query", "false_negative_mask", "info_nce", "similarity"]
+__all__ = [
+    "MatryoshkaLoss",
+    "default_dims",
+    "docs_per_query",
+    "false_negative_mask",
+    "info_nce",
+    "matryoshka_losses",
+    "prefix",
+    "similarity",
+]

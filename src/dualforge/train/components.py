@@ -12,7 +12,7 @@ import torch
 
 from dualforge.config import GradCacheConfig, LossConfig, ModelConfig
 from dualforge.gradcache import GradCache
-from dualforge.losses import info_nce
+from dualforge.losses import MatryoshkaLoss, default_dims, info_nce
 from dualforge.modeling import DualEncoder, load_model
 
 LossFn = Callable[..., torch.Tensor]
@@ -34,11 +34,37 @@ def build_info_nce(cfg: LossConfig) -> LossFn:
 LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {"info_nce": build_info_nce}
 
 
-def build_loss(cfg: LossConfig) -> LossFn:
-    """The loss function named by ``cfg.name``."""
+def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0) -> LossFn:
+    """The loss named by ``cfg.name``, wrapped in Matryoshka nesting when configured.
+
+    Args:
+        cfg: Loss settings.
+        model_dim: Size of the model's representations (default Matryoshka dims end there).
+        normalized: Whether the model outputs unit vectors (then prefixes are renormalised
+            unless ``loss.matryoshka.renormalize`` says otherwise).
+        seed: Seed of Matryoshka dim sampling.
+    """
     if cfg.name not in LOSSES:
         raise ValueError(f"loss.name={cfg.name!r} is not one of {sorted(LOSSES)}")
-    return LOSSES[cfg.name](cfg)
+    inner = LOSSES[cfg.name](cfg)
+    mrl = cfg.matryoshka
+    if not mrl.active:
+        return inner
+    dims = mrl.dims or default_dims(model_dim)
+    if dims[-1] > model_dim:
+        raise ValueError(f"loss.matryoshka.dims={dims} exceeds the model dim {model_dim}")
+    renormalize = normalized if mrl.renormalize is None else mrl.renormalize
+    try:
+        return MatryoshkaLoss(
+            inner,
+            dims,
+            weights=mrl.weights or None,
+            renormalize=renormalize,
+            sample_dims=mrl.sample_dims or None,
+            seed=seed,
+        )
+    except ValueError as err:
+        raise ValueError(f"loss.matryoshka: {err}") from err
 
 
 def build_model(cfg: ModelConfig) -> DualEncoder:

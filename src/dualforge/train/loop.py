@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from dualforge.config import Config, save_config
 from dualforge.data import Batch, EpochBatchSampler
 from dualforge.gradcache import GradCache
+from dualforge.losses import MatryoshkaLoss
 from dualforge.modeling import DualEncoder, load_model, save_model
 from dualforge.train.checkpoint import (
     TrainerState,
@@ -97,7 +98,9 @@ def build_parts(cfg: Config) -> Parts:
     steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
     optimizer = build_optimizer(model.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
     scheduler = build_scheduler(optimizer, int(cfg.optim.warmup_ratio * steps), steps)
-    gc, scaler = build_gradcache(model, build_loss(cfg.loss), cfg.gradcache, model.device)
+    normalized = model.query_encoder.normalize
+    loss = build_loss(cfg.loss, model.dim, normalized, cfg.run.seed)
+    gc, scaler = build_gradcache(model, loss, cfg.gradcache, model.device)
     log = MetricsLog(run_dir / "metrics.jsonl")
     return Parts(cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps)
 
@@ -165,6 +168,7 @@ def train_steps(p: Parts, state: TrainerState) -> TrainerState:
                 lr=lr,
                 grad_norm=grad_norm,
                 examples_per_s=rate,
+                **loss_parts(p.gc.loss_fn),
             )
         if cfg.eval.every and p.data.dev is not None and (state.step % cfg.eval.every == 0 or last):
             state = dev_eval(p, state)
@@ -193,6 +197,8 @@ def training_step(p: Parts, batch: Batch, step: int) -> float:
         cfg.loss.mask_false_negatives,
     )
     kwargs = {} if inputs.false_negatives is None else {"false_negatives": inputs.false_negatives}
+    if isinstance(p.gc.loss_fn, MatryoshkaLoss):
+        p.gc.loss_fn.reseed(step)
     loss = float(p.gc.step(inputs.queries, inputs.documents, **kwargs))
     if not math.isfinite(loss):
         p.log.write("error", step=step, loss=loss)
@@ -201,6 +207,13 @@ def training_step(p: Parts, batch: Batch, step: int) -> float:
             f"kept under {p.run_dir / 'checkpoints'} (resume with run.resume=true after a fix)"
         )
     return loss
+
+
+def loss_parts(loss_fn: object) -> dict[str, Any]:
+    """Per-dim loss values of a Matryoshka loss's last call, for the metrics log."""
+    if isinstance(loss_fn, MatryoshkaLoss):
+        return {"loss_by_dim": {str(m): v for m, v in loss_fn.last.items()}}
+    return {}
 
 
 def optimizer_step(p: Parts) -> float:

@@ -1,0 +1,162 @@
+"""Matryoshka costs on CPU: training step time vs single-dim, funnel vs full-dim search.
+
+Part ``step``: one Gradient Cache step of all-MiniLM-L6-v2 (train mode, chunk 16) on SciFact
+train (query, title + abstract) pairs, with plain InfoNCE at the full 384 dims vs the Matryoshka
+sum over 32, 64, 128, 256, 384. The encoder work is identical (the prefixes are sliced from the
+cached representations), so the difference is the loss on the (B, D) representations. Reported:
+median step time of each (interleaved, after a warm-up) and their ratio, plus the loss phase alone
+(forward + backward of the loss on detached representations, median of 50) as the part that
+differs.
+
+Part ``funnel`` (see ``--funnel-model``): funnel vs full-dim exact search on SciFact test with a
+Matryoshka model, and on a synthetic corpus of >= 1M Matryoshka-like vectors.
+
+Run:
+
+    python bench/matryoshka.py --part step            # ~5 min on 2 cores
+    python bench/matryoshka.py --part funnel --funnel-model runs/scifact-minilm-mrl/final
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "scifact"
+OUT = ROOT / "bench" / "out"
+DIMS = (32, 64, 128, 256, 384)
+TEMPERATURE = 0.05
+
+
+def load_pairs(n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` (query, first positive's title + abstract) SciFact train pairs."""
+    from dualforge.data import load_beir
+
+    ds = load_beir(DATA, "train")
+    pairs = []
+    for qid, judged in ds.qrels.items():
+        positives = [doc for doc, score in judged.items() if score > 0 and doc in ds.corpus]
+        if qid in ds.queries and positives:
+            pairs.append((ds.queries[qid], ds.corpus[positives[0]].full_text))
+    return [q for q, _ in pairs[:n]], [d for _, d in pairs[:n]]
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def loss_phase_time(loss: Callable[..., torch.Tensor], batch: int, dim: int) -> float:
+    """Median time of the loss forward + backward on detached ``(batch, dim)`` representations."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1)
+
+    def run() -> None:
+        leaves = [q.clone().requires_grad_(), d.clone().requires_grad_()]
+        loss(*leaves).backward()
+
+    run()
+    return median_time(run, 50)
+
+
+def step_part(batch: int, max_length: int, repeats: int) -> dict[str, Any]:
+    """Time a single-dim and a Matryoshka Gradient Cache step, interleaved."""
+    from dualforge import GradCache
+    from dualforge.losses import MatryoshkaLoss, info_nce
+    from dualforge.modeling import load_model
+
+    model = load_model("minilm")
+    model.train()
+    queries, docs = load_pairs(batch)
+    q = model.tokenize(queries, "query", max_length=max_length)
+    d = model.tokenize(docs, "document", max_length=max_length)
+    single = partial(info_nce, temperature=TEMPERATURE)
+    mrl = MatryoshkaLoss(single, DIMS, renormalize=True)
+    towers = [model.query_encoder, model.doc_encoder]
+    engines = {"single": GradCache(towers, single, 16), "matryoshka": GradCache(towers, mrl, 16)}
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for gc in engines.values():  # warm-up
+        gc.step(q, d)
+        model.zero_grad(set_to_none=True)
+    for i in range(repeats):
+        for name in list(engines)[i % 2 :] + list(engines)[: i % 2]:
+            t0 = time.perf_counter()
+            engines[name].step(q, d)
+            times[name].append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+        print(
+            f"  step {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
+        )
+    median = {k: statistics.median(v) for k, v in times.items()}
+    loss_s = {
+        "single": loss_phase_time(single, batch, 384),
+        "matryoshka": loss_phase_time(mrl, batch, 384),
+    }
+    return {
+        "batch": batch,
+        "max_length": max_length,
+        "dims": DIMS,
+        "repeats": repeats,
+        "times_s": times,
+        "median_s": median,
+        "ratio": median["matryoshka"] / median["single"],
+        "paired_ratio": statistics.median(
+            a / b for a, b in zip(times["matryoshka"], times["single"])
+        ),
+        "loss_phase_s": loss_s,
+        "ratio_from_loss_phase": (median["single"] + loss_s["matryoshka"] - loss_s["single"])
+        / median["single"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("step", "funnel", "all"), default="all")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--funnel-model", default="runs/scifact-minilm-mrl/final")
+    parser.add_argument("--output", type=Path, default=OUT / "matryoshka.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    report: dict[str, Any] = {"command": " ".join(["python", "bench/matryoshka.py", *sys.argv[1:]])}
+    if args.output.is_file():
+        report = json.loads(args.output.read_text()) | report
+    if args.part in ("step", "all"):
+        print("== Matryoshka vs single-dim training step ==", flush=True)
+        step = step_part(args.batch, args.max_length, args.repeats)
+        report["step"] = step
+        print(
+            f"median step: single {step['median_s']['single']:.2f}s, matryoshka "
+            f"{step['median_s']['matryoshka']:.2f}s, ratio {step['ratio']:.3f} (paired "
+            f"{step['paired_ratio']:.3f}); loss phase {step['loss_phase_s']['single'] * 1e3:.2f} ms "
+            f"vs {step['loss_phase_s']['matryoshka'] * 1e3:.2f} ms -> ratio "
+            f"{step['ratio_from_loss_phase']:.4f} (target <= 1.03)"
+        )
+    if args.part in ("funnel", "all"):
+        from bench.matryoshka_funnel import funnel_part
+
+        report["funnel"] = funnel_part(args.funnel_model)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
