@@ -98,6 +98,7 @@ def test_encode_and_validate_and_export(
         "optim.max_steps=2",
         "run.save_every=1",
         "eval.before=false",
+        "eval.dims=[16,64]",  # the shipped dims go up to MiniLM's 384; the tiny model has 64
     ]
     assert main(["validate", "configs/scifact-minilm.yaml", *overrides]) == 0
     assert "training examples: 24" in capsys.readouterr().out

@@ -1,15 +1,39 @@
-"""``dualforge eval``: retrieval metrics of a model on a BEIR split, optionally per Matryoshka dim."""
+"""``dualforge eval``: retrieval metrics of a model on a BEIR split, optionally per Matryoshka dim.
+
+The queries and corpus are encoded once; the per-dim metrics, the plot, the funnel and the
+budget search all reuse those embeddings.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from dualforge.config import EvalConfig
-from dualforge.modeling import load_model
-from dualforge.train.evaluation import evaluate_split
-from dualforge.train.run_data import load_eval_set
+from dualforge.data import available_splits
+from dualforge.eval.metrics import evaluate
+from dualforge.eval.retrieval import (
+    Funnel,
+    Stage,
+    choose_cascade,
+    exact_flops,
+    exact_search,
+    format_funnel_spec,
+    parse_funnel_spec,
+    qrels_quality,
+    run_from_search,
+)
+from dualforge.eval.retrieval_eval import evaluate_embeddings, judged_query_ids
+from dualforge.modeling import DualEncoder, load_model
+from dualforge.train.run_data import EvalSet, load_eval_set
+
+BUDGET_METRIC = "ndcg@10"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +50,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--k", type=int, default=100, help="retrieve this many documents per query")
     p.add_argument("--output", default=None, help="write the JSON report here")
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed records")
+    p.add_argument("--plot", default=None, help="write a PNG of ndcg@10 by dim (needs --dims)")
+    p.add_argument("--compare", default=None, help="a second model, evaluated at the same dims")
+    p.add_argument(
+        "--funnel", default=None, help="Matryoshka funnel dims:keep,..., e.g. 32:200,64:100,384:10"
+    )
+    p.add_argument("--index-factory", default="Flat", help="faiss factory of the first stage")
+    p.add_argument("--index-params", default=None, help="faiss search params, e.g. efSearch=128")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="TOL",
+        help=f"choose the cheapest cascade within TOL relative {BUDGET_METRIC} loss on the dev split",
+    )
+    p.add_argument("--dev-split", default="dev", help="split that --budget chooses on")
     p.set_defaults(func=run)
 
 
@@ -37,16 +76,185 @@ def parse_dims(text: str) -> tuple[int, ...]:
         raise SystemExit(f"--dims must be comma-separated integers, got {text!r}") from None
 
 
+@dataclass
+class EncodedSplit:
+    """A split's judged queries and its corpus, encoded once."""
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    queries: np.ndarray  # (Q, D)
+    docs: np.ndarray  # (N, D)
+    metric: str  # "cos" for a normalising model, else "ip"
+
+
+def encode_split(
+    model: DualEncoder, data: EvalSet, batch_size: int, docs: np.ndarray | None = None
+) -> EncodedSplit:
+    """Encode ``data``'s judged queries and (unless ``docs`` is given) its corpus."""
+    qids = judged_query_ids(data.qrels, data.queries)
+    if not qids:
+        raise SystemExit("no query with judgments in the qrels has a text in the queries")
+    doc_ids = list(data.corpus)
+    q_emb = model.encode([data.queries[q] for q in qids], "query", batch_size, True)  # (Q, D)
+    if docs is None:
+        docs = model.encode([data.corpus[d] for d in doc_ids], "document", batch_size, True)
+    metric = "cos" if model.query_encoder.normalize else "ip"
+    return EncodedSplit(qids, doc_ids, q_emb, docs, metric)
+
+
+def evaluate_model(
+    name: str, args: argparse.Namespace, data: EvalSet, cfg: EvalConfig
+) -> tuple[dict[str, Any], EncodedSplit, DualEncoder]:
+    """Load, encode and evaluate one model: its report dict, embeddings and the model."""
+    model = load_model(name, max_seq_length=args.max_length)
+    enc = encode_split(model, data, cfg.batch_size)
+    report = evaluate_embeddings(
+        enc.queries,
+        enc.docs,
+        enc.query_ids,
+        enc.doc_ids,
+        data.qrels,
+        k=cfg.k,
+        metrics=cfg.metrics,
+        dims=list(cfg.dims) or None,
+        metric=enc.metric,
+    )
+    return report.to_dict(), enc, model
+
+
+def funnel_report(
+    enc: EncodedSplit,
+    data: EvalSet,
+    stages: tuple[Stage, ...],
+    metrics: tuple[str, ...],
+    factory: str,
+    params: str | None = None,
+) -> dict[str, Any]:
+    """Run a funnel and exact search at the same depth; metrics, FLOPs and wall times."""
+    try:
+        funnel = Funnel(enc.docs, stages, factory=factory, metric=enc.metric, params=params)
+    except ValueError as err:
+        raise SystemExit(f"--funnel: {err}") from None
+    result = funnel.search(enc.queries)
+    depth = result.ids.shape[1]
+    start = time.perf_counter()
+    exact = exact_search(enc.queries, enc.docs, depth, metric=enc.metric)  # (Q, depth)
+    exact_seconds = time.perf_counter() - start
+    full = exact_flops(len(enc.doc_ids), enc.docs.shape[1])
+
+    def scored(scores: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+        return evaluate(
+            data.qrels, run_from_search(enc.query_ids, enc.doc_ids, scores, ids), metrics
+        )
+
+    return {
+        "spec": format_funnel_spec(funnel.stages),
+        "depth": depth,
+        "metrics": scored(result.scores, result.ids),
+        "exact_metrics": scored(*exact),
+        "flops_per_query": result.flops_per_query,
+        "exact_flops_per_query": full,
+        "flops_ratio": result.flops_per_query / full,
+        "seconds": result.seconds,
+        "exact_seconds": exact_seconds,
+    }
+
+
+def _check_budget(args: argparse.Namespace) -> None:
+    folder = Path(args.data)
+    if args.dev_split not in available_splits(folder):
+        raise SystemExit(
+            f"--budget needs a dev split to choose the cascade on: {folder}/qrels/"
+            f"{args.dev_split}.tsv does not exist (name another split with --dev-split)"
+        )
+    if args.dev_split == args.split:
+        raise SystemExit(f"--budget must choose on a split other than --split {args.split!r}")
+    if not 0 <= args.budget < 1:
+        raise SystemExit(f"--budget must be in [0, 1), got {args.budget}")
+
+
+def budget_report(
+    model: DualEncoder, enc: EncodedSplit, data: EvalSet, args: argparse.Namespace, cfg: EvalConfig
+) -> dict[str, Any]:
+    """Choose the cheapest cascade on the dev split, then run it on the evaluated split."""
+    dev = load_eval_set(Path(args.data), args.dev_split, args.skip_bad)
+    if list(dev.corpus) != enc.doc_ids:
+        raise SystemExit(f"the {args.dev_split!r} corpus differs from the {args.split!r} one")
+    dev_enc = encode_split(model, dev, cfg.batch_size, docs=enc.docs)
+    quality = qrels_quality(dev.qrels, dev_enc.query_ids, dev_enc.doc_ids, BUDGET_METRIC)
+    choice = choose_cascade(
+        enc.docs,
+        dev_enc.queries,
+        quality,
+        tolerance=args.budget,
+        k=10,
+        metric=enc.metric,
+        factory=args.index_factory,
+        params=args.index_params,
+    )
+    chosen = parse_funnel_spec(choice.chosen.spec)
+    return {
+        "tolerance": args.budget,
+        "dev_split": args.dev_split,
+        "select_metric": BUDGET_METRIC,
+        "chosen": asdict(choice.chosen),
+        "reference": asdict(choice.reference),
+        "trials": [asdict(t) for t in choice.trials],
+        "test": funnel_report(
+            enc, data, chosen, cfg.metrics, args.index_factory, args.index_params
+        ),
+    }
+
+
+def _plot(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    from dualforge.eval.plots import plot_metric_by_dim
+
+    def series(r: dict[str, Any]) -> dict[str, dict[str, float]]:
+        return {**r["metrics_by_dim"], str(r["embedding_dim"]): r["metrics"]}
+
+    lines = {args.model: series(report)}
+    if "compare" in report:
+        label = args.compare if args.compare != args.model else f"{args.compare} (compare)"
+        lines[label] = series(report["compare"])
+    plot_metric_by_dim(lines, args.plot, metric="ndcg@10")
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON report."""
-    model = load_model(args.model, max_seq_length=args.max_length)
+    stages = _parse_funnel(args.funnel)
+    if args.plot and not args.dims:
+        raise SystemExit("--plot needs --dims (the prefix dims to plot)")
+    if args.budget is not None:
+        _check_budget(args)
     data = load_eval_set(Path(args.data), args.split, args.skip_bad)
     cfg = EvalConfig(k=args.k, batch_size=args.batch_size, dims=parse_dims(args.dims))
-    report = evaluate_split(model, data, cfg).to_dict()
+    report, enc, model = evaluate_model(args.model, args, data, cfg)
     report.update(model=args.model, data=args.data, split=args.split)
+    if args.compare:
+        report["compare"] = {
+            **evaluate_model(args.compare, args, data, cfg)[0],
+            "model": args.compare,
+        }
+    if stages is not None:
+        report["funnel"] = funnel_report(
+            enc, data, stages, cfg.metrics, args.index_factory, args.index_params
+        )
+    if args.budget is not None:
+        report["budget"] = budget_report(model, enc, data, args, cfg)
+    if args.plot:
+        _plot(args, report)
     text = json.dumps(report, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text + "\n", encoding="utf-8")
     print(text)
     return 0
+
+
+def _parse_funnel(spec: str | None) -> tuple[Stage, ...] | None:
+    if spec is None:
+        return None
+    try:
+        return parse_funnel_spec(spec)
+    except ValueError as err:
+        raise SystemExit(f"--funnel: {err}") from None

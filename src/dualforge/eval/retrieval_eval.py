@@ -142,7 +142,7 @@ def evaluate_retrieval(
         ValueError: For bad arguments, an empty corpus, no judged query with a text, or
             embeddings of the wrong shape.
     """
-    parsed = parse_metrics(metrics)  # fail on a bad name before any encoding
+    parse_metrics(metrics)  # fail on a bad name before any encoding
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if metric not in SEARCH_METRICS or backend not in BACKENDS:
@@ -157,6 +157,64 @@ def evaluate_retrieval(
     doc_ids = list(corpus)
     q_emb = _encode(encode_queries, [queries[q] for q in qids], "query")  # (Q, D)
     d_emb = _encode(encode_docs, [corpus[d] for d in doc_ids], "document")  # (N, D)
+    return evaluate_embeddings(
+        q_emb,
+        d_emb,
+        qids,
+        doc_ids,
+        qrels,
+        k=k,
+        metrics=metrics,
+        dims=dims,
+        metric=metric,
+        backend=backend,
+    )
+
+
+def evaluate_embeddings(
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: Qrels,
+    *,
+    k: int = 100,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    dims: Sequence[int] | None = None,
+    metric: str = "cos",
+    backend: str = "auto",
+) -> RetrievalReport:
+    """The second half of :func:`evaluate_retrieval`, on embeddings computed beforehand.
+
+    Args:
+        query_emb: ``(Q, D)`` embeddings of the queries ``query_ids``.
+        doc_emb: ``(N, D)`` embeddings of the documents ``doc_ids``.
+        query_ids: Id of each query row (see :func:`judged_query_ids`).
+        doc_ids: Id of each document row.
+        qrels: ``{query_id: {doc_id: relevance}}``.
+        k: Documents retrieved per query.
+        metrics: Metric names such as ``"ndcg@10"``.
+        dims: Also evaluate these prefix sizes (Matryoshka).
+        metric: ``"cos"`` or ``"ip"``.
+        backend: ``"auto"``, ``"faiss"`` or ``"torch"`` (see :func:`exact_search`).
+
+    Returns:
+        The report, as :func:`evaluate_retrieval` makes it.
+
+    Raises:
+        ValueError: For bad arguments or embeddings whose shapes disagree with the ids.
+    """
+    parsed = parse_metrics(metrics)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    qids, q_emb, d_emb = list(query_ids), np.asarray(query_emb), np.asarray(doc_emb)
+    if q_emb.ndim != 2 or d_emb.ndim != 2:
+        raise ValueError(f"embeddings must be 2-d, got {q_emb.shape} and {d_emb.shape}")
+    if (len(qids), len(doc_ids)) != (q_emb.shape[0], d_emb.shape[0]):
+        raise ValueError(
+            f"{len(qids)} query ids / {len(doc_ids)} doc ids for {q_emb.shape[0]} query / "
+            f"{d_emb.shape[0]} document embeddings"
+        )
     if q_emb.shape[1] != d_emb.shape[1]:
         raise ValueError(f"query dim {q_emb.shape[1]} != document dim {d_emb.shape[1]}")
     full_dim = q_emb.shape[1]

@@ -1,5 +1,54 @@
-"""Exact search over (possibly truncated) embeddings."""
+"""Search over (possibly truncated) embeddings: exact, by faiss factory index, and Matryoshka funnels."""
 
+from dualforge.eval.retrieval.budget import (
+    CascadeChoice,
+    CascadeTrial,
+    choose_cascade,
+    default_candidates,
+    qrels_quality,
+)
 from dualforge.eval.retrieval.exact import exact_search, faiss_available, prepare, run_from_search
+from dualforge.eval.retrieval.funnel import (
+    AdaptiveSearcher,
+    Funnel,
+    FunnelResult,
+    Stage,
+    cascade_flops,
+    check_stages,
+    exact_flops,
+    format_funnel_spec,
+    parse_funnel_spec,
+)
+from dualforge.eval.retrieval.index import (
+    FaissIndex,
+    PrefixRescorer,
+    TorchFlatIndex,
+    VectorIndex,
+    build_index,
+)
 
-__all__ = ["exact_search", "faiss_available", "prepare", "run_from_search"]
+__all__ = [
+    "AdaptiveSearcher",
+    "CascadeChoice",
+    "CascadeTrial",
+    "FaissIndex",
+    "Funnel",
+    "FunnelResult",
+    "PrefixRescorer",
+    "Stage",
+    "TorchFlatIndex",
+    "VectorIndex",
+    "build_index",
+    "cascade_flops",
+    "check_stages",
+    "choose_cascade",
+    "default_candidates",
+    "exact_flops",
+    "exact_search",
+    "faiss_available",
+    "format_funnel_spec",
+    "parse_funnel_spec",
+    "prepare",
+    "qrels_quality",
+    "run_from_search",
+]

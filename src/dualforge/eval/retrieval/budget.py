@@ -1,0 +1,183 @@
+"""Budget mode for Matryoshka funnels: the cheapest cascade within a tolerance of exact search.
+
+Candidate cascades are scored on a dev split; the reference is exact search with the full
+embeddings, and the choice is the candidate with the fewest FLOPs per query whose quality is at
+least ``(1 - tolerance)`` times the reference's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+
+from dualforge.eval.metrics import Qrels, evaluate, parse_metrics
+from dualforge.eval.retrieval.exact import Array, prepare, run_from_search
+from dualforge.eval.retrieval.funnel import (
+    Funnel,
+    Stage,
+    as_queries,
+    cascade_flops,
+    check_stages,
+    format_funnel_spec,
+)
+from dualforge.eval.retrieval.index import VectorIndex
+
+QualityFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def qrels_quality(
+    qrels: Qrels, query_ids: Sequence[str], doc_ids: Sequence[str], metric: str = "ndcg@10"
+) -> QualityFn:
+    """A quality function for :func:`choose_cascade`: mean ``metric`` against ``qrels``.
+
+    Args:
+        qrels: ``{query_id: {doc_id: relevance}}``.
+        query_ids: Id of each query row.
+        doc_ids: Id of each document index.
+        metric: Metric name, e.g. ``"ndcg@10"``.
+
+    Returns:
+        ``(scores, ids) -> mean metric`` (see :func:`dualforge.eval.metrics.evaluate`).
+
+    Raises:
+        ValueError: For an unknown metric name.
+    """
+    parse_metrics([metric])
+
+    def quality(scores: np.ndarray, ids: np.ndarray) -> float:
+        return evaluate(qrels, run_from_search(query_ids, doc_ids, scores, ids), [metric])[metric]
+
+    return quality
+
+
+@dataclass(frozen=True)
+class CascadeTrial:
+    """A cascade evaluated on the dev queries: its spec, cost and quality."""
+
+    spec: str
+    flops_per_query: int
+    quality: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CascadeChoice:
+    """The outcome of :func:`choose_cascade`.
+
+    Attributes:
+        chosen: The cheapest cascade within tolerance.
+        reference: Exact search with the full embeddings (spec ``"D:k"``).
+        tolerance: The relative quality loss allowed.
+        trials: Every cascade evaluated, cheapest first.
+    """
+
+    chosen: CascadeTrial
+    reference: CascadeTrial
+    tolerance: float
+    trials: tuple[CascadeTrial, ...]
+
+
+def default_candidates(
+    full_dim: int, n_docs: int, k: int = 10, shortlists: Sequence[int] = (50, 100, 200, 400, 800)
+) -> list[tuple[Stage, ...]]:
+    """A small grid: first-stage dims (powers of two from 16 below ``D``) x shortlist sizes.
+
+    For each pair ``(d_0, s)`` there are two cascades: ``d_0:s, D:k`` and the halving funnel
+    ``d_0:s, 2d_0:s/2, ..., D:k`` (keeps never below ``k``). Shortlists not in ``(k, N)`` are
+    dropped. The full exact search ``D:k`` is always the last candidate.
+
+    Args:
+        full_dim: Embedding size ``D``.
+        n_docs: Corpus size ``N``.
+        k: Results of the last stage.
+        shortlists: First-stage keep sizes.
+
+    Returns:
+        The candidate cascades.
+    """
+    out: dict[str, tuple[Stage, ...]] = {}
+    first_dims = [2**p for p in range(4, 16) if 2**p < full_dim]
+    for d0 in first_dims:
+        for s in (s for s in shortlists if k < s < n_docs):
+            out[f"{d0}:{s},{full_dim}:{k}"] = (Stage(d0, s), Stage(full_dim, k))
+            dims = [d0 * 2**i for i in range(16) if d0 * 2**i < full_dim] + [full_dim]
+            keeps = [max(k, s // 2**i) for i in range(len(dims) - 1)] + [k]
+            funnel = tuple(Stage(d, c) for d, c in zip(dims, keeps))
+            out[format_funnel_spec(funnel)] = funnel
+    out[f"{full_dim}:{k}"] = (Stage(full_dim, k),)
+    return list(out.values())
+
+
+def _trial(funnel: Funnel, queries: torch.Tensor, quality_fn: QualityFn) -> CascadeTrial:
+    result = funnel.search(queries)
+    spec = format_funnel_spec(funnel.stages)
+    return CascadeTrial(
+        spec, result.flops_per_query, quality_fn(result.scores, result.ids), result.seconds
+    )
+
+
+def choose_cascade(
+    docs: Array,
+    queries: Array,
+    quality_fn: QualityFn,
+    candidates: Sequence[Sequence[Stage] | str] | None = None,
+    *,
+    tolerance: float = 0.01,
+    k: int = 10,
+    metric: str = "ip",
+    factory: str = "Flat",
+    backend: str = "auto",
+    params: str | None = None,
+) -> CascadeChoice:
+    """The cheapest cascade (by FLOPs) whose dev quality is ``>= (1 - tolerance) * exact``.
+
+    ``exact`` is the quality of exact (``"Flat"``) top-``k`` search with the full embeddings,
+    which always qualifies, so a choice always exists. Candidates that cost at least as many
+    FLOPs are skipped.
+
+    Args:
+        docs: ``(N, D)`` document embeddings.
+        queries: ``(Q, D)`` dev query embeddings.
+        quality_fn: ``(scores, ids) -> quality``, higher is better (see :func:`qrels_quality`).
+        candidates: Cascades (stages or spec strings); :func:`default_candidates` when None.
+        tolerance: Relative quality loss allowed, in ``[0, 1)``.
+        k: Results of the reference search (and of the default candidates).
+        metric: ``"ip"`` or ``"cos"``.
+        factory: faiss factory string of every first-stage index.
+        backend: ``"auto"``, ``"faiss"`` or ``"torch"``.
+        params: faiss search parameters of every first-stage index.
+
+    Returns:
+        The choice, the reference and every trial.
+
+    Raises:
+        ValueError: For a tolerance outside ``[0, 1)``, ``k < 1`` or an invalid candidate.
+    """
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    d = prepare(docs, metric="ip", name="docs")  # (N, D)
+    q = as_queries(queries, int(d.shape[1]))  # (Q, D)
+    n, full = int(d.shape[0]), int(d.shape[1])
+    make = partial(Funnel, d, factory=factory, metric=metric, backend=backend, params=params)
+    exact = Funnel(d, [Stage(full, k)], metric=metric, backend=backend)  # "Flat": exact
+    reference = _trial(exact, q, quality_fn)
+    cands = default_candidates(full, n, k) if candidates is None else candidates
+    stages = [check_stages(c, full) for c in cands]
+    indexes: dict[int, VectorIndex] = {}  # one first-stage index per prefix size
+    trials = [reference]
+    for s in stages:
+        if cascade_flops(s, n) >= reference.flops_per_query:
+            continue
+        if s[0].dims not in indexes:
+            indexes[s[0].dims] = make(s).index
+        trials.append(_trial(make(s, first_index=indexes[s[0].dims]), q, quality_fn))
+    trials.sort(key=lambda t: (t.flops_per_query, -t.quality))
+    floor = reference.quality - tolerance * abs(reference.quality)
+    chosen = next(t for t in trials if t.quality >= floor)
+    return CascadeChoice(chosen, reference, tolerance, tuple(trials))
