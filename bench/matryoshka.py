@@ -125,13 +125,119 @@ def step_part(batch: int, max_length: int, repeats: int) -> dict[str, Any]:
     }
 
 
+FUNNELS = (
+    "32:200,64:100,128:50,256:25,384:10",  # the paper's funnel
+    "64:200,128:50,384:10",
+    "32:400,128:100,384:10",
+    "64:100,384:10",
+)
+
+
+def funnel_rows(
+    docs: Any, queries: Any, quality: Callable[[Any, Any], float], metric: str, repeats: int
+) -> list[dict[str, Any]]:
+    """Quality, FLOPs and wall time of exact full-dim search and of each funnel in ``FUNNELS``."""
+    from dualforge.eval.retrieval import Funnel, build_index, exact_flops
+
+    n, dim = docs.shape
+    index = build_index(docs, "Flat", metric)
+    index.search(queries[:8], 10)  # warm-up
+    exact_s = median_time(lambda: index.search(queries, 10), repeats)
+    scores, ids = index.search(queries, 10)
+    exact_q = quality(scores, ids)
+    rows = [
+        {
+            "search": f"exact {dim}",
+            "quality": exact_q,
+            "flops": exact_flops(n, dim),
+            "flops_ratio": 1.0,
+            "seconds": exact_s,
+            "time_ratio": 1.0,
+            "quality_ratio": 1.0,
+        }
+    ]
+    for spec in FUNNELS:
+        funnel = Funnel(docs, spec, metric=metric)
+        funnel.search(queries[:8])
+        seconds = median_time(lambda f=funnel: f.search(queries), repeats)  # type: ignore[misc]
+        result = funnel.search(queries)
+        q = quality(result.scores, result.ids)
+        rows.append(
+            {
+                "search": spec,
+                "quality": q,
+                "flops": funnel.flops_per_query,
+                "flops_ratio": funnel.flops_per_query / exact_flops(n, dim),
+                "seconds": seconds,
+                "time_ratio": seconds / exact_s,
+                "quality_ratio": q / exact_q if exact_q else float("nan"),
+            }
+        )
+    for r in rows:
+        print(
+            f"  {r['search']:<38} quality {r['quality']:.4f} ({r['quality_ratio']:.3f}x)  "
+            f"FLOPs/query {r['flops']:>11,} ({r['flops_ratio']:.3f}x)  "
+            f"{r['seconds']:.3f}s ({r['time_ratio']:.3f}x)",
+            flush=True,
+        )
+    return rows
+
+
+def scifact_funnel(model_path: str) -> list[dict[str, Any]]:
+    """Funnels over SciFact test with a (Matryoshka) model, quality = nDCG@10."""
+    from dualforge.eval.retrieval import qrels_quality
+    from dualforge.modeling import load_model
+    from dualforge.train.run_data import load_eval_set
+
+    data = load_eval_set(DATA, "test", skip_bad=False)
+    model = load_model(model_path)
+    qids = [q for q in data.queries if q in data.qrels]
+    doc_ids = list(data.corpus)
+    docs = model.encode([data.corpus[i] for i in doc_ids], "document", 32, show_progress=True)
+    queries = model.encode([data.queries[q] for q in qids], "query", 32)
+    metric = "cos" if model.query_encoder.normalize else "ip"
+    quality = qrels_quality(data.qrels, qids, doc_ids, "ndcg@10")
+    return funnel_rows(docs, queries, quality, metric, repeats=5)
+
+
+def synthetic_funnel(
+    n: int, n_queries: int, dim: int = 384, noise: float = 0.5
+) -> list[dict[str, Any]]:
+    """Funnels over ``n`` synthetic Matryoshka-like unit vectors; quality = Recall@10 of the source.
+
+    Coordinate ``j`` has scale ``(1 + j) ** -0.25``, so early dims carry more of each vector (as in
+    a Matryoshka embedding) and a prefix is a coarser version of the whole. Each query is a noisy
+    copy of one document, its only relevant target.
+    """
+    g = torch.Generator().manual_seed(0)
+    scale = (1.0 + torch.arange(dim, dtype=torch.float32)) ** -0.25  # (D,)
+    docs = torch.empty(n, dim)
+    for start in range(0, n, 100_000):
+        block = torch.randn(min(100_000, n - start), dim, generator=g) * scale
+        docs[start : start + len(block)] = torch.nn.functional.normalize(block, dim=-1)
+    source = torch.randint(0, n, (n_queries,), generator=g)  # (Q,)
+    eps = torch.randn(n_queries, dim, generator=g) * scale / scale.norm()  # (Q, D), norm ~1
+    raw = docs[source] + noise * eps  # (Q, D)
+    queries = torch.nn.functional.normalize(raw, dim=-1).numpy()
+    docs_np = docs.numpy()
+    del docs
+
+    def recall(scores: Any, ids: Any) -> float:
+        return float((torch.as_tensor(ids) == source[:, None]).any(dim=1).float().mean())
+
+    return funnel_rows(docs_np, queries, recall, "ip", repeats=3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("step", "funnel", "all"), default="all")
+    parser.add_argument("--part", choices=("step", "funnel", "synthetic", "all"), default="all")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--funnel-model", default="runs/scifact-minilm-mrl/final")
+    parser.add_argument("--funnel-compare", nargs="*", default=[], help="more models to funnel")
+    parser.add_argument("--synthetic-n", type=int, default=1_000_000)
+    parser.add_argument("--synthetic-queries", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=OUT / "matryoshka.json")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -150,9 +256,21 @@ def main() -> None:
             f"{step['ratio_from_loss_phase']:.4f} (target <= 1.03)"
         )
     if args.part in ("funnel", "all"):
-        from bench.matryoshka_funnel import funnel_part
-
-        report["funnel"] = funnel_part(args.funnel_model)
+        print(f"== funnel vs exact search, SciFact test, {args.funnel_model} ==", flush=True)
+        report["funnel_scifact"] = {
+            "model": args.funnel_model,
+            "rows": scifact_funnel(args.funnel_model),
+        }
+        for model in args.funnel_compare:
+            print(f"== funnel vs exact search, SciFact test, {model} ==", flush=True)
+            report.setdefault("funnel_scifact_compare", {})[model] = scifact_funnel(model)
+    if args.part in ("synthetic", "all"):
+        print(f"== funnel vs exact search, {args.synthetic_n:,} synthetic vectors ==", flush=True)
+        report["funnel_synthetic"] = {
+            "n": args.synthetic_n,
+            "queries": args.synthetic_queries,
+            "rows": synthetic_funnel(args.synthetic_n, args.synthetic_queries),
+        }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.output}")
