@@ -201,7 +201,7 @@ def scifact_funnel(model_path: str) -> list[dict[str, Any]]:
 
 
 def synthetic_funnel(
-    n: int, n_queries: int, dim: int = 384, noise: float = 0.5
+    n: int, n_queries: int, dim: int = 384, noise: float = 1.0
 ) -> list[dict[str, Any]]:
     """Funnels over ``n`` synthetic Matryoshka-like unit vectors; quality = Recall@10 of the source.
 
