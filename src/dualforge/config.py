@@ -140,6 +140,80 @@ class RunConfig:
     threads: int = 0
 
 
+STRATEGIES = ("in_batch", "static", "refresh", "oracle", "dynamic")
+MINING_MODES = ("softmax", "topk")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Mined hard negatives (see docs/mining.md, "Training with mined negatives").
+
+    ``strategy``: ``in_batch`` (no mining), ``static`` (index of the initial model's target
+    embeddings, never refreshed), ``refresh`` (re-encode every target and rebuild the index every
+    ``refresh_every`` steps), ``oracle`` (re-encode every target every step, brute force; at most
+    ``oracle_max_targets`` targets), ``dynamic`` (tree index; every ``refresh_every`` steps
+    re-encode ``landmarks`` targets, Nyström-correct all others, update the tree in place).
+    ``mode``: ``softmax`` draws ``num_negatives`` per query from softmax(q·t / ``temperature``);
+    ``topk`` takes ranks ``skip_first`` .. ``skip_first + num_negatives - 1``. Known positives
+    (qrels) are never returned. ``landmarks`` below 1 is a fraction of the targets, otherwise a
+    count. ``holdout`` non-landmark targets are re-encoded at each refresh to measure drift error
+    (0: off); ``recent`` caps how many targets seen in batches since the last refresh are
+    re-encoded with the landmarks (dynamic only). ``correction``: ``residual`` fits the linear
+    Nyström map to the drift and adds it to the stale vectors (keeps the directions the
+    landmarks do not span); ``plain`` maps the stale vectors themselves.
+    """
+
+    strategy: str = "in_batch"
+    mode: str = "softmax"
+    num_negatives: int = 4
+    temperature: float = 0.05
+    skip_first: int = 0
+    refresh_every: int = 100
+    landmarks: float = 0.05
+    holdout: int = 256
+    recent: int = 256
+    oracle_max_targets: int = 20_000
+    encode_batch_size: int = 64
+    doc_max_length: int | None = None
+    branching: int = 16
+    leaf_size: int = 64
+    looseness: float = 1.5
+    eta: float = 0.25
+    ridge: float = 1e-3
+    correction: str = "residual"
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        checks = [
+            (self.strategy in STRATEGIES, "strategy", f"one of {list(STRATEGIES)}"),
+            (self.mode in MINING_MODES, "mode", f"one of {list(MINING_MODES)}"),
+            (self.num_negatives >= 1, "num_negatives", ">= 1"),
+            (self.temperature > 0, "temperature", "> 0"),
+            (self.skip_first >= 0, "skip_first", ">= 0"),
+            (self.refresh_every >= 1, "refresh_every", ">= 1"),
+            (self.landmarks > 0, "landmarks", "> 0 (a fraction below 1, else a count)"),
+            (self.holdout >= 0, "holdout", ">= 0"),
+            (self.recent >= 0, "recent", ">= 0"),
+            (self.oracle_max_targets >= 1, "oracle_max_targets", ">= 1"),
+            (self.encode_batch_size >= 1, "encode_batch_size", ">= 1"),
+            (self.doc_max_length is None or self.doc_max_length >= 1, "doc_max_length", ">= 1"),
+            (self.branching >= 2, "branching", ">= 2"),
+            (self.leaf_size >= 1, "leaf_size", ">= 1"),
+            (self.looseness > 1, "looseness", "> 1"),
+            (0 < self.eta < 1, "eta", "in (0, 1)"),
+            (self.ridge >= 0, "ridge", ">= 0"),
+            (self.correction in ("residual", "plain"), "correction", "'residual' or 'plain'"),
+        ]
+        for ok, key, want in checks:
+            if not ok:
+                raise ConfigError(f"mining.{key}={getattr(self, key)!r}: must be {want}")
+
+    @property
+    def active(self) -> bool:
+        """Whether negatives are mined."""
+        return self.strategy != "in_batch"
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole training run."""
@@ -151,6 +225,20 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+
+    def __post_init__(self) -> None:
+        """Cross-section checks."""
+        if self.mining.active and self.data.num_negatives > 0:
+            raise ConfigError(
+                f"mining.strategy={self.mining.strategy!r} mines the hard negatives itself; "
+                f"set data.num_negatives=0 (got {self.data.num_negatives})"
+            )
+        if self.mining.active and self.data.format != "beir":
+            raise ConfigError(
+                f"mining.strategy={self.mining.strategy!r} needs a corpus to mine from: "
+                f"data.format must be 'beir', got {self.data.format!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly)."""

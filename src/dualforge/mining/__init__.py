@@ -5,9 +5,11 @@ top-k search, exact softmax sampling and in-place updates, and Nyström drift co
     scores, ids, stats = index.sample(q, 16, temperature=0.05, exclude=positives)
     index.update(changed_ids, new_vectors)                     # refresh radii, rebuild loose parts
     index.update_all(correct_drift(stale, landmarks, fresh))   # Nyström map of all targets
+    ids = mine_negatives(index, q, 8, mode="topk", skip_first=2, exclude=exclusion_matrix(pos))
 """
 
 from dualforge.mining.maintenance import UpdateStats
+from dualforge.mining.negatives import exclusion_matrix, mine_negatives
 from dualforge.mining.nystrom import (
     NystromMap,
     choose_landmarks,
@@ -26,5 +28,7 @@ __all__ = [
     "choose_landmarks",
     "correct_drift",
     "drift_error",
+    "exclusion_matrix",
     "fit_nystrom",
+    "mine_negatives",
 ]

@@ -181,6 +181,7 @@ def correct_drift(
     fresh_landmarks: Array,
     *,
     chunk_size: int = 65536,
+    residual: bool = False,
     **fit_kwargs: float | int | str | None,
 ) -> np.ndarray:
     """Estimate every target's fresh embedding from re-encoded landmarks.
@@ -190,6 +191,10 @@ def correct_drift(
         landmark_ids: ``(m,)`` rows of ``stale`` that were re-encoded.
         fresh_landmarks: ``(m, d')`` their fresh embeddings, in the same order.
         chunk_size: Rows per chunk when applying the map.
+        residual: Fit the map to the drift ``Y_L - X_L`` and add it to ``X`` (needs
+            ``d' = d``): ``Ŷ = X + K(X, X_L)(K_LL + λI)^+ (Y_L - X_L)``. The plain map sends
+            every target into the span of the fitted directions, which loses the components
+            outside it when ``m < d`` (linear kernel); the residual map leaves them stale.
         **fit_kwargs: Passed to ``fit_nystrom`` (kernel, ridge, rank, ...).
 
     Returns:
@@ -202,8 +207,16 @@ def correct_drift(
     ids = torch.as_tensor(np.asarray(landmark_ids), dtype=torch.int64).view(-1)
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= x.shape[0]):
         raise ValueError(f"landmark ids must be in 0..{x.shape[0] - 1}")
-    fitted = fit_nystrom(x[ids], fresh_landmarks, **fit_kwargs)  # type: ignore[arg-type]
-    return fitted.apply(x, chunk_size=chunk_size)
+    target = as_matrix(fresh_landmarks, "fresh landmarks")
+    if residual:
+        if target.shape != x[ids].shape:
+            raise ValueError(f"residual needs fresh landmarks of shape {tuple(x[ids].shape)}")
+        target = target - x[ids]
+    fitted = fit_nystrom(x[ids], target, **fit_kwargs)  # type: ignore[arg-type]
+    out = fitted.apply(x, chunk_size=chunk_size)
+    if residual:
+        out += x.numpy()
+    return out
 
 
 def drift_error(estimate: Array, truth: Array, *, chunk_size: int = 65536) -> float:

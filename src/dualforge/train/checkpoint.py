@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class TrainerState:
     sampler: dict[str, Any]
     best_score: float | None = None
     best_step: int | None = None
+    mining: dict[str, Any] | None = None
 
 
 def unique_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -83,8 +85,12 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainerState,
     keep: int = 2,
+    add_files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint ``step-<N>`` atomically under ``folder`` and keep the newest ``keep``."""
+    """Write checkpoint ``step-<N>`` atomically under ``folder`` and keep the newest ``keep``.
+
+    ``add_files(tmp_folder)`` may add files (e.g. the negative miner's index) before the rename.
+    """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:07d}"
@@ -98,7 +104,10 @@ def save_checkpoint(
         "rng": _rng_state(),
     }
     torch.save(extra, tmp / OPTIM)
-    (tmp / STATE).write_text(json.dumps(state.__dict__, indent=2), encoding="utf-8")
+    fields = {k: v for k, v in state.__dict__.items() if k != "mining" or v is not None}
+    (tmp / STATE).write_text(json.dumps(fields, indent=2), encoding="utf-8")
+    if add_files is not None:
+        add_files(tmp)
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

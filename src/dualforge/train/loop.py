@@ -34,6 +34,7 @@ from dualforge.train.collate import collate
 from dualforge.train.components import build_gradcache, build_loss, build_model
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.metrics_log import MetricsLog
+from dualforge.train.negatives import NegativeMiner, build_miner
 from dualforge.train.report import write_report
 from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
@@ -69,6 +70,7 @@ class Parts:
     scheduler: LambdaLR
     log: MetricsLog
     steps: int
+    miner: NegativeMiner | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -102,7 +104,13 @@ def build_parts(cfg: Config) -> Parts:
     loss = build_loss(cfg.loss, model.dim, normalized, cfg.run.seed)
     gc, scaler = build_gradcache(model, loss, cfg.gradcache, model.device)
     log = MetricsLog(run_dir / "metrics.jsonl")
-    return Parts(cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps)
+    lengths = (cfg.model.query_max_length, cfg.model.doc_max_length)
+    miner = build_miner(
+        cfg.mining, model, data.corpus, data.known_positives, lengths, cfg.run.seed, log
+    )
+    return Parts(
+        cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner
+    )
 
 
 def train(cfg: Config) -> RunResult:
@@ -132,6 +140,8 @@ def resume_or_start(p: Parts) -> TrainerState:
         return TrainerState(step=0, sampler=p.sampler.state_dict())
     state = load_checkpoint(latest, p.model, p.optimizer, p.scheduler)
     p.sampler.load_state_dict(state.sampler)
+    if p.miner is not None:
+        p.miner.load(latest, state.mining)
     p.log.write("resume", step=state.step, checkpoint=str(latest))
     return state
 
@@ -151,9 +161,12 @@ def train_steps(p: Parts, state: TrainerState) -> TrainerState:
     while state.step < p.steps:
         tick = time.perf_counter()
         batch: Batch = next(stream)
+        if p.miner is not None:
+            batch = p.miner.prepare(batch, state.step + 1)
         loss = training_step(p, batch, state.step + 1)
         grad_norm = optimizer_step(p)
         state = replace(state, step=state.step + 1, sampler=p.sampler.state_dict())
+        mined = {} if p.miner is None else p.miner.telemetry(state.step, time.perf_counter() - tick)
         rate = len(batch.queries) / (time.perf_counter() - tick)
         lr = p.scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
@@ -169,10 +182,14 @@ def train_steps(p: Parts, state: TrainerState) -> TrainerState:
                 grad_norm=grad_norm,
                 examples_per_s=rate,
                 **loss_parts(p.gc.loss_fn),
+                **mined,
             )
         if cfg.eval.every and p.data.dev is not None and (state.step % cfg.eval.every == 0 or last):
             state = dev_eval(p, state)
         if cfg.run.save_every and (state.step % cfg.run.save_every == 0 or last):
+            miner = p.miner
+            if miner is not None:
+                state = replace(state, mining=miner.state_dict())
             save_checkpoint(
                 p.run_dir / "checkpoints",
                 p.model,
@@ -180,6 +197,7 @@ def train_steps(p: Parts, state: TrainerState) -> TrainerState:
                 p.scheduler,
                 state,
                 cfg.run.keep_checkpoints,
+                add_files=None if miner is None else miner.save,
             )
     bar.close()
     return state

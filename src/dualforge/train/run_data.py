@@ -32,12 +32,14 @@ class EvalSet:
 
 @dataclass(frozen=True)
 class RunData:
-    """Training examples plus evaluation sets and known positives (for false-negative masking)."""
+    """Training examples, evaluation sets, known positives (false-negative masking, mining) and
+    the training corpus (doc id -> text; BEIR data only), the targets of negative mining."""
 
     examples: list[TrainingExample]
     dev: EvalSet | None
     test: EvalSet | None
     known_positives: dict[str, set[str]]
+    corpus: Mapping[str, str] | None = None
 
 
 def load_run_data(cfg: DataConfig, seed: int) -> RunData:
@@ -89,7 +91,7 @@ def _from_beir(cfg: DataConfig, folder: Path, seed: int) -> RunData:
         dev_corpus = _subsample(corpus, qrels, cfg.dev_corpus_size, seed)
         dev = EvalSet(dev_corpus, {q: train.queries[q] for q in qids}, qrels)
     test = _test_set(cfg, folder)
-    return RunData(examples, dev, test, known)
+    return RunData(examples, dev, test, known, corpus)
 
 
 def _carve(

@@ -1,0 +1,235 @@
+"""Negative-mining strategies in the training loop, on the tiny random BERT and tiny BEIR data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dualforge.train.loop as loop
+import dualforge.train.negatives as negatives
+from dualforge.config import ConfigError, MiningConfig, load_config
+from dualforge.data import EpochBatchSampler
+from dualforge.modeling import load_model
+from dualforge.train.checkpoint import latest_checkpoint
+from dualforge.train.metrics_log import read_metrics_log
+from dualforge.train.negatives import NegativeMiner, build_miner
+from dualforge.train.run_data import load_run_data
+from tests.train.helpers import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+TELEMETRY = {
+    "mining_seconds", "training_seconds", "staleness_mean", "staleness_max",
+    "steps_since_refresh", "mined_positive_fraction", "index_bytes",
+}  # fmt: skip
+SMALL_TREE = ["mining.branching=4", "mining.leaf_size=4"]
+
+
+def _overrides(model: Path, data: Path, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        *tiny_overrides(model, data, out, name),
+        "eval.before=false",
+        "optim.max_steps=5",
+        *SMALL_TREE,
+        *extra,
+    ]
+
+
+def _records(run_dir: Path, event: str) -> list[dict[str, Any]]:
+    return [r for r in read_metrics_log(run_dir / "metrics.jsonl") if r["event"] == event]
+
+
+# ---- config -----------------------------------------------------------------------------------
+
+
+def test_config_defaults_validation_and_yaml() -> None:
+    assert load_config(None).mining == MiningConfig() and not MiningConfig().active
+    cfg = load_config(ROOT / "configs" / "scifact-minilm-dynamic.yaml", ["mining.landmarks=40"])
+    assert cfg.mining.strategy == "dynamic" and cfg.mining.landmarks == 40.0
+    bad = {
+        "mining.strategy=ance": "mining.strategy='ance': must be one of",
+        "mining.mode=greedy": "mining.mode='greedy'",
+        "mining.num_negatives=0": "mining.num_negatives=0: must be >= 1",
+        "mining.temperature=0": "mining.temperature=0.0: must be > 0",
+        "mining.eta=1.5": "mining.eta=1.5: must be in",
+        "mining.correction=none": "mining.correction='none'",
+        "mining.looseness=1": "mining.looseness=1.0",
+    }
+    for override, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [override])
+    with pytest.raises(ConfigError, match=r"set data\.num_negatives=0"):
+        load_config(None, ["mining.strategy=static", "data.num_negatives=2"])
+    with pytest.raises(ConfigError, match=r"data\.format must be 'beir'"):
+        load_config(None, ["mining.strategy=dynamic", "data.format=jsonl"])
+
+
+# ---- the miner on its own --------------------------------------------------------------------
+
+
+def _miner(model_dir: Path, data_dir: Path, **cfg: Any) -> tuple[NegativeMiner, Any]:
+    data = load_run_data(
+        load_config(None, [f"data.path={data_dir}", "data.dev_fraction=0"]).data, 0
+    )
+    model = load_model(str(model_dir))
+    mining = MiningConfig(branching=4, leaf_size=4, **cfg)
+    assert data.corpus is not None
+    return NegativeMiner(mining, model, data.corpus, data.known_positives, (16, 32), 0), data
+
+
+def test_known_positives_are_never_mined(tiny_model_dir: Path, tiny_beir: Path) -> None:
+    miner, data = _miner(tiny_model_dir, tiny_beir, strategy="static", mode="topk")
+    sampler = EpochBatchSampler(data.examples, 8, seed=0)
+    # make each query's 6 best targets under the current model "known positives": top-k
+    # mining would return them if exclusion did not work
+    vectors = miner.encode_targets()
+    for batch in sampler:
+        q = miner.model.encode(batch.queries, "query", 8, max_length=16)
+        best = np.argsort(-(q @ vectors.T), axis=1)[:, :6]
+        for qid, rows in zip(batch.query_ids, best):
+            assert qid is not None
+            miner.known[qid] = set(rows.tolist()) | miner.known.get(qid, set())
+        mined = miner.prepare(batch, 1)
+        for qid, ids in zip(mined.query_ids, mined.negative_ids):
+            assert qid is not None and len(ids) == 4
+            assert not {miner.row[i] for i in ids if i is not None} & miner.known[qid]
+        assert miner.telemetry(1, 1.0)["mined_positive_fraction"] == 0.0
+    assert miner.counts["mined"] == 24 * 4 and miner.counts["positive_hits"] == 0
+
+
+def _counting(miner: NegativeMiner, name: str, calls: list[Any], now: dict[str, int]) -> Any:
+    real = miner.encode_targets
+
+    def encode(rows: np.ndarray | None = None) -> np.ndarray:
+        calls.append((name, miner.num_targets if rows is None else len(rows), now["step"]))
+        return real(rows)
+
+    return encode
+
+
+def test_refresh_schedules(
+    tiny_model_dir: Path, tiny_beir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, int, int]] = []
+    fits: list[int] = []
+    now = {"step": 0}
+    real_fit = negatives.correct_drift
+
+    def spy_fit(stale, landmarks, fresh, **kw):  # type: ignore[no-untyped-def]
+        fits.append(len(landmarks))
+        return real_fit(stale, landmarks, fresh, **kw)
+
+    monkeypatch.setattr(negatives, "correct_drift", spy_fit)
+    for strategy in ("static", "refresh", "oracle", "dynamic"):
+        miner, data = _miner(
+            tiny_model_dir, tiny_beir, strategy=strategy, refresh_every=2, landmarks=0.25,
+            holdout=5, recent=3,
+        )  # fmt: skip
+        miner.encode_targets = _counting(miner, strategy, calls, now)  # type: ignore[method-assign]
+        batches = iter(EpochBatchSampler(data.examples, 8, seed=0))
+        for step in range(1, 4):
+            now["step"] = step
+            miner.prepare(next(batches), step)
+    full = {s: [st for name, n, st in calls if name == s and n == 40] for s in ("static", "refresh", "oracle", "dynamic")}  # fmt: skip
+    assert full == {"static": [1], "refresh": [1, 3], "oracle": [1, 2, 3], "dynamic": [1]}
+    partial = [(n, st) for name, n, st in calls if name == "dynamic" and n != 40]
+    assert partial == [(10 + 5 + 3, 3)]  # 25% landmarks + held-out + recent, at step 3
+    assert fits == [10]
+
+
+def test_oracle_refuses_a_large_corpus(tiny_model_dir: Path, tiny_beir: Path) -> None:
+    with pytest.raises(ValueError, match=r"all 40 targets every step.*oracle_max_targets=39"):
+        _miner(tiny_model_dir, tiny_beir, strategy="oracle", oracle_max_targets=39)
+
+
+def test_in_batch_builds_no_miner() -> None:
+    assert build_miner(MiningConfig(), None, None, {}, (1, 1), 0, None) is None  # type: ignore[arg-type]
+
+
+# ---- the training loop -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra", "events"),
+    [
+        ("static", ["mining.mode=topk", "mining.skip_first=1"], ["build"]),
+        ("refresh", ["mining.refresh_every=2"], ["build", "rebuild", "rebuild"]),
+        ("oracle", [], []),
+        ("dynamic", ["mining.refresh_every=2", "mining.landmarks=8"], ["build", "nystrom", "nystrom"]),
+    ],
+)  # fmt: skip
+def test_strategies_train_and_log_telemetry(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path, strategy: str, extra: list[str],
+    events: list[str],
+) -> None:  # fmt: skip
+    overrides = _overrides(tiny_model_dir, tiny_beir, tmp_path, strategy, f"mining.strategy={strategy}", "mining.holdout=6", *extra)  # fmt: skip
+    result = loop.train(load_config(None, overrides))
+    assert result.steps == 5 and "ndcg@10" in result.after["metrics"]
+    train = _records(result.run_dir, "train")
+    assert len(train) == 5 and all(set(r) >= TELEMETRY for r in train)
+    assert all(r["mined_positive_fraction"] == 0 and r["index_bytes"] > 0 for r in train)
+    assert train[-1]["mining_seconds"] > train[0]["mining_seconds"] > 0
+    mining = _records(result.run_dir, "mining")
+    assert [r["kind"] for r in mining] == events
+    if strategy == "dynamic":
+        assert [r["landmarks"] for r in mining[1:]] == [8, 8]
+        assert all(
+            r["drift_error_corrected"] >= 0 and r["drift_error_stale"] > 0 for r in mining[1:]
+        )
+        assert [r["steps_since_refresh"] for r in train] == [0, 1, 0, 1, 0]
+    if strategy == "static":
+        assert [r["staleness_max"] for r in train] == [0, 1, 2, 3, 4]
+
+
+def test_resume_with_dynamic_mining_is_exact(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mining = ["mining.strategy=dynamic", "mining.refresh_every=2", "mining.landmarks=8", "run.save_every=1"]  # fmt: skip
+    straight = loop.train(load_config(None, _overrides(tiny_model_dir, tiny_beir, tmp_path, "straight", *mining)))  # fmt: skip
+    args = _overrides(tiny_model_dir, tiny_beir, tmp_path, "killed", *mining)
+    real, calls = loop.optimizer_step, {"n": 0}
+
+    def crash_at_4(p):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(p)
+
+    monkeypatch.setattr(loop, "optimizer_step", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(load_config(None, args))
+    monkeypatch.setattr(loop, "optimizer_step", real)
+    saved = latest_checkpoint(tmp_path / "killed" / "checkpoints")
+    assert saved is not None and saved.name == "step-0000003"
+    assert (saved / negatives.INDEX_FILE).is_file()
+    assert json.loads((saved / "trainer_state.json").read_text())["mining"]["last_refresh"] == 3
+    resumed = loop.train(load_config(None, [*args, "run.resume=true"]))
+    a = load_file(str(straight.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    mined = [r for r in _records(resumed.run_dir, "mining") if r["step"] == 5]
+    assert len(mined) == 1  # the first attempt stopped at step 4
+    assert mined[0]["drift_error_corrected"] == pytest.approx(
+        _records(straight.run_dir, "mining")[-1]["drift_error_corrected"]
+    )
+
+
+def test_in_batch_run_is_unchanged_by_mining_settings(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    base = _overrides(tiny_model_dir, tiny_beir, tmp_path, "a", "run.save_every=5")
+    a = loop.train(load_config(None, base))
+    b = loop.train(load_config(None, [*base, "run.name=b", "mining.mode=topk", "mining.num_negatives=7"]))  # fmt: skip
+    for run in (a, b):
+        assert not _records(run.run_dir, "mining")
+        assert not TELEMETRY & set(_records(run.run_dir, "train")[0])
+        state = json.loads((run.run_dir / "checkpoints" / "step-0000005" / "trainer_state.json").read_text())  # fmt: skip
+        assert "mining" not in state
+    wa = load_file(str(a.run_dir / "final" / "model.safetensors"))
+    wb = load_file(str(b.run_dir / "final" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
