@@ -33,6 +33,7 @@ Commands (writes bench/out/mining_train_cd.json and mining_train_e.json):
 
     nice -n 19 python bench/mining_train.py --part cd
     nice -n 19 python bench/mining_train.py --part e --budget 480
+    python bench/mining_train.py --part sweep --vectors V.npz   # (c) offline, after cd --save-vectors V.npz
 """
 
 from __future__ import annotations
@@ -273,6 +274,28 @@ def measure(
     return {"step": step, "loss": loss, "drift": drift, "grad": grads}
 
 
+def part_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """(c) offline: one-shot residual Nyström error vs landmark fraction and ridge, from the
+    encodings saved by ``--part cd --save-vectors``."""
+    saved = np.load(args.vectors)
+    v0, out = saved["step0"], {}
+    n = len(v0)
+    for key in sorted(k for k in saved.files if k != "step0"):
+        fresh, rows_out = saved[key], []
+        for frac in args.sweep_landmarks:
+            rows = choose_landmarks(n, max(1, round(frac * n)), seed=1)
+            rest = np.setdiff1d(np.arange(n), rows)
+            stale = drift_error(v0[rest], fresh[rest])
+            for kernel in args.kernels:
+                for ridge in args.ridges:
+                    est = correct_drift(v0, rows, fresh[rows], residual=True, ridge=ridge, kernel=kernel)  # fmt: skip
+                    err = drift_error(unit(est)[rest], fresh[rest])
+                    rows_out.append({"landmarks": frac, "kernel": kernel, "ridge": ridge, "stale": stale, "corrected": err})  # fmt: skip
+                    print(f"(c) {key} landmarks {frac:g} {kernel} ridge {ridge:g}: {err:.4f} / {stale:.4f} = {err / stale:.2f}x")  # fmt: skip
+        out[key] = rows_out
+    return {"targets": n, "sweep": out}
+
+
 # ---- (e) end to end ------------------------------------------------------------------------------
 
 
@@ -321,7 +344,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--part", choices=["cd", "e"], required=True)
+    ap.add_argument("--part", choices=["cd", "e", "sweep"], required=True)
+    ap.add_argument("--vectors", type=Path, help="(sweep): npz written by --save-vectors")
+    ap.add_argument(
+        "--sweep-landmarks", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2]
+    )
+    ap.add_argument("--ridges", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
+    ap.add_argument("--kernels", nargs="+", default=["linear", "rbf"])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--measure", type=int, nargs="+", default=[10, 20, 30])
     ap.add_argument("--refresh-every", type=int, default=10)
@@ -347,7 +376,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="(e): extra key.sub=value overrides")
     args = ap.parse_args()
     torch.manual_seed(0)
-    result = part_cd(args) if args.part == "cd" else part_e(args)
+    parts = {"cd": part_cd, "e": part_e, "sweep": part_sweep}
+    result = parts[args.part](args)
     result.update(
         args={k: str(v) for k, v in vars(args).items()},
         host=platform.node(),
@@ -362,6 +392,8 @@ def main() -> None:
 
 def summarise(part: str, result: dict[str, Any]) -> None:
     """Print the ratios the issue's targets are about."""
+    if part == "sweep":
+        return
     if part == "e":
         base = result["runs"].get("in_batch", {}).get("metrics", {}).get("ndcg@10")
         for name, run in result["runs"].items():

@@ -160,7 +160,8 @@ class MiningConfig:
     (0: off); ``recent`` caps how many targets seen in batches since the last refresh are
     re-encoded with the landmarks (dynamic only). ``correction``: ``residual`` fits the linear
     Nyström map to the drift and adds it to the stale vectors (keeps the directions the
-    landmarks do not span); ``plain`` maps the stale vectors themselves.
+    landmarks do not span); ``plain`` maps the stale vectors themselves. ``kernel``: the Nyström
+    kernel (``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
     """
 
     strategy: str = "in_batch"
@@ -181,6 +182,7 @@ class MiningConfig:
     eta: float = 0.25
     ridge: float = 1e-3
     correction: str = "residual"
+    kernel: str = "linear"
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -203,6 +205,7 @@ class MiningConfig:
             (0 < self.eta < 1, "eta", "in (0, 1)"),
             (self.ridge >= 0, "ridge", ">= 0"),
             (self.correction in ("residual", "plain"), "correction", "'residual' or 'plain'"),
+            (self.kernel in ("linear", "rbf", "poly"), "kernel", "'linear', 'rbf' or 'poly'"),
         ]
         for ok, key, want in checks:
             if not ok:

@@ -219,7 +219,7 @@ class NegativeMiner:
         stale = self.index.vectors().numpy()
         estimate = correct_drift(
             stale, landmarks, fresh[: len(landmarks)], ridge=self.cfg.ridge,
-            residual=self.cfg.correction == "residual",
+            residual=self.cfg.correction == "residual", kernel=self.cfg.kernel,
         )  # fmt: skip
         if self.model.doc_encoder.normalize:
             estimate /= np.maximum(np.linalg.norm(estimate, axis=1, keepdims=True), 1e-12)
@@ -249,6 +249,7 @@ class NegativeMiner:
         return landmarks, holdout.astype(np.int64), np.array(recent[: cfg.recent], np.int64)
 
     def _log_refresh(self, step: int, tick: float, encoded: float, count: int, **kw: Any) -> None:
+        """Write a ``mining`` event for a build / refresh that started at ``tick``."""
         if self.log is not None:
             self.log.write(
                 "mining", step=step, strategy=self.cfg.strategy, encoded=count,
