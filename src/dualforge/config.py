@@ -162,6 +162,8 @@ class MiningConfig:
     Nyström map to the drift and adds it to the stale vectors (keeps the directions the
     landmarks do not span); ``plain`` maps the stale vectors themselves. ``kernel``: the Nyström
     kernel (``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
+    ``ridge`` 0.1 (not ``fit_nystrom``'s 1e-3): with the landmark count near the dimension a
+    lightly regularised linear fit extrapolates noise (docs/mining.md, bench sweep).
     """
 
     strategy: str = "in_batch"
@@ -180,7 +182,7 @@ class MiningConfig:
     leaf_size: int = 64
     looseness: float = 1.5
     eta: float = 0.25
-    ridge: float = 1e-3
+    ridge: float = 0.1
     correction: str = "residual"
     kernel: str = "linear"
 
