@@ -123,7 +123,8 @@ class NegativeMiner:
         q = self._encode_queries(batch.queries)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         source = self.index if self.index is not None else self.vectors
-        assert source is not None
+        if source is None:
+            raise RuntimeError("no target vectors after maintain(); this is a dualforge bug")
         rows = mine_negatives(
             source, q, self.cfg.num_negatives, mode=self.cfg.mode, exclude=exclude,
             temperature=self.cfg.temperature, skip_first=self.cfg.skip_first, generator=gen,
@@ -210,7 +211,8 @@ class NegativeMiner:
 
     def _dynamic_refresh(self, step: int) -> None:
         """Re-encode landmarks (+ held-out, + recent), Nyström-correct the rest, update."""
-        assert self.index is not None
+        if self.index is None:
+            raise RuntimeError("a dynamic refresh needs a built index; this is a dualforge bug")
         tick = time.perf_counter()
         landmarks, holdout, recent = self._refresh_rows(step)
         rows = np.concatenate([landmarks, holdout, recent])
@@ -245,7 +247,8 @@ class NegativeMiner:
         rng = np.random.default_rng([self.seed, step])
         holdout = np.sort(rng.choice(rest, min(cfg.holdout, len(rest)), replace=False))
         taken = np.concatenate([landmarks, holdout])
-        recent = [r for r in reversed(self.recent) if r not in set(taken.tolist())]
+        taken_set = set(taken.tolist())
+        recent = [r for r in reversed(self.recent) if r not in taken_set]
         return landmarks, holdout.astype(np.int64), np.array(recent[: cfg.recent], np.int64)
 
     def _log_refresh(self, step: int, tick: float, encoded: float, count: int, **kw: Any) -> None:
