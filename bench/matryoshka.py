@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,13 +131,44 @@ FUNNELS = (
     "64:200,128:50,384:10",
     "32:400,128:100,384:10",
     "64:100,384:10",
+    "32:200,128:50,384:10",  # <= 1/8 of exact FLOPs at 5k documents
+    "32:300,128:75,384:10",
 )
 
 
+# Approximate first stages: each runs these funnels plus the same index over the full embeddings
+# (the control row, which separates what the index saves from what the short prefix saves).
+APPROX_FUNNELS = ("32:200,128:50,384:10", "64:200,384:10", "64:200,128:50,384:10", "128:100,384:10")
+
+
+def _row(
+    search: str, quality: float, flops: float, seconds: float, base: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "search": search,
+        "quality": quality,
+        "flops": flops,
+        "flops_ratio": flops / base["flops"],
+        "seconds": seconds,
+        "time_ratio": seconds / base["seconds"],
+        "quality_ratio": quality / base["quality"] if base["quality"] else float("nan"),
+    }
+
+
 def funnel_rows(
-    docs: Any, queries: Any, quality: Callable[[Any, Any], float], metric: str, repeats: int
+    docs: Any,
+    queries: Any,
+    quality: Callable[[Any, Any], float],
+    metric: str,
+    repeats: int,
+    approx: tuple[tuple[str, str], ...] = (),
 ) -> list[dict[str, Any]]:
-    """Quality, FLOPs and wall time of exact full-dim search and of each funnel in ``FUNNELS``."""
+    """Quality, FLOPs and wall time of exact full-dim search and of each funnel.
+
+    ``FUNNELS`` run with an exact first stage; for each ``(factory, params)`` in ``approx`` the
+    ``APPROX_FUNNELS`` and the control ``D:10`` run with that first-stage index. FLOPs are the
+    scoring multiply-adds the search measured (an approximate index counts what it scored).
+    """
     from dualforge.eval.retrieval import Funnel, build_index, exact_flops
 
     n, dim = docs.shape
@@ -144,46 +176,93 @@ def funnel_rows(
     index.search(queries[:8], 10)  # warm-up
     exact_s = median_time(lambda: index.search(queries, 10), repeats)
     scores, ids = index.search(queries, 10)
-    exact_q = quality(scores, ids)
-    rows = [
-        {
-            "search": f"exact {dim}",
-            "quality": exact_q,
-            "flops": exact_flops(n, dim),
-            "flops_ratio": 1.0,
-            "seconds": exact_s,
-            "time_ratio": 1.0,
-            "quality_ratio": 1.0,
-        }
-    ]
-    for spec in FUNNELS:
-        funnel = Funnel(docs, spec, metric=metric)
+    base = {"flops": exact_flops(n, dim), "seconds": exact_s, "quality": quality(scores, ids)}
+    rows = [_row(f"exact {dim}", base["quality"], base["flops"], exact_s, base)]
+    runs = [(spec, "Flat", None) for spec in FUNNELS]
+    for factory, params in approx:
+        runs += [(spec, factory, params) for spec in (*APPROX_FUNNELS, f"{dim}:10")]
+    firsts: dict[tuple[int, str, str | None], Any] = {}
+    for spec, factory, params in runs:
+        d0 = int(spec.split(":")[0])
+        key = (d0, factory, params)
+        funnel = Funnel(
+            docs, spec, metric=metric, factory=factory, params=params, first_index=firsts.get(key)
+        )
+        firsts[key] = funnel.index
         funnel.search(queries[:8])
         seconds = median_time(lambda f=funnel: f.search(queries), repeats)  # type: ignore[misc]
         result = funnel.search(queries)
-        q = quality(result.scores, result.ids)
+        name = spec if factory == "Flat" else f"{factory} ({params}) | {spec}"
         rows.append(
-            {
-                "search": spec,
-                "quality": q,
-                "flops": funnel.flops_per_query,
-                "flops_ratio": funnel.flops_per_query / exact_flops(n, dim),
-                "seconds": seconds,
-                "time_ratio": seconds / exact_s,
-                "quality_ratio": q / exact_q if exact_q else float("nan"),
-            }
+            _row(name, quality(result.scores, result.ids), result.flops_per_query, seconds, base)
         )
     for r in rows:
         print(
-            f"  {r['search']:<38} quality {r['quality']:.4f} ({r['quality_ratio']:.3f}x)  "
-            f"FLOPs/query {r['flops']:>11,} ({r['flops_ratio']:.3f}x)  "
+            f"  {r['search']:<58} quality {r['quality']:.4f} ({r['quality_ratio']:.3f}x)  "
+            f"FLOPs/query {r['flops']:>13,.0f} ({r['flops_ratio']:.4f}x)  "
             f"{r['seconds']:.3f}s ({r['time_ratio']:.3f}x)",
             flush=True,
         )
     return rows
 
 
-def scifact_funnel(model_path: str) -> list[dict[str, Any]]:
+def budget_cv(
+    docs: Any, queries: Any, qids: list[str], doc_ids: list[str], qrels: Any, metric: str
+) -> dict[str, Any]:
+    """Budget mode without a dev split: 2-fold cross-validation over the test queries.
+
+    Queries are split in two seeded halves; on each half ``choose_cascade`` (default candidate
+    grid, tolerance 1%) picks the cheapest cascade, which is then scored on the *other* half.
+    The pooled held-out nDCG@10 is compared with exact search over all queries.
+    """
+    from dualforge.eval.retrieval import Funnel, choose_cascade, exact_flops, qrels_quality
+
+    order = torch.randperm(len(qids), generator=torch.Generator().manual_seed(0)).tolist()
+    folds = [sorted(order[: len(order) // 2]), sorted(order[len(order) // 2 :])]
+    n, dim = docs.shape
+    out: dict[str, Any] = {"folds": []}
+    held, exact_held = 0.0, 0.0
+    for pick, test in (folds, folds[::-1]):
+
+        def quality_on(rows: list[int]) -> Callable[[Any, Any], float]:
+            ids = [qids[i] for i in rows]
+            return qrels_quality({q: qrels[q] for q in ids}, ids, doc_ids, "ndcg@10")
+
+        choice = choose_cascade(
+            docs, queries[pick], quality_on(pick), tolerance=0.01, metric=metric
+        )
+        chosen = Funnel(docs, choice.chosen.spec, metric=metric).search(queries[test])
+        exact = Funnel(docs, f"{dim}:10", metric=metric).search(queries[test])
+        q_test, q_exact = (
+            quality_on(test)(chosen.scores, chosen.ids),
+            quality_on(test)(exact.scores, exact.ids),
+        )
+        held, exact_held = held + q_test * len(test), exact_held + q_exact * len(test)
+        out["folds"].append(
+            {
+                "spec": choice.chosen.spec,
+                "flops_ratio": choice.chosen.flops_per_query / exact_flops(n, dim),
+                "chosen_on": {"quality": choice.chosen.quality, "exact": choice.reference.quality},
+                "held_out": {"quality": q_test, "exact": q_exact, "ratio": q_test / q_exact},
+            }
+        )
+        print(
+            f"  budget fold: chose {choice.chosen.spec} ({out['folds'][-1]['flops_ratio']:.4f}x FLOPs); held-out nDCG@10 {q_test:.4f} vs exact {q_exact:.4f} ({q_test / q_exact:.3f}x)",
+            flush=True,
+        )
+    out["pooled"] = {
+        "quality": held / len(qids),
+        "exact": exact_held / len(qids),
+        "ratio": held / exact_held,
+    }
+    print(
+        f"  budget 2-fold pooled held-out: {held / len(qids):.4f} vs exact {exact_held / len(qids):.4f} ({held / exact_held:.3f}x)",
+        flush=True,
+    )
+    return out
+
+
+def scifact_funnel(model_path: str) -> dict[str, Any]:
     """Funnels over SciFact test with a (Matryoshka) model, quality = nDCG@10."""
     from dualforge.eval.retrieval import qrels_quality
     from dualforge.modeling import load_model
@@ -193,11 +272,20 @@ def scifact_funnel(model_path: str) -> list[dict[str, Any]]:
     model = load_model(model_path)
     qids = [q for q in data.queries if q in data.qrels]
     doc_ids = list(data.corpus)
-    docs = model.encode([data.corpus[i] for i in doc_ids], "document", 32, show_progress=True)
-    queries = model.encode([data.queries[q] for q in qids], "query", 32)
+    cache = OUT / ("scifact-test-" + "-".join(Path(model_path).resolve().parts[-2:]) + ".npz")
+    if cache.is_file():  # the encodings of an earlier run with this model
+        saved = np.load(cache)
+        docs, queries = saved["docs"], saved["queries"]
+    else:
+        docs = model.encode([data.corpus[i] for i in doc_ids], "document", 32, show_progress=True)
+        queries = model.encode([data.queries[q] for q in qids], "query", 32)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, docs=docs, queries=queries)
     metric = "cos" if model.query_encoder.normalize else "ip"
     quality = qrels_quality(data.qrels, qids, doc_ids, "ndcg@10")
-    return funnel_rows(docs, queries, quality, metric, repeats=5)
+    approx = (("IVF64,Flat", "nprobe=8"), ("IVF64,Flat", "nprobe=16"))
+    rows = funnel_rows(docs, queries, quality, metric, repeats=5, approx=approx)
+    return {"rows": rows, "budget_cv": budget_cv(docs, queries, qids, doc_ids, data.qrels, metric)}
 
 
 def synthetic_funnel(
@@ -225,6 +313,7 @@ def synthetic_funnel(
     def recall(scores: Any, ids: Any) -> float:
         return float((torch.as_tensor(ids) == source[:, None]).any(dim=1).float().mean())
 
+    # No approximate first stage here: these vectors have no cluster structure for IVF to use.
     return funnel_rows(docs_np, queries, recall, "ip", repeats=3)
 
 
@@ -257,10 +346,7 @@ def main() -> None:
         )
     if args.part in ("funnel", "all"):
         print(f"== funnel vs exact search, SciFact test, {args.funnel_model} ==", flush=True)
-        report["funnel_scifact"] = {
-            "model": args.funnel_model,
-            "rows": scifact_funnel(args.funnel_model),
-        }
+        report["funnel_scifact"] = {"model": args.funnel_model} | scifact_funnel(args.funnel_model)
         for model in args.funnel_compare:
             print(f"== funnel vs exact search, SciFact test, {model} ==", flush=True)
             report.setdefault("funnel_scifact_compare", {})[model] = scifact_funnel(model)

@@ -65,9 +65,13 @@ def unit(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# Kernel and ridge of the (c)/(d) Nyström maps (set from --kernel / --ridge in main).
+FIT: dict[str, Any] = {"kernel": "linear", "ridge": 1e-3}
+
+
 def nystrom(stale: np.ndarray, rows: np.ndarray, fresh: np.ndarray, residual: bool) -> np.ndarray:
     """Unit-normalised Nyström estimate of every target from re-encoded ``rows``."""
-    return unit(correct_drift(stale, rows, fresh, residual=residual))
+    return unit(correct_drift(stale, rows, fresh, residual=residual, **FIT))
 
 
 # ---- (d) gradient estimators -----------------------------------------------------------------
@@ -350,6 +354,8 @@ def main() -> None:
         "--sweep-landmarks", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2]
     )
     ap.add_argument("--ridges", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
+    ap.add_argument("--kernel", default="linear", help="(c)/(d): Nyström kernel")
+    ap.add_argument("--ridge", type=float, default=1e-3, help="(c)/(d): Nyström ridge")
     ap.add_argument("--kernels", nargs="+", default=["linear", "rbf"])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--measure", type=int, nargs="+", default=[10, 20, 30])
@@ -375,6 +381,7 @@ def main() -> None:
     ap.add_argument("--save-vectors", type=Path, default=None, help="(c): npz of the encodings")
     ap.add_argument("--set", nargs="*", default=[], help="(e): extra key.sub=value overrides")
     args = ap.parse_args()
+    FIT.update(kernel=args.kernel, ridge=args.ridge)
     torch.manual_seed(0)
     parts = {"cd": part_cd, "e": part_e, "sweep": part_sweep}
     result = parts[args.part](args)

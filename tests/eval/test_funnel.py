@@ -132,6 +132,20 @@ def test_funnel_with_hnsw_first_stage(clustered: tuple[np.ndarray, np.ndarray]) 
     overlap = [len(set(a) & set(b)) / 10 for a, b in zip(result.ids.tolist(), want.tolist())]
     assert np.mean(overlap) >= 0.95
     assert np.all(np.diff(result.scores, axis=1) <= 0)
+    measured = funnel.index.last_scored / len(q) * 8 + 100 * 32  # the only batch's search
+    assert result.flops_per_query == pytest.approx(measured)
+
+
+def test_funnel_reports_the_work_of_an_approximate_first_stage() -> None:
+    rng = np.random.default_rng(2)
+    d = rng.normal(size=(3000, 32)).astype(np.float32)
+    q = d[:25] + 0.1 * rng.normal(size=(25, 32)).astype(np.float32)
+    every = Funnel(d, "8:50,32:10", factory="IVF16,Flat", params="nprobe=16").search(q)
+    assert every.flops_per_query == (3000 + 16) * 8 + 50 * 32  # every list scanned
+    few = Funnel(d, "8:50,32:10", factory="IVF16,Flat", params="nprobe=2")
+    result = few.search(q)
+    assert result.flops_per_query < few.flops_per_query  # below the exact-scan bound
+    assert result.flops_per_query > 16 * 8 + 50 * 32
 
 
 def test_flops_by_hand() -> None:

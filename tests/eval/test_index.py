@@ -87,6 +87,35 @@ def test_hnsw_recall(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert recall >= 0.95
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_exact_index_counts_every_vector(data: tuple[np.ndarray, np.ndarray], backend: str) -> None:
+    q, d = data
+    index = build_index(d, "Flat", "ip", backend=backend)
+    assert index.last_scored == 0
+    index.search(q, 5)
+    assert index.last_scored == len(q) * len(d)
+    index.search(q[:3], 5)
+    assert index.last_scored == 3 * len(d)  # the last search only
+
+
+def test_ivf_counts_coarse_and_scanned_vectors(data: tuple[np.ndarray, np.ndarray]) -> None:
+    q, d = data
+    every = build_index(d, "IVF8,Flat", "ip", params="nprobe=8")
+    every.search(q, 5)
+    assert every.last_scored == len(q) * (len(d) + 8)  # 8 centroids + every list
+    one = build_index(d, "IVF8,Flat", "ip", params="nprobe=1")
+    one.search(q, 5)
+    assert len(q) * 8 < one.last_scored < len(q) * (len(d) + 8)
+
+
+def test_hnsw_counts_distance_computations() -> None:
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(4000, 16)).astype(np.float32)
+    index = build_index(d, "HNSW16", "ip", params="efSearch=32")
+    index.search(d[:20], 10)
+    assert 20 * 10 < index.last_scored < 20 * len(d)
+
+
 def test_bad_factories(data: tuple[np.ndarray, np.ndarray]) -> None:
     _, d = data
     with pytest.raises(ValueError, match="factory='NotAnIndex'"):

@@ -59,7 +59,7 @@ class CascadeTrial:
     """A cascade evaluated on the dev queries: its spec, cost and quality."""
 
     spec: str
-    flops_per_query: int
+    flops_per_query: float
     quality: float
     seconds: float
 
@@ -136,8 +136,9 @@ def choose_cascade(
     """The cheapest cascade (by FLOPs) whose dev quality is ``>= (1 - tolerance) * exact``.
 
     ``exact`` is the quality of exact (``"Flat"``) top-``k`` search with the full embeddings,
-    which always qualifies, so a choice always exists. Candidates that cost at least as many
-    FLOPs are skipped.
+    which always qualifies, so a choice always exists. With an exact (``"Flat"``) first stage,
+    candidates whose FLOPs bound is at least the reference's are skipped; with an approximate
+    one every candidate runs and is ranked by the FLOPs its search measured.
 
     Args:
         docs: ``(N, D)`` document embeddings.
@@ -172,7 +173,7 @@ def choose_cascade(
     indexes: dict[int, VectorIndex] = {}  # one first-stage index per prefix size
     trials = [reference]
     for s in stages:
-        if cascade_flops(s, n) >= reference.flops_per_query:
+        if factory == "Flat" and cascade_flops(s, n) >= reference.flops_per_query:
             continue
         if s[0].dims not in indexes:
             indexes[s[0].dims] = make(s).index

@@ -5,9 +5,11 @@ shortlist cheaply with few dims and rescore only that shortlist with more. A *fu
 such stages, e.g. ``32:200,64:100,128:50,256:25,384:10``: search the whole corpus with 32 dims
 keeping 200, rescore those 200 with 64 dims keeping 100, and so on up to the 10 best by 384 dims.
 
-FLOPs count the multiply-adds of scoring only, per query: an exact first stage costs ``N * d_0``
-(for an approximate factory such as HNSW this is the exact-scan upper bound), and each rerank
-stage ``survivors * d_i``; exact search with the full embeddings costs ``N * D``.
+FLOPs count the multiply-adds of scoring only, per query: an exact first stage costs ``N * d_0``,
+and each rerank stage ``survivors * d_i``; exact search with the full embeddings costs ``N * D``.
+With an approximate first-stage index (``HNSW32``, ``IVF256,Flat``, ...) a search reports the
+vectors that index actually scored (its ``last_scored``) times ``d_0`` instead of ``N * d_0``;
+:func:`cascade_flops` stays the exact-scan bound.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ class FunnelResult:
     Attributes:
         scores: ``(Q, k)`` float32 scores of the last stage, best first.
         ids: ``(Q, k)`` int64 document indices (``-1`` where fewer were found).
-        flops_per_query: Scoring multiply-adds per query (see the module docstring).
+        flops_per_query: Scoring multiply-adds per query, measured (see the module docstring).
         seconds: Wall time of the search (all queries, index build excluded).
     """
 
     scores: np.ndarray
     ids: np.ndarray
-    flops_per_query: int
+    flops_per_query: float
     seconds: float
 
 
@@ -150,12 +152,18 @@ def _run_cascade(
     queries: torch.Tensor,
     stages: Sequence[Stage],
     batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Search the index at ``stages[0].dims`` then rescore at each following stage's dims."""
-    scores_out, ids_out = [], []
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Search the index at ``stages[0].dims`` then rescore at each following stage's dims.
+
+    Returns:
+        ``(scores, ids, first_scored)``: the last stage's results and the number of vectors the
+        first-stage index scored, over all queries.
+    """
+    scores_out, ids_out, first_scored = [], [], 0
     for start in range(0, queries.shape[0], batch_size):
         q = queries[start : start + batch_size]  # (b, D)
         s_np, i_np = index.search(q[:, : stages[0].dims], stages[0].keep)  # (b, S_0)
+        first_scored += index.last_scored
         ids = torch.from_numpy(i_np).to(q.device)  # (b, S_0)
         scores = torch.from_numpy(s_np).to(q.device)  # (b, S_0)
         for stage in stages[1:]:
@@ -165,8 +173,8 @@ def _run_cascade(
         ids_out.append(ids.cpu().numpy())
     if not scores_out:
         k = min(stages[-1].keep, rescorer.ntotal)
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(scores_out).astype(np.float32), np.concatenate(ids_out)
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64), 0
+    return np.concatenate(scores_out).astype(np.float32), np.concatenate(ids_out), first_scored
 
 
 def as_queries(queries: Array, full_dim: int) -> torch.Tensor:
@@ -225,7 +233,10 @@ class Funnel:
 
     @property
     def flops_per_query(self) -> int:
-        """Scoring multiply-adds per query (see :func:`cascade_flops`)."""
+        """Scoring multiply-adds per query with an exact first stage (:func:`cascade_flops`).
+
+        This is the bound; :meth:`search` reports what an approximate first stage really spent.
+        """
         return cascade_flops(self.stages, self.rescorer.ntotal)
 
     def search(self, queries: Array) -> FunnelResult:
@@ -242,8 +253,14 @@ class Funnel:
         """
         start = time.perf_counter()
         q = as_queries(queries, self.rescorer.dim)  # (Q, D)
-        scores, ids = _run_cascade(self.index, self.rescorer, q, self.stages, self.batch_size)
-        return FunnelResult(scores, ids, self.flops_per_query, time.perf_counter() - start)
+        scores, ids, first = _run_cascade(
+            self.index, self.rescorer, q, self.stages, self.batch_size
+        )
+        seconds = time.perf_counter() - start
+        n, first_exact = self.rescorer.ntotal, cascade_flops(self.stages[:1], self.rescorer.ntotal)
+        rerank = cascade_flops(self.stages, n) - first_exact
+        flops = first / max(1, q.shape[0]) * self.stages[0].dims + rerank
+        return FunnelResult(scores, ids, flops, seconds)
 
 
 class AdaptiveSearcher:
@@ -318,6 +335,7 @@ class AdaptiveSearcher:
         if k < 1 or shortlist < k:
             raise ValueError(f"need 1 <= k ({k}) <= shortlist ({shortlist})")
         q = as_queries(queries, self.rescorer.dim)  # (Q, D)
-        return _run_cascade(
+        scores, ids, _ = _run_cascade(
             self.index, self.rescorer, q, self.stages(k, shortlist), self.batch_size
         )
+        return scores, ids

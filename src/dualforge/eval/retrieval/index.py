@@ -5,10 +5,19 @@ descending, equal scores by document index ascending), like faiss. Approximate i
 HNSW) may find fewer than ``k`` documents for a query: the missing slots have id ``-1`` and score
 ``-inf``. With ``metric="cos"`` the documents are L2-normalised when added and the queries when
 searched, so scores are cosine similarities.
+
+Every index also counts its work: ``last_scored`` is the number of (query, vector) scores
+computed by the last ``search`` call, summed over its queries. Exact search scores every vector;
+for HNSW it is faiss's count of distance computations, for IVF the coarse-quantizer scores plus
+the scanned list entries (faiss's own counters), so ``last_scored * dim`` is the multiply-adds the
+search spent (for compressed codes such as PQ a code score is cheaper than a dot product). For
+other faiss indexes it is the exhaustive-scan bound ``Q * N``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +46,11 @@ class VectorIndex(Protocol):
     @property
     def ntotal(self) -> int:
         """Number of indexed vectors."""
+        ...
+
+    @property
+    def last_scored(self) -> int:
+        """(Query, vector) scores computed by the last ``search``, over all its queries."""
         ...
 
     def search(self, queries: Array, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +83,7 @@ class TorchFlatIndex:
         self.metric = metric
         self.batch_size = batch_size
         self._vectors = prepare(vectors, metric=metric, name="vectors")  # (N, D)
+        self.last_scored = 0
 
     @property
     def dim(self) -> int:
@@ -95,6 +110,7 @@ class TorchFlatIndex:
         """
         q = prepare(queries, metric=self.metric, name="queries")  # (Q, D)
         _check_queries(q, self.dim, k)
+        self.last_scored = q.shape[0] * self.ntotal
         return exact_search(
             q, self._vectors, k, metric="ip", backend="torch", batch_size=self.batch_size
         )
@@ -111,6 +127,7 @@ class FaissIndex:
     def __init__(self, index: Any, metric: str) -> None:
         self.index = index
         self.metric = metric
+        self.last_scored = 0
 
     @property
     def dim(self) -> int:
@@ -142,7 +159,9 @@ class FaissIndex:
         if k == 0 or q.shape[0] == 0:
             return np.zeros((q.shape[0], k), np.float32), np.zeros((q.shape[0], k), np.int64)
         q_np = np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32)  # (Q, D)
-        scores, ids = self.index.search(q_np, k)  # (Q, k), (Q, k)
+        with _count_work(self.index, q.shape[0]) as work:
+            scores, ids = self.index.search(q_np, k)  # (Q, k), (Q, k)
+        self.last_scored = work.scored
         scores = np.asarray(scores, dtype=np.float32)
         ids = np.asarray(ids, dtype=np.int64)
         scores = np.where(ids < 0, np.float32(-np.inf), scores)  # (Q, k)
@@ -214,6 +233,37 @@ class PrefixRescorer:
         if self.metric == "cos":
             scores = scores * self._inv_norm(dims)[safe]  # (Q, S)
         return scores.masked_fill(idx < 0, float("-inf"))
+
+
+class _Work:
+    """Scores computed by one faiss search (filled in when the ``with`` block ends)."""
+
+    scored: int = 0
+
+
+@contextmanager
+def _count_work(index: Any, n_queries: int) -> Iterator[_Work]:
+    """Count the (query, vector) scores of the faiss searches run inside the block.
+
+    HNSW and IVF searches are counted with faiss's global statistics (reset on entry, so do not
+    search other such indexes concurrently); any other index counts as an exhaustive scan.
+    """
+    import faiss
+
+    work, inner = _Work(), faiss.downcast_index(index)
+    ivf = faiss.try_extract_index_ivf(index)
+    cvar: Any = faiss.cvar  # the bundled stubs do not declare the statistics globals
+    if hasattr(inner, "hnsw"):
+        cvar.hnsw_stats.reset()
+    elif ivf is not None:
+        cvar.indexIVF_stats.reset()
+    yield work
+    if hasattr(inner, "hnsw"):
+        work.scored = int(cvar.hnsw_stats.ndis)
+    elif ivf is not None:
+        work.scored = int(cvar.indexIVF_stats.ndis) + n_queries * int(ivf.nlist)
+    else:
+        work.scored = n_queries * int(index.ntotal)
 
 
 def _faiss_index(vectors: np.ndarray, factory: str, params: str | None) -> Any:
