@@ -13,10 +13,15 @@ targets (normalise(target + spread/2 * g / sqrt(d))); temperature 0.05 as in con
                     warm-up each, then --repeats timed rounds with the two methods interleaved;
                     median time per sample, ratio, vectors scored per sample, build time, memory.
 
+--backend picks the sampler backend (auto: numba when it imports, else torch; both: torch and
+numba side by side, all three methods interleaved). --threads applies to torch and numba alike.
+
 Run (about 40 minutes on 2 shared cores; writes bench/out/mining.json):
 
     python bench/mining.py                  # (a) and (b) without 10M
     python bench/mining.py --quick          # a small smoke run
+    python bench/mining.py --backend both --sizes 1000000 --skip-exactness
+                                            # torch and numba backends at 1M only
     python bench/mining.py --ten-million    # adds N = 10M, d = 64
     python bench/mining.py --skip-exactness --sizes 0 --ten-million --spreads 0.1 --out ...
                                             # only N = 10M (--sizes 0 drops the others)
@@ -92,12 +97,14 @@ def chi_square(counts: np.ndarray, p: np.ndarray) -> float:
     return float(torch.special.gammaincc(half, torch.tensor(stat / 2.0, dtype=torch.float64)))
 
 
-def exactness(n: int, d: int, spread: float, draws: int, n_queries: int) -> list[dict[str, Any]]:
+def exactness(
+    n: int, d: int, spread: float, draws: int, n_queries: int, backend: str
+) -> list[dict[str, Any]]:
     """Part (a): goodness of fit of the tree sampler's draws to the exact softmax."""
     x = mixture(n, d, spread, seed=0)
     q = queries_near(x, n_queries, spread, seed=0)
     index = TreeIndex.build(x)
-    _, ids, stats = index.sample(q, draws, temperature=TAU, seed=0)
+    _, ids, stats = index.sample(q, draws, temperature=TAU, seed=0, backend=backend)
     p = torch.softmax((q.double() @ x.double().T) / TAU, dim=1).numpy()  # (Q, N)
     gen = torch.Generator().manual_seed(1)
     rows = []
@@ -105,7 +112,7 @@ def exactness(n: int, d: int, spread: float, draws: int, n_queries: int) -> list
         counts = np.bincount(ids[i], minlength=n)
         ref = torch.multinomial(torch.from_numpy(p[i]), draws, True, generator=gen).numpy()
         rows.append({
-            "query": i, "draws": draws, "chi2_p": chi_square(counts, p[i]),
+            "backend": backend, "query": i, "draws": draws, "chi2_p": chi_square(counts, p[i]),
             "tv": 0.5 * float(np.abs(counts / draws - p[i]).sum()),
             "tv_reference_multinomial": 0.5 * float(np.abs(np.bincount(ref, minlength=n) / draws - p[i]).sum()),
             "support_p_gt_1e-6": int((p[i] > 1e-6).sum()), "acceptance": stats.acceptance_rate,
@@ -120,6 +127,7 @@ class CostRow:
     n: int
     d: int
     spread: float
+    backend: str
     build_s: float
     index_bytes: int
     vectors_bytes: int
@@ -137,8 +145,8 @@ class CostRow:
     tree_s: list[float]
 
 
-def cost(n: int, d: int, spread: float, repeats: int) -> CostRow:
-    """Part (b) for one configuration."""
+def cost(n: int, d: int, spread: float, repeats: int, backends: list[str]) -> list[CostRow]:
+    """Part (b) for one configuration: one row per backend, brute force measured alongside."""
     x = mixture(n, d, spread, seed=n + d)
     q = queries_near(x, QUERIES, spread, seed=n + d)
     start = time.perf_counter()
@@ -146,33 +154,41 @@ def cost(n: int, d: int, spread: float, repeats: int) -> CostRow:
     build_s = time.perf_counter() - start
     gen = torch.Generator().manual_seed(0)
     brute_sample(x, q, SAMPLES, gen)  # warm-up
-    _, _, stats = index.sample(q, SAMPLES, temperature=TAU, seed=0)  # warm-up (caches the cut)
-    brute_s, tree_s = [], []
+    stats = {}
+    for b in backends:  # warm-up (caches the cut; compiles or loads the numba kernels)
+        stats[b] = index.sample(q, SAMPLES, temperature=TAU, seed=0, backend=b)[2]
+    brute_s: list[float] = []
+    tree_s: dict[str, list[float]] = {b: [] for b in backends}
     for r in range(repeats):
         start = time.perf_counter()
         brute_sample(x, q, SAMPLES, gen)
         brute_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        _, _, stats = index.sample(q, SAMPLES, temperature=TAU, seed=r + 1)
-        tree_s.append(time.perf_counter() - start)
+        for b in backends:
+            start = time.perf_counter()
+            stats[b] = index.sample(q, SAMPLES, temperature=TAU, seed=r + 1, backend=b)[2]
+            tree_s[b].append(time.perf_counter() - start)
     samples = QUERIES * SAMPLES
-    b, t = statistics.median(brute_s), statistics.median(tree_s)
-    return CostRow(
-        n, d, spread, build_s, index.memory_bytes(), x.numel() * 4, 1e6 * b / samples,
-        1e6 * t / samples, b / t, statistics.median(bs / ts for bs, ts in zip(brute_s, tree_s)),
-        stats.scored_per_sample, stats.points_scored / samples, n / SAMPLES,
-        stats.acceptance_rate, stats.rounds, stats.cut_nodes, brute_s, tree_s,
-    )  # fmt: skip
+    rows = []
+    for b in backends:
+        bm, tm, st = statistics.median(brute_s), statistics.median(tree_s[b]), stats[b]
+        paired = statistics.median(bs / ts for bs, ts in zip(brute_s, tree_s[b]))
+        rows.append(CostRow(
+            n, d, spread, b, build_s, index.memory_bytes(), x.numel() * 4, 1e6 * bm / samples,
+            1e6 * tm / samples, bm / tm, paired, st.scored_per_sample,
+            st.points_scored / samples, n / SAMPLES, st.acceptance_rate, st.rounds,
+            st.cut_nodes, brute_s, tree_s[b],
+        ))  # fmt: skip
+    return rows
 
 
 def print_cost(rows: list[CostRow]) -> None:
     print(
-        f"{'N':>10} {'d':>4} {'spread':>6} {'build s':>8} {'index MB':>9} {'brute us':>9} "
+        f"{'N':>10} {'d':>4} {'spread':>6} {'backend':>7} {'build s':>8} {'index MB':>9} {'brute us':>9} "
         f"{'tree us':>8} {'ratio':>6} {'paired':>6} {'scored/s':>9} {'pts/s':>7} {'acc':>5}"
     )
     for r in rows:
         print(
-            f"{r.n:>10} {r.d:>4} {r.spread:>6} {r.build_s:>8.1f} {r.index_bytes / 2**20:>9.0f} "
+            f"{r.n:>10} {r.d:>4} {r.spread:>6} {r.backend:>7} {r.build_s:>8.1f} {r.index_bytes / 2**20:>9.0f} "
             f"{r.brute_us_per_sample:>9.1f} {r.tree_us_per_sample:>8.1f} {r.ratio:>6.1f} "
             f"{r.ratio_paired:>6.1f} {r.tree_scored_per_sample:>9.1f} "
             f"{r.tree_points_per_sample:>7.1f} {r.acceptance:>5.2f}"
@@ -185,8 +201,31 @@ def verdict(rows: list[CostRow]) -> list[str]:
     for r in rows:
         if r.n == 1_000_000:
             met = "MET" if r.ratio >= TARGET_RATIO else "NOT MET"
-            lines.append(f"N=1M d={r.d} spread={r.spread}: brute/tree = {r.ratio:.1f} -> {met}")
+            lines.append(
+                f"N=1M d={r.d} spread={r.spread} {r.backend}: brute/tree = {r.ratio:.1f} -> {met}"
+            )
     return lines
+
+
+def backend_list(choice: str, threads: int) -> list[str]:
+    """The backends to time; sets numba's thread count when numba is used."""
+    names = ["torch", "numba"] if choice == "both" else [choice]
+    if choice == "auto":
+        names = ["numba" if numba_version() else "torch"]
+    if "numba" in names:
+        import numba
+
+        numba.set_num_threads(threads)
+    return names
+
+
+def numba_version() -> str | None:
+    """numba's version, or None when it does not import."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    return str(numba.__version__)
 
 
 def main() -> None:
@@ -198,31 +237,39 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", help="N values (default 10k 100k 1M)")
     ap.add_argument("--dims", type=int, nargs="+", help="d values (default 64 384)")
     ap.add_argument("--skip-exactness", action="store_true", help="skip part (a)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both methods")
+    ap.add_argument("--threads", type=int, default=1, help="torch and numba threads")
+    ap.add_argument(
+        "--backend", choices=["auto", "torch", "numba", "both"], default="auto",
+        help="sampler backend(s) to time (auto: numba when it imports)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=OUT / "mining.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    backends = backend_list(args.backend, args.threads)
     sizes = args.sizes or ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
     dims = args.dims or ([64] if args.quick else [64, 384])
     configs = [(n, d) for d in dims for n in sizes if n > 0]
     if args.ten_million:
         configs.append((10_000_000, 64))
     draws = 20_000 if args.quick else 200_000
-    fit = [] if args.skip_exactness else exactness(10_000, 64, args.spreads[-1], draws, 4)
+    fit = []
+    for b in [] if args.skip_exactness else backends:
+        fit += exactness(10_000, 64, args.spreads[-1], draws, 4, b)
     for row in fit:
-        print(f"(a) query {row['query']}: chi2 p = {row['chi2_p']:.3f}, TV = {row['tv']:.4f} "
+        print(f"(a) {row['backend']} query {row['query']}: chi2 p = {row['chi2_p']:.3f}, TV = {row['tv']:.4f} "
               f"(multinomial reference TV = {row['tv_reference_multinomial']:.4f})")  # fmt: skip
     rows = []
     for spread in args.spreads:
         for n, d in configs:
-            rows.append(cost(n, d, spread, 1 if args.quick else args.repeats))
-            print_cost(rows[-1:])
+            rows += cost(n, d, spread, 1 if args.quick else args.repeats, backends)
+            print_cost(rows[-len(backends) :])
     print_cost(rows)
     for line in verdict(rows):
         print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-            "tau": TAU, "clusters": CLUSTERS, "queries": QUERIES, "samples": SAMPLES}  # fmt: skip
+            "tau": TAU, "clusters": CLUSTERS, "queries": QUERIES, "samples": SAMPLES,
+            "backends": backends, "numba": numba_version()}  # fmt: skip
     report = {"meta": meta, "exactness": fit, "cost": [asdict(r) for r in rows]}
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

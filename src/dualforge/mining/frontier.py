@@ -45,6 +45,10 @@ Tensor = torch.Tensor
 class SampleStats:
     """Work done by one ``sample`` call (totals over its queries).
 
+    Both backends fill every field; two differ in meaning with ``backend="numba"``, which refines
+    each query on its own: ``rounds`` is the largest number of expansions of one query, and
+    ``accepted`` equals ``samples`` (a query stops drawing once it has its samples).
+
     Attributes:
         queries: Queries sampled for.
         samples: Samples returned (queries x num_samples).

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dualforge.mining._arrays import Array, as_matrix
+from dualforge.mining._compiled import resolve_backend, sample_compiled
 from dualforge.mining.build import BuildParams, TreeArrays, build_tree
 from dualforge.mining.frontier import cut_nodes
 from dualforge.mining.maintenance import UpdateStats, update_every_position, update_positions
@@ -147,6 +148,7 @@ class TreeIndex:
         max_points: int | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        backend: str = "auto",
     ) -> tuple[np.ndarray, np.ndarray, SampleStats]:
         """I.i.d. draws from the exact softmax ``p(t | q) ∝ exp(q·t / τ)`` over all targets.
 
@@ -159,18 +161,27 @@ class TreeIndex:
                 from the softmax restricted to the other targets.
             eta: Stop refining the proposal when its bound gap is below ``eta`` of its mass;
                 the acceptance rate is then at least ``1 - eta``. Any value in (0, 1) is exact.
-            max_rounds: Most refinement rounds.
+                The numba backend may stop earlier, when further refinement would cost more
+                than the rejections it saves (lower acceptance, less work).
+            max_rounds: Most refinement rounds (torch); the numba backend expands at most
+                ``64 * max_rounds`` nodes per query.
             max_points: Most leaf points scored per query while refining (None: no cap).
             seed: Seed of a fresh generator, when ``generator`` is None.
-            generator: Random generator to use.
+            generator: Random generator to use (the numba backend takes one seed from it).
+            backend: ``"torch"`` (batched tensor ops), ``"numba"`` (a compiled loop per query,
+                ``pip install dualforge[fast]``) or ``"auto"`` (numba when it imports). Both are
+                exact; for a fixed generator each gives reproducible, but different, draws.
 
         Returns:
             ``(scores, ids, stats)``: ``(Q, num_samples)`` float32 exact scores ``q·t`` and
             int64 ids of the draws, and the work done.
 
         Raises:
-            ValueError: For bad shapes or parameters, or a query excluding every target.
+            ValueError: For bad shapes or parameters, an unknown backend, or a query excluding
+                every target.
+            ImportError: For ``backend="numba"`` without numba.
         """
+        backend = resolve_backend(backend)
         if num_samples < 1 or not temperature > 0 or not 0 < eta < 1 or max_rounds < 0:
             raise ValueError(
                 f"need num_samples >= 1, temperature > 0, 0 < eta < 1, max_rounds >= 0; got "
@@ -182,6 +193,13 @@ class TreeIndex:
             generator = torch.Generator().manual_seed(
                 seed if seed is not None else int(torch.randint(1 << 62, (1,)))
             )
+        if backend == "numba":
+            scores_np, pos_np, stats = sample_compiled(
+                self.arrays, q, num_samples, temperature=temperature, excluded=keys, eta=eta,
+                max_rounds=max_rounds, max_points=max_points,
+                seed=int(torch.randint(1 << 62, (1,), generator=generator)), cut=self._get_cut(),
+            )  # fmt: skip
+            return scores_np, self.arrays.ids.numpy()[pos_np], stats
         scores, pos, stats = sample_softmax(
             self.arrays, q, num_samples, temperature=temperature, excluded=keys, eta=eta,
             max_rounds=max_rounds, max_points=max_points, generator=generator, cut=self._get_cut(),
