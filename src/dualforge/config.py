@@ -161,7 +161,8 @@ class MiningConfig:
     re-encoded with the landmarks (dynamic only). ``correction``: ``residual`` fits the linear
     Nyström map to the drift and adds it to the stale vectors (keeps the directions the
     landmarks do not span); ``plain`` maps the stale vectors themselves. ``kernel``: the Nyström
-    kernel (``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
+    kernel, ``rbf`` by default (the lowest drift error in the bench sweeps, docs/mining.md;
+    ``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
     ``ridge`` 0.1 (not ``fit_nystrom``'s 1e-3): with the landmark count near the dimension a
     lightly regularised linear fit extrapolates noise (docs/mining.md, bench sweep).
     """
@@ -184,7 +185,7 @@ class MiningConfig:
     eta: float = 0.25
     ridge: float = 0.1
     correction: str = "residual"
-    kernel: str = "linear"
+    kernel: str = "rbf"
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
