@@ -222,21 +222,19 @@ def budget_cv(
     n, dim = docs.shape
     out: dict[str, Any] = {"folds": []}
     held, exact_held = 0.0, 0.0
+
+    def quality_on(rows: list[int]) -> Callable[[Any, Any], float]:
+        ids = [qids[i] for i in rows]
+        return qrels_quality({q: qrels[q] for q in ids}, ids, doc_ids, "ndcg@10")
+
     for pick, test in (folds, folds[::-1]):
-
-        def quality_on(rows: list[int]) -> Callable[[Any, Any], float]:
-            ids = [qids[i] for i in rows]
-            return qrels_quality({q: qrels[q] for q in ids}, ids, doc_ids, "ndcg@10")
-
         choice = choose_cascade(
             docs, queries[pick], quality_on(pick), tolerance=0.01, metric=metric
         )
         chosen = Funnel(docs, choice.chosen.spec, metric=metric).search(queries[test])
         exact = Funnel(docs, f"{dim}:10", metric=metric).search(queries[test])
-        q_test, q_exact = (
-            quality_on(test)(chosen.scores, chosen.ids),
-            quality_on(test)(exact.scores, exact.ids),
-        )
+        on_test = quality_on(test)
+        q_test, q_exact = on_test(chosen.scores, chosen.ids), on_test(exact.scores, exact.ids)
         held, exact_held = held + q_test * len(test), exact_held + q_exact * len(test)
         out["folds"].append(
             {

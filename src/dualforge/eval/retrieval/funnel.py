@@ -257,9 +257,9 @@ class Funnel:
             self.index, self.rescorer, q, self.stages, self.batch_size
         )
         seconds = time.perf_counter() - start
-        n, first_exact = self.rescorer.ntotal, cascade_flops(self.stages[:1], self.rescorer.ntotal)
-        rerank = cascade_flops(self.stages, n) - first_exact
-        flops = first / max(1, q.shape[0]) * self.stages[0].dims + rerank
+        d0 = self.stages[0].dims
+        rerank = self.flops_per_query - self.rescorer.ntotal * d0  # the bound less its first stage
+        flops = first / max(1, q.shape[0]) * d0 + rerank
         return FunnelResult(scores, ids, flops, seconds)
 
 

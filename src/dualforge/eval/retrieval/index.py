@@ -250,20 +250,19 @@ def _count_work(index: Any, n_queries: int) -> Iterator[_Work]:
     """
     import faiss
 
-    work, inner = _Work(), faiss.downcast_index(index)
-    ivf = faiss.try_extract_index_ivf(index)
     cvar: Any = faiss.cvar  # the bundled stubs do not declare the statistics globals
-    if hasattr(inner, "hnsw"):
-        cvar.hnsw_stats.reset()
+    ivf = faiss.try_extract_index_ivf(index)
+    if hasattr(faiss.downcast_index(index), "hnsw"):
+        counter, coarse = cvar.hnsw_stats, 0
     elif ivf is not None:
-        cvar.indexIVF_stats.reset()
-    yield work
-    if hasattr(inner, "hnsw"):
-        work.scored = int(cvar.hnsw_stats.ndis)
-    elif ivf is not None:
-        work.scored = int(cvar.indexIVF_stats.ndis) + n_queries * int(ivf.nlist)
+        counter, coarse = cvar.indexIVF_stats, n_queries * int(ivf.nlist)  # centroid scores
     else:
-        work.scored = n_queries * int(index.ntotal)
+        counter, coarse = None, 0
+    work = _Work()
+    if counter is not None:
+        counter.reset()
+    yield work
+    work.scored = n_queries * int(index.ntotal) if counter is None else int(counter.ndis) + coarse
 
 
 def _faiss_index(vectors: np.ndarray, factory: str, params: str | None) -> Any:
