@@ -20,6 +20,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -158,7 +159,7 @@ def _row(
 def funnel_rows(
     docs: Any,
     queries: Any,
-    quality: Callable[[Any, Any], float],
+    quality: Callable[[Any, Any], Any],
     metric: str,
     repeats: int,
     approx: tuple[tuple[str, str], ...] = (),
@@ -207,35 +208,49 @@ def funnel_rows(
 
 
 def budget_cv(
-    docs: Any, queries: Any, qids: list[str], doc_ids: list[str], qrels: Any, metric: str
+    docs: Any,
+    queries: Any,
+    qids: list[str],
+    doc_ids: list[str],
+    qrels: Any,
+    metric: str,
+    n_folds: int = 2,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
-    """Budget mode without a dev split: 2-fold cross-validation over the test queries.
+    """Budget mode without a dev split: ``n_folds``-fold cross-validation over the test queries.
 
-    Queries are split in two seeded halves; on each half ``choose_cascade`` (default candidate
-    grid, tolerance 1%) picks the cheapest cascade, which is then scored on the *other* half.
-    The pooled held-out nDCG@10 is compared with exact search over all queries.
+    Queries are split in seeded folds; on all folds but one ``choose_cascade`` (default candidate
+    grid, tolerance 1%) picks the cheapest cascade, which is then scored on the held-out fold.
+    The pooled held-out nDCG@10 is compared with exact search over all queries, and the FLOPs
+    of the picks are averaged over queries. ``confidence``: ``choose_cascade``'s guard against
+    lucky passes (per-query paired lower bound); None: the dev mean.
     """
     from dualforge.eval.retrieval import Funnel, choose_cascade, exact_flops, qrels_quality
 
     order = torch.randperm(len(qids), generator=torch.Generator().manual_seed(0)).tolist()
-    folds = [sorted(order[: len(order) // 2]), sorted(order[len(order) // 2 :])]
+    cuts = [len(order) * i // n_folds for i in range(n_folds + 1)]  # contiguous, as in 2-fold
+    parts = [sorted(order[a:b]) for a, b in itertools.pairwise(cuts)]
+    pairs = [(sorted(set(order) - set(test)), test) for test in parts]
     n, dim = docs.shape
-    out: dict[str, Any] = {"folds": []}
-    held, exact_held = 0.0, 0.0
+    out: dict[str, Any] = {"folds": [], "n_folds": n_folds, "confidence": confidence}
+    held, exact_held, flops = 0.0, 0.0, 0.0
 
-    def quality_on(rows: list[int]) -> Callable[[Any, Any], float]:
+    def quality_on(rows: list[int], per_query: bool = False) -> Callable[[Any, Any], Any]:
         ids = [qids[i] for i in rows]
-        return qrels_quality({q: qrels[q] for q in ids}, ids, doc_ids, "ndcg@10")
+        judged = {q: qrels[q] for q in ids}
+        return qrels_quality(judged, ids, doc_ids, "ndcg@10", per_query=per_query)
 
-    for pick, test in (folds, folds[::-1]):
+    for pick, test in pairs:
         choice = choose_cascade(
-            docs, queries[pick], quality_on(pick), tolerance=0.01, metric=metric
-        )
+            docs, queries[pick], quality_on(pick, confidence is not None), tolerance=0.01,
+            metric=metric, confidence=confidence,
+        )  # fmt: skip
         chosen = Funnel(docs, choice.chosen.spec, metric=metric).search(queries[test])
         exact = Funnel(docs, f"{dim}:10", metric=metric).search(queries[test])
         on_test = quality_on(test)
         q_test, q_exact = on_test(chosen.scores, chosen.ids), on_test(exact.scores, exact.ids)
         held, exact_held = held + q_test * len(test), exact_held + q_exact * len(test)
+        flops += choice.chosen.flops_per_query / exact_flops(n, dim) * len(test)
         out["folds"].append(
             {
                 "spec": choice.chosen.spec,
@@ -252,9 +267,10 @@ def budget_cv(
         "quality": held / len(qids),
         "exact": exact_held / len(qids),
         "ratio": held / exact_held,
+        "flops_ratio": flops / len(qids),
     }
     print(
-        f"  budget 2-fold pooled held-out: {held / len(qids):.4f} vs exact {exact_held / len(qids):.4f} ({held / exact_held:.3f}x)",
+        f"  budget {n_folds}-fold (confidence {confidence}) pooled held-out: {held / len(qids):.4f} vs exact {exact_held / len(qids):.4f} ({held / exact_held:.3f}x) at {flops / len(qids):.4f}x FLOPs on average",
         flush=True,
     )
     return out
@@ -283,7 +299,14 @@ def scifact_funnel(model_path: str) -> dict[str, Any]:
     quality = qrels_quality(data.qrels, qids, doc_ids, "ndcg@10")
     approx = (("IVF64,Flat", "nprobe=8"), ("IVF64,Flat", "nprobe=16"))
     rows = funnel_rows(docs, queries, quality, metric, repeats=5, approx=approx)
-    return {"rows": rows, "budget_cv": budget_cv(docs, queries, qids, doc_ids, data.qrels, metric)}
+    cv = {
+        f"{k}-fold" + ("" if c is None else f"-confidence-{c:g}"): budget_cv(
+            docs, queries, qids, doc_ids, data.qrels, metric, k, c
+        )
+        for c in (None, 0.9)
+        for k in (2, 5)
+    }
+    return {"rows": rows, "budget_cv": cv}
 
 
 def synthetic_funnel(

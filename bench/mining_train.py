@@ -119,6 +119,17 @@ def estimate(
     return (mean - t[pos]) / tau
 
 
+def expected_fresh_positive(
+    q: torch.Tensor, v: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, known: torch.Tensor,
+    tau: float,
+) -> torch.Tensor:  # fmt: skip
+    """As :func:`expected_gradient`, but the positive's logit uses its fresh vector: a training
+    batch encodes the positive with the current model, only the negatives come from ``v``."""
+    v = v.clone()
+    v[pos] = t[pos]
+    return expected_gradient(q, v, t, pos, known, tau)
+
+
 def proposal(q: torch.Tensor, v: torch.Tensor, known: torch.Tensor, tau: float) -> torch.Tensor:
     """``(Q, N)`` log softmax of ``q·v / τ`` with known positives removed."""
     logits = (q @ v.T / tau).masked_fill(known, float("-inf"))
@@ -149,6 +160,8 @@ def grad_errors(
         for k, mean in sums.items():  # error of the mean over draws: the bias part
             out[name][f"{k}_mean"] = float(torch.linalg.norm(mean - g) / torch.linalg.norm(g))
         out[name]["expected"] = float(torch.linalg.norm(limit - g) / torch.linalg.norm(g))
+        limit = expected_fresh_positive(q, v, fresh, pos, known, tau)
+        out[name]["expected_fresh_pos"] = float(torch.linalg.norm(limit - g) / torch.linalg.norm(g))
         out[name]["tv"] = float(0.5 * (logq.exp() - exact).abs().sum(1).mean())
     out["in_batch"] = in_batch_errors(q, fresh, pos, known, g, args)
     return out
@@ -220,26 +233,43 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
     tick = time.perf_counter()
     v0 = encode()
     print(f"full encode of {len(ids)} targets: {time.perf_counter() - tick:.1f} s", flush=True)
-    refresh, dyn = v0, {f: v0.copy() for f in args.landmarks}
-    last_rows: dict[float, np.ndarray] = {f: np.zeros(0, np.int64) for f in args.landmarks}
+    refresh = v0
+    dyn: dict[Any, np.ndarray] = {f: v0.copy() for f in args.landmarks}
+    last_rows: dict[Any, np.ndarray] = {f: np.zeros(0, np.int64) for f in args.landmarks}
     stream, results, saved = batches(p.sampler), [], {"step0": v0}
+    recent: dict[int, None] = {}  # positives of the batches since the last dynamic update
     for step in range(1, args.steps + 1):
-        loss = training_step(p, next(stream), step)
+        batch = next(stream)
+        loss = training_step(p, batch, step)
         optimizer_step(p)
+        for d in batch.positive_ids:
+            if d in row:
+                recent.pop(row[d], None)
+                recent[row[d]] = None
         if step % 5 == 0:
             print(f"step {step} loss {loss:.4f} at {time.perf_counter() - tick:.0f} s", flush=True)
         fresh = encode() if step in args.measure or step % args.refresh_every == 0 else None
         if step % args.dynamic_every == 0:
             for f in args.landmarks:
                 rows = choose_landmarks(len(ids), max(1, round(f * len(ids))), seed=step)
-                lm = fresh[rows] if fresh is not None else encode(rows)
-                dyn[f] = nystrom(dyn[f], rows, lm, residual=True)
-                dyn[f][rows], last_rows[f] = lm, rows
+                dyn[f], last_rows[f] = dynamic_update(dyn[f], rows, [], fresh, encode)
+                if args.recent:
+                    key = f"{f:g}+recent"
+                    extra = [r for r in reversed(recent) if r not in set(rows.tolist())]
+                    dyn[key], last_rows[key] = dynamic_update(
+                        dyn.get(key, v0.copy()), rows, extra[: args.recent], fresh, encode
+                    )
+            recent.clear()
         if step in args.measure:
             assert fresh is not None
             if args.save_vectors:
                 saved[f"step{step}"] = fresh
-            results.append(measure(step, loss, v0, refresh, dyn, last_rows, fresh, p, exs, pos, known, args))  # fmt: skip
+            point = measure(step, loss, v0, refresh, dyn, last_rows, fresh, p, exs, pos, known, args)  # fmt: skip
+            if args.save_vectors:
+                saved[f"queries{step}"] = point.pop("queries")
+                saved.update({f"dynamic_{k}_step{step}": v for k, v in dyn.items()})
+            point.pop("queries", None)
+            results.append(point)
             print(json.dumps(results[-1]), flush=True)
         if fresh is not None and step % args.refresh_every == 0:
             refresh = fresh
@@ -248,9 +278,23 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
     return {"steps": args.steps, "targets": len(ids), "queries": len(exs), "points": results}
 
 
+def dynamic_update(
+    vectors: np.ndarray, landmarks: np.ndarray, extra: list[int], fresh: np.ndarray | None,
+    encode: Any,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """One step of the dynamic chain, as the miner does it: re-encode ``landmarks`` and the
+    ``extra`` (recent) rows, residual-Nyström-correct every target from the landmarks, write the
+    re-encoded rows exactly. Returns the new vectors and the re-encoded rows."""
+    rows = np.concatenate([landmarks, np.asarray(extra, np.int64)])
+    new = fresh[rows] if fresh is not None else encode(rows)
+    out = nystrom(vectors, landmarks, new[: len(landmarks)], residual=True)
+    out[rows] = new
+    return out, rows
+
+
 def measure(
-    step: int, loss: float, v0: np.ndarray, refresh: np.ndarray, dyn: dict[float, np.ndarray],
-    last_rows: dict[float, np.ndarray], fresh: np.ndarray, p: Any, exs: list[Any],
+    step: int, loss: float, v0: np.ndarray, refresh: np.ndarray, dyn: dict[Any, np.ndarray],
+    last_rows: dict[Any, np.ndarray], fresh: np.ndarray, p: Any, exs: list[Any],
     pos: torch.Tensor, known: torch.Tensor, args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
     """Drift and gradient errors at one step."""
@@ -261,6 +305,9 @@ def measure(
     }
     for f in args.landmarks:
         rows = choose_landmarks(n, max(1, round(f * n)), seed=10_000 + step)
+        if f"{f:g}+recent" in dyn:
+            rest = np.setdiff1d(np.arange(n), last_rows[f"{f:g}+recent"])
+            drift[f"dynamic_{f:g}+recent"] = drift_error(dyn[f"{f:g}+recent"][rest], fresh[rest])
         rest = np.setdiff1d(np.arange(n), rows)
         for residual in (False, True):
             est = nystrom(v0, rows, fresh[rows], residual)
@@ -271,11 +318,11 @@ def measure(
     q = torch.from_numpy(p.model.encode([ex.query for ex in exs], "query", 64)).double()
     vectors = {
         "static": v0, "refresh": refresh, "oracle": fresh,
-        **{f"dynamic_{f:g}": v for f, v in dyn.items()},
+        **{f"dynamic_{f if isinstance(f, str) else format(f, 'g')}": v for f, v in dyn.items()},
     }  # fmt: skip
     tens = {k: torch.from_numpy(v).double() for k, v in vectors.items()}
     grads = grad_errors(q, tens["oracle"], pos, known, tens, args)
-    return {"step": step, "loss": loss, "drift": drift, "grad": grads}
+    return {"step": step, "loss": loss, "drift": drift, "grad": grads, "queries": q.float().numpy()}
 
 
 def part_sweep(args: argparse.Namespace) -> dict[str, Any]:
@@ -362,6 +409,11 @@ def main() -> None:
     ap.add_argument("--refresh-every", type=int, default=10)
     ap.add_argument("--dynamic-every", type=int, default=5)
     ap.add_argument("--landmarks", type=float, nargs="+", default=[0.01, 0.05])
+    ap.add_argument(
+        "--recent", type=int, default=0,
+        help="(c)/(d): also run each dynamic chain re-encoding up to this many positives of the "
+        "batches since its last update (the miner's mining.recent); 0: off",
+    )  # fmt: skip
     ap.add_argument("--corpus-size", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=256)
     ap.add_argument("--doc-len", type=int, default=128)

@@ -92,6 +92,13 @@ def test_eval_budget_on_dev_split(tiny_model_dir: Path, tiny_beir: Path, tmp_pat
     assert budget["test"]["spec"] == chosen["spec"]
     with pytest.raises(SystemExit, match="other than --split"):
         run_cli([*eval_args(tiny_model_dir, data, "--budget", "0.1"), "--split", "dev"])
+    argv = [*argv, "--budget-confidence", "0.9"]
+    assert run_cli(argv) == 0
+    sure = json.loads(out.read_text())["budget"]
+    assert sure["confidence"] == 0.9
+    assert sure["chosen"]["flops_per_query"] >= chosen["flops_per_query"]
+    with pytest.raises(SystemExit, match="--budget-confidence must be in"):
+        run_cli([*argv[:-1], "1.5"])
 
 
 def expected_top(model_dir: Path, corpus: Path, queries: list[str], k: int) -> list[list[str]]:

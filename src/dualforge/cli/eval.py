@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"choose the cheapest cascade within TOL relative {BUDGET_METRIC} loss on the dev split",
     )
     p.add_argument("--dev-split", default="dev", help="split that --budget chooses on")
+    p.add_argument(
+        "--budget-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="--budget passes a cascade only if the one-sided P lower confidence bound of its "
+        "paired per-query loss is within TOL (e.g. 0.9; default: the dev mean)",
+    )
     p.set_defaults(func=run)
 
 
@@ -171,6 +179,8 @@ def _check_budget(args: argparse.Namespace) -> None:
         raise SystemExit(f"--budget must choose on a split other than --split {args.split!r}")
     if not 0 <= args.budget < 1:
         raise SystemExit(f"--budget must be in [0, 1), got {args.budget}")
+    if args.budget_confidence is not None and not 0 < args.budget_confidence < 1:
+        raise SystemExit(f"--budget-confidence must be in (0, 1), got {args.budget_confidence}")
 
 
 def budget_report(
@@ -181,7 +191,10 @@ def budget_report(
     if list(dev.corpus) != enc.doc_ids:
         raise SystemExit(f"the {args.dev_split!r} corpus differs from the {args.split!r} one")
     dev_enc = encode_split(model, dev, cfg.batch_size, docs=enc.docs)
-    quality = qrels_quality(dev.qrels, dev_enc.query_ids, dev_enc.doc_ids, BUDGET_METRIC)
+    quality = qrels_quality(
+        dev.qrels, dev_enc.query_ids, dev_enc.doc_ids, BUDGET_METRIC,
+        per_query=args.budget_confidence is not None,
+    )  # fmt: skip
     choice = choose_cascade(
         enc.docs,
         dev_enc.queries,
@@ -191,15 +204,17 @@ def budget_report(
         metric=enc.metric,
         factory=args.index_factory,
         params=args.index_params,
+        confidence=args.budget_confidence,
     )
     chosen = parse_funnel_spec(choice.chosen.spec)
     return {
         "tolerance": args.budget,
+        "confidence": args.budget_confidence,
         "dev_split": args.dev_split,
         "select_metric": BUDGET_METRIC,
-        "chosen": asdict(choice.chosen),
-        "reference": asdict(choice.reference),
-        "trials": [asdict(t) for t in choice.trials],
+        "chosen": choice.chosen.to_dict(),
+        "reference": choice.reference.to_dict(),
+        "trials": [t.to_dict() for t in choice.trials],
         "test": funnel_report(
             enc, data, chosen, cfg.metrics, args.index_factory, args.index_params
         ),
