@@ -21,8 +21,13 @@
                     "plain"), and of the mean estimate over the draws ("is_mean",
                     "plain_mean"). Without sampling noise: "expected" is the full-softmax
                     gradient with the probabilities taken from the strategy's vectors (the
-                    infinite-K limit of training on its negatives), "tv" the total variation
-                    between the strategy's softmax and the fresh one (mean over queries).
+                    infinite-K limit of training on its negatives), "expected_fresh_pos" the
+                    same with the positive's logit from its fresh vector (a training batch
+                    encodes the positive; only the negatives come from the index), "tv" the
+                    total variation between the strategy's softmax and the fresh one (mean over
+                    queries). With --recent R, each dynamic chain also runs a "+recent" variant
+                    that re-encodes up to R positives of the batches since its last update, as
+                    the miner's mining.recent does.
     (e) end to end  SciFact test nDCG@10 after training each strategy for the same wall time
                     (--budget seconds, mining included; linear decay over 1000 steps, so the
                     learning rate is nearly constant), from configs/scifact-minilm-dynamic.yaml;
