@@ -20,7 +20,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -217,63 +216,37 @@ def budget_cv(
     n_folds: int = 2,
     confidence: float | None = None,
 ) -> dict[str, Any]:
-    """Budget mode without a dev split: ``n_folds``-fold cross-validation over the test queries.
+    """Budget mode without a dev split: ``cross_validate_cascade`` over the test queries
+    (choose on all folds but one, default grid, tolerance 1%; score on the held-out fold)."""
+    from dualforge.eval.retrieval import cross_validate_cascade
 
-    Queries are split in seeded folds; on all folds but one ``choose_cascade`` (default candidate
-    grid, tolerance 1%) picks the cheapest cascade, which is then scored on the held-out fold.
-    The pooled held-out nDCG@10 is compared with exact search over all queries, and the FLOPs
-    of the picks are averaged over queries. ``confidence``: ``choose_cascade``'s guard against
-    lucky passes (per-query paired lower bound); None: the dev mean.
-    """
-    from dualforge.eval.retrieval import Funnel, choose_cascade, exact_flops, qrels_quality
-
-    order = torch.randperm(len(qids), generator=torch.Generator().manual_seed(0)).tolist()
-    cuts = [len(order) * i // n_folds for i in range(n_folds + 1)]  # contiguous, as in 2-fold
-    parts = [sorted(order[a:b]) for a, b in itertools.pairwise(cuts)]
-    pairs = [(sorted(set(order) - set(test)), test) for test in parts]
-    n, dim = docs.shape
-    out: dict[str, Any] = {"folds": [], "n_folds": n_folds, "confidence": confidence}
-    held, exact_held, flops = 0.0, 0.0, 0.0
-
-    def quality_on(rows: list[int], per_query: bool = False) -> Callable[[Any, Any], Any]:
-        ids = [qids[i] for i in rows]
-        judged = {q: qrels[q] for q in ids}
-        return qrels_quality(judged, ids, doc_ids, "ndcg@10", per_query=per_query)
-
-    for pick, test in pairs:
-        choice = choose_cascade(
-            docs, queries[pick], quality_on(pick, confidence is not None), tolerance=0.01,
-            metric=metric, confidence=confidence,
-        )  # fmt: skip
-        chosen = Funnel(docs, choice.chosen.spec, metric=metric).search(queries[test])
-        exact = Funnel(docs, f"{dim}:10", metric=metric).search(queries[test])
-        on_test = quality_on(test)
-        q_test, q_exact = on_test(chosen.scores, chosen.ids), on_test(exact.scores, exact.ids)
-        held, exact_held = held + q_test * len(test), exact_held + q_exact * len(test)
-        flops += choice.chosen.flops_per_query / exact_flops(n, dim) * len(test)
-        out["folds"].append(
-            {
-                "spec": choice.chosen.spec,
-                "flops_ratio": choice.chosen.flops_per_query / exact_flops(n, dim),
-                "chosen_on": {"quality": choice.chosen.quality, "exact": choice.reference.quality},
-                "held_out": {"quality": q_test, "exact": q_exact, "ratio": q_test / q_exact},
-            }
-        )
+    cv = cross_validate_cascade(
+        docs, queries, qrels, qids, doc_ids, folds=n_folds, tolerance=0.01,
+        confidence=confidence, metric=metric,
+    )  # fmt: skip
+    for f in cv.folds:
         print(
-            f"  budget fold: chose {choice.chosen.spec} ({out['folds'][-1]['flops_ratio']:.4f}x FLOPs); held-out nDCG@10 {q_test:.4f} vs exact {q_exact:.4f} ({q_test / q_exact:.3f}x)",
+            f"  budget fold: chose {f.spec} ({f.flops_ratio:.4f}x FLOPs); held-out nDCG@10 "
+            f"{f.quality:.4f} vs exact {f.exact_quality:.4f} ({f.quality / f.exact_quality:.3f}x)",
             flush=True,
         )
-    out["pooled"] = {
-        "quality": held / len(qids),
-        "exact": exact_held / len(qids),
-        "ratio": held / exact_held,
-        "flops_ratio": flops / len(qids),
-    }
+    ratio = cv.quality / cv.exact_quality
     print(
-        f"  budget {n_folds}-fold (confidence {confidence}) pooled held-out: {held / len(qids):.4f} vs exact {exact_held / len(qids):.4f} ({held / exact_held:.3f}x) at {flops / len(qids):.4f}x FLOPs on average",
+        f"  budget {n_folds}-fold (confidence {confidence}) pooled held-out: {cv.quality:.4f} vs "
+        f"exact {cv.exact_quality:.4f} ({ratio:.3f}x) at {cv.flops_ratio:.4f}x FLOPs on average",
         flush=True,
     )
-    return out
+    return {
+        "n_folds": n_folds,
+        "confidence": confidence,
+        "folds": [vars(f) for f in cv.folds],
+        "pooled": {
+            "quality": cv.quality,
+            "exact": cv.exact_quality,
+            "ratio": ratio,
+            "flops_ratio": cv.flops_ratio,
+        },
+    }
 
 
 def scifact_funnel(model_path: str) -> dict[str, Any]:

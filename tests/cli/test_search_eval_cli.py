@@ -101,6 +101,22 @@ def test_eval_budget_on_dev_split(tiny_model_dir: Path, tiny_beir: Path, tmp_pat
         run_cli([*argv[:-1], "1.5"])
 
 
+def test_eval_budget_cross_validated(tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    argv = eval_args(tiny_model_dir, tiny_beir, "--budget", "0.05", "--budget-cv", "2")
+    assert run_cli([*argv, "--output", str(out)]) == 0  # no dev split needed
+    report = json.loads(out.read_text())
+    cv = report["budget_cv"]
+    assert "budget" not in report and len(cv["folds"]) == 2
+    assert sum(f["queries"] for f in cv["folds"]) == report["num_queries"]
+    assert cv["exact_quality"] == pytest.approx(report["metrics"]["ndcg@10"])
+    assert 0 < cv["flops_ratio"] <= 1 and 0 <= cv["quality"] <= 1
+    with pytest.raises(SystemExit, match="at least 2 folds"):
+        run_cli([*argv[:-1], "1"])
+    with pytest.raises(SystemExit, match="exceeds"):
+        run_cli([*argv[:-1], "1000"])
+
+
 def expected_top(model_dir: Path, corpus: Path, queries: list[str], k: int) -> list[list[str]]:
     """Oracle: encode with the library and search exactly by cosine."""
     model = load_model(str(model_dir))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from dualforge.eval.retrieval import (
     Funnel,
     Stage,
     choose_cascade,
+    cross_validate_cascade,
     exact_flops,
     exact_search,
     format_funnel_spec,
@@ -72,6 +73,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="P",
         help="--budget passes a cascade only if the one-sided P lower confidence bound of its "
         "paired per-query loss is within TOL (e.g. 0.9; default: the dev mean)",
+    )
+    p.add_argument(
+        "--budget-cv",
+        type=int,
+        default=None,
+        metavar="K",
+        help="no dev split: cross-validate --budget over K folds of the evaluated queries "
+        "(choose on K-1 folds, score on the held-out one) and report the pooled result",
     )
     p.set_defaults(func=run)
 
@@ -170,12 +179,15 @@ def funnel_report(
 
 def _check_budget(args: argparse.Namespace) -> None:
     folder = Path(args.data)
-    if args.dev_split not in available_splits(folder):
+    if args.budget_cv is not None:
+        if args.budget_cv < 2:
+            raise SystemExit(f"--budget-cv needs at least 2 folds, got {args.budget_cv}")
+    elif args.dev_split not in available_splits(folder):
         raise SystemExit(
             f"--budget needs a dev split to choose the cascade on: {folder}/qrels/"
             f"{args.dev_split}.tsv does not exist (name another split with --dev-split)"
         )
-    if args.dev_split == args.split:
+    if args.budget_cv is None and args.dev_split == args.split:
         raise SystemExit(f"--budget must choose on a split other than --split {args.split!r}")
     if not 0 <= args.budget < 1:
         raise SystemExit(f"--budget must be in [0, 1), got {args.budget}")
@@ -221,6 +233,28 @@ def budget_report(
     }
 
 
+def budget_cv_report(enc: EncodedSplit, data: EvalSet, args: argparse.Namespace) -> dict[str, Any]:
+    """Cross-validate the budget mode over the evaluated split's queries."""
+    if args.budget_cv > len(enc.query_ids):
+        raise SystemExit(
+            f"--budget-cv {args.budget_cv} exceeds the {len(enc.query_ids)} judged queries"
+        )
+    cv = cross_validate_cascade(
+        enc.docs, enc.queries, data.qrels, enc.query_ids, enc.doc_ids, folds=args.budget_cv,
+        tolerance=args.budget, confidence=args.budget_confidence, metric=enc.metric,
+        quality_metric=BUDGET_METRIC,
+    )  # fmt: skip
+    return {
+        "tolerance": args.budget,
+        "confidence": args.budget_confidence,
+        "folds": [asdict(f) for f in cv.folds],
+        "select_metric": BUDGET_METRIC,
+        "quality": cv.quality,
+        "exact_quality": cv.exact_quality,
+        "flops_ratio": cv.flops_ratio,
+    }
+
+
 def _plot(args: argparse.Namespace, report: dict[str, Any]) -> None:
     from dualforge.eval.plots import plot_metric_by_dim
 
@@ -254,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
         report["funnel"] = funnel_report(
             enc, data, stages, cfg.metrics, args.index_factory, args.index_params
         )
-    if args.budget is not None:
+    if args.budget is not None and args.budget_cv is not None:
+        report["budget_cv"] = budget_cv_report(enc, data, args)
+    elif args.budget is not None:
         report["budget"] = budget_report(model, enc, data, args, cfg)
     if args.plot:
         _plot(args, report)

@@ -7,6 +7,7 @@ from dualforge.eval.retrieval.budget import (
     default_candidates,
     qrels_quality,
 )
+from dualforge.eval.retrieval.budget_cv import CascadeCV, FoldResult, cross_validate_cascade
 from dualforge.eval.retrieval.exact import exact_search, faiss_available, prepare, run_from_search
 from dualforge.eval.retrieval.funnel import (
     AdaptiveSearcher,
@@ -29,9 +30,11 @@ from dualforge.eval.retrieval.index import (
 
 __all__ = [
     "AdaptiveSearcher",
+    "CascadeCV",
     "CascadeChoice",
     "CascadeTrial",
     "FaissIndex",
+    "FoldResult",
     "Funnel",
     "FunnelResult",
     "PrefixRescorer",
@@ -42,6 +45,7 @@ __all__ = [
     "cascade_flops",
     "check_stages",
     "choose_cascade",
+    "cross_validate_cascade",
     "default_candidates",
     "exact_flops",
     "exact_search",
