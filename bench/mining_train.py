@@ -239,8 +239,9 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
     v0 = encode()
     print(f"full encode of {len(ids)} targets: {time.perf_counter() - tick:.1f} s", flush=True)
     refresh = v0
-    dyn: dict[Any, np.ndarray] = {f: v0.copy() for f in args.landmarks}
-    last_rows: dict[Any, np.ndarray] = {f: np.zeros(0, np.int64) for f in args.landmarks}
+    # Dynamic chains by label: "<fraction>" (landmarks only) and "<fraction>+recent".
+    dyn: dict[str, np.ndarray] = {f"{f:g}": v0.copy() for f in args.landmarks}
+    last_rows: dict[str, np.ndarray] = {}
     stream, results, saved = batches(p.sampler), [], {"step0": v0}
     recent: dict[int, None] = {}  # positives of the batches since the last dynamic update
     for step in range(1, args.steps + 1):
@@ -257,7 +258,7 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
         if step % args.dynamic_every == 0:
             for f in args.landmarks:
                 rows = choose_landmarks(len(ids), max(1, round(f * len(ids))), seed=step)
-                dyn[f], last_rows[f] = dynamic_update(dyn[f], rows, [], fresh, encode)
+                dyn[f"{f:g}"], last_rows[f"{f:g}"] = dynamic_update(dyn[f"{f:g}"], rows, [], fresh, encode)  # fmt: skip
                 if args.recent:
                     key = f"{f:g}+recent"
                     extra = [r for r in reversed(recent) if r not in set(rows.tolist())]
@@ -298,8 +299,8 @@ def dynamic_update(
 
 
 def measure(
-    step: int, loss: float, v0: np.ndarray, refresh: np.ndarray, dyn: dict[Any, np.ndarray],
-    last_rows: dict[Any, np.ndarray], fresh: np.ndarray, p: Any, exs: list[Any],
+    step: int, loss: float, v0: np.ndarray, refresh: np.ndarray, dyn: dict[str, np.ndarray],
+    last_rows: dict[str, np.ndarray], fresh: np.ndarray, p: Any, exs: list[Any],
     pos: torch.Tensor, known: torch.Tensor, args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
     """Drift and gradient errors at one step."""
@@ -310,20 +311,18 @@ def measure(
     }
     for f in args.landmarks:
         rows = choose_landmarks(n, max(1, round(f * n)), seed=10_000 + step)
-        if f"{f:g}+recent" in dyn:
-            rest = np.setdiff1d(np.arange(n), last_rows[f"{f:g}+recent"])
-            drift[f"dynamic_{f:g}+recent"] = drift_error(dyn[f"{f:g}+recent"][rest], fresh[rest])
         rest = np.setdiff1d(np.arange(n), rows)
         for residual in (False, True):
             est = nystrom(v0, rows, fresh[rows], residual)
             drift[f"oneshot_{'residual' if residual else 'plain'}_{f:g}"] = drift_error(est[rest], fresh[rest])  # fmt: skip
         drift[f"stale_nonlandmark_{f:g}"] = drift_error(v0[rest], fresh[rest])
-        rest = np.setdiff1d(np.arange(n), last_rows[f])
-        drift[f"dynamic_{f:g}"] = drift_error(dyn[f][rest], fresh[rest])
+    for key, v in dyn.items():  # error on the targets the chain did not just re-encode
+        rest = np.setdiff1d(np.arange(n), last_rows.get(key, np.zeros(0, np.int64)))
+        drift[f"dynamic_{key}"] = drift_error(v[rest], fresh[rest])
     q = torch.from_numpy(p.model.encode([ex.query for ex in exs], "query", 64)).double()
     vectors = {
         "static": v0, "refresh": refresh, "oracle": fresh,
-        **{f"dynamic_{f if isinstance(f, str) else format(f, 'g')}": v for f, v in dyn.items()},
+        **{f"dynamic_{key}": v for key, v in dyn.items()},
     }  # fmt: skip
     tens = {k: torch.from_numpy(v).double() for k, v in vectors.items()}
     grads = grad_errors(q, tens["oracle"], pos, known, tens, args)
