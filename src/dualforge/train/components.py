@@ -5,15 +5,18 @@ Registries map config names to components, so a config picks them by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
+import numpy as np
 import torch
 
 from dualforge.config import GradCacheConfig, LossConfig, ModelConfig
+from dualforge.data import TrainingExample
 from dualforge.gradcache import GradCache
 from dualforge.losses import MatryoshkaLoss, default_dims, info_nce
 from dualforge.modeling import DualEncoder, load_model
+from dualforge.modeling.rotation import add_identity_projection, rotate_model
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -67,9 +70,17 @@ def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0)
         raise ValueError(f"loss.matryoshka: {err}") from err
 
 
+PROJECTIONS = ("identity", "pca")
+
+
 def build_model(cfg: ModelConfig) -> DualEncoder:
-    """Load the encoder named by the config."""
-    return load_model(
+    """Load the encoder named by the config (with an identity projection if one is asked for;
+    ``"pca"`` is fitted by :func:`fit_projection` when training starts)."""
+    if cfg.projection is not None and cfg.projection not in PROJECTIONS:
+        raise ValueError(f"model.projection={cfg.projection!r} is not one of {PROJECTIONS} or null")
+    if cfg.projection_docs < 2:
+        raise ValueError(f"model.projection_docs={cfg.projection_docs} must be at least 2")
+    model = load_model(
         cfg.name,
         tied=cfg.tied,
         pooling=cfg.pooling,
@@ -79,6 +90,32 @@ def build_model(cfg: ModelConfig) -> DualEncoder:
         doc_prefix=cfg.doc_prefix,
         attention_dropout=cfg.attention_dropout,
     )
+    if cfg.projection is not None:
+        add_identity_projection(model)
+    return model
+
+
+def projection_texts(
+    corpus: Mapping[str, str] | None, examples: Sequence[TrainingExample], n: int, seed: int
+) -> list[str]:
+    """Up to ``n`` distinct documents sampled (seeded) from the corpus, else the examples' positives."""
+    pool = (
+        list(corpus.values())
+        if corpus
+        else list(dict.fromkeys(t for ex in examples for t in ex.positives))
+    )
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+    return [pool[i] for i in sorted(picks)]
+
+
+def fit_projection(
+    model: DualEncoder, cfg: ModelConfig, texts: Sequence[str], progress: bool = False
+) -> torch.Tensor | None:
+    """Rotate the model onto the principal axes of ``texts`` when ``cfg.projection == "pca"``."""
+    if cfg.projection != "pca":
+        return None
+    return rotate_model(model, texts, max_length=cfg.doc_max_length, show_progress=progress)
 
 
 def build_gradcache(

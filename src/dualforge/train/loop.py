@@ -31,7 +31,13 @@ from dualforge.train.checkpoint import (
     save_checkpoint,
 )
 from dualforge.train.collate import collate
-from dualforge.train.components import build_gradcache, build_loss, build_model
+from dualforge.train.components import (
+    build_gradcache,
+    build_loss,
+    build_model,
+    fit_projection,
+    projection_texts,
+)
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.metrics_log import MetricsLog
 from dualforge.train.negatives import NegativeMiner, build_miner
@@ -137,6 +143,15 @@ def resume_or_start(p: Parts) -> TrainerState:
     """Load the newest checkpoint when ``run.resume`` is set and one exists."""
     latest = latest_checkpoint(p.run_dir / "checkpoints") if p.cfg.run.resume else None
     if latest is None:
+        texts = (
+            projection_texts(
+                p.data.corpus, p.data.examples, p.cfg.model.projection_docs, p.cfg.run.seed
+            )
+            if p.cfg.model.projection == "pca"
+            else []
+        )
+        if fit_projection(p.model, p.cfg.model, texts, p.cfg.run.progress) is not None:
+            p.log.write("projection", kind="pca", documents=len(texts))
         return TrainerState(step=0, sampler=p.sampler.state_dict())
     state = load_checkpoint(latest, p.model, p.optimizer, p.scheduler)
     p.sampler.load_state_dict(state.sampler)
