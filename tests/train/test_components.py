@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from dualforge.config import ConfigError, load_config
 from dualforge.data import TrainingExample
@@ -108,3 +110,22 @@ def test_pca_projection_run_keeps_full_dim_scores_at_step_zero(
     final = pca.run_dir / "final"
     assert (final / "2_Dense" / "model.safetensors").is_file()
     assert load_model(str(final)).query_encoder.projection is not None
+
+
+def test_resumed_pca_run_takes_its_projection_from_the_checkpoint(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    args = [
+        *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path),
+        "optim.max_steps=2",
+        "run.save_every=1",
+        "eval.before=false",
+        "model.projection=pca",
+    ]
+    first = train(load_config(None, args))
+    again = train(load_config(None, [*args, "run.resume=true"]))
+    events = [r["event"] for r in read_metrics_log(again.run_dir / "metrics.jsonl")]
+    assert events.count("projection") == 1 and "resume" in events  # fitted once, not on resume
+    a = load_file(str(first.run_dir / "final" / "2_Dense" / "model.safetensors"))
+    b = load_file(str(again.run_dir / "final" / "2_Dense" / "model.safetensors"))
+    assert torch.equal(a["linear.weight"], b["linear.weight"])

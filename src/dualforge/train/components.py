@@ -111,10 +111,8 @@ def projection_texts(
 
 def fit_projection(
     model: DualEncoder, cfg: ModelConfig, texts: Sequence[str], progress: bool = False
-) -> torch.Tensor | None:
-    """Rotate the model onto the principal axes of ``texts`` when ``cfg.projection == "pca"``."""
-    if cfg.projection != "pca":
-        return None
+) -> torch.Tensor:
+    """Rotate the model onto the principal axes of ``texts`` (its ``(D, D)`` rotation)."""
     return rotate_model(model, texts, max_length=cfg.doc_max_length, show_progress=progress)
 
 

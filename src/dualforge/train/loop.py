@@ -143,15 +143,7 @@ def resume_or_start(p: Parts) -> TrainerState:
     """Load the newest checkpoint when ``run.resume`` is set and one exists."""
     latest = latest_checkpoint(p.run_dir / "checkpoints") if p.cfg.run.resume else None
     if latest is None:
-        texts = (
-            projection_texts(
-                p.data.corpus, p.data.examples, p.cfg.model.projection_docs, p.cfg.run.seed
-            )
-            if p.cfg.model.projection == "pca"
-            else []
-        )
-        if fit_projection(p.model, p.cfg.model, texts, p.cfg.run.progress) is not None:
-            p.log.write("projection", kind="pca", documents=len(texts))
+        start_projection(p)
         return TrainerState(step=0, sampler=p.sampler.state_dict())
     state = load_checkpoint(latest, p.model, p.optimizer, p.scheduler)
     p.sampler.load_state_dict(state.sampler)
@@ -159,6 +151,17 @@ def resume_or_start(p: Parts) -> TrainerState:
         p.miner.load(latest, state.mining)
     p.log.write("resume", step=state.step, checkpoint=str(latest))
     return state
+
+
+def start_projection(p: Parts) -> None:
+    """Fit the ``model.projection=pca`` rotation on sampled documents (fresh runs only; a
+    resumed run gets its projection from the checkpoint)."""
+    cfg = p.cfg.model
+    if cfg.projection != "pca":
+        return
+    texts = projection_texts(p.data.corpus, p.data.examples, cfg.projection_docs, p.cfg.run.seed)
+    fit_projection(p.model, cfg, texts, p.cfg.run.progress)
+    p.log.write("projection", kind="pca", documents=len(texts))
 
 
 def batches(sampler: EpochBatchSampler) -> Any:
