@@ -126,6 +126,9 @@ def test_unsupported_dense_layers_are_named(tokenizer, tmp_path: Path) -> None: 
     config_file.write_text(json.dumps({**config, "in_features": 7}))
     with pytest.raises(ValueError, match="in_features=7"):
         load_model(str(tmp_path / "m"))
+    config_file.write_text(json.dumps({"out_features": 64}))
+    with pytest.raises(ValueError, match="missing in_features"):
+        load_model(str(tmp_path / "m"))
 
 
 def test_rotate_model_needs_documents(tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -92,6 +92,9 @@ def _load_dense(folder: Path, in_features: int) -> nn.Linear:
     from safetensors.torch import load_file
 
     config = _read_json(folder / "config.json")
+    missing = [key for key in ("in_features", "out_features") if key not in config]
+    if missing:
+        raise ValueError(f"{folder / 'config.json'}: missing {', '.join(missing)}")
     activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
     if activation != IDENTITY_ACTIVATION:
         raise ValueError(
