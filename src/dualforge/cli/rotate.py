@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from dualforge.cli.encode import read_texts
 from dualforge.modeling import load_model, save_model
-from dualforge.modeling.rotation import rotate_model
+from dualforge.modeling.rotation import rotate_model, sample_texts
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,16 +39,17 @@ def run(args: argparse.Namespace) -> int:
     _, texts = read_texts(Path(args.input))
     if len(texts) < 2:
         raise SystemExit(f"{args.input}: need at least 2 documents, found {len(texts)}")
-    rng = np.random.default_rng(args.seed)
-    picks = sorted(rng.choice(len(texts), size=min(args.docs, len(texts)), replace=False))
+    sample = sample_texts(texts, args.docs, args.seed)
     model = load_model(args.model)
     rotate_model(
         model,
-        [texts[i] for i in picks],
+        sample,
         center=args.center,
         batch_size=args.batch_size,
         show_progress=True,
     )
     save_model(model, args.output)
-    print(f"rotated {args.model} on {len(picks)} documents of {args.input}; saved to {args.output}")
+    print(
+        f"rotated {args.model} on {len(sample)} documents of {args.input}; saved to {args.output}"
+    )
     return 0

@@ -53,46 +53,56 @@ def principal_axes(vectors: np.ndarray | torch.Tensor, *, center: bool = False) 
 
 
 def add_rotation(encoder: Encoder, rotation: torch.Tensor) -> None:
-    """Compose ``rotation`` after the encoder's output map (creating the projection if absent).
+    """Compose ``rotation`` after the encoder's output map, in place.
 
-    A square rotation of an existing projection updates its weights in place, so an optimizer
-    that already holds them keeps training the rotated layer.
+    A tower without a projection first gets an identity one. The weights are then updated in
+    place, so an optimizer that already holds them keeps training the rotated layer.
 
     Args:
-        encoder: The tower; its projection becomes ``rotation @ projection`` (or ``rotation``).
-        rotation: ``(D', D)`` matrix, ``D`` the encoder's current output width.
+        encoder: The tower; its projection becomes ``rotation @ projection``.
+        rotation: ``(D, D)`` matrix, ``D`` the encoder's current output width.
 
     Raises:
-        ValueError: If the shapes do not fit.
+        ValueError: If the shape does not fit.
     """
+    d = encoder.dim
     rot = torch.as_tensor(rotation, dtype=torch.float32)
-    if rot.dim() != 2 or rot.shape[1] != encoder.dim:
-        raise ValueError(f"rotation must be (D', {encoder.dim}), got {tuple(rot.shape)}")
-    old = encoder.projection
-    if old is not None and rot.shape[0] == old.out_features:  # in place: optimizers keep it
-        with torch.no_grad():
-            rot = rot.to(old.weight.device)
-            old.weight.copy_(rot @ old.weight)
-            if old.bias is not None:
-                old.bias.copy_(rot @ old.bias)
-        return
-    device = next(encoder.transformer.parameters()).device
-    in_features = encoder.hidden_dim
-    layer = nn.Linear(in_features, rot.shape[0], bias=old is not None and old.bias is not None)
-    layer.to(device)
+    if tuple(rot.shape) != (d, d):
+        raise ValueError(f"rotation must be ({d}, {d}), got {tuple(rot.shape)}")
+    layer = _projection(encoder)
     with torch.no_grad():
-        rot = rot.to(device)
-        layer.weight.copy_(rot if old is None else rot @ old.weight)
-        if old is not None and old.bias is not None and layer.bias is not None:
-            layer.bias.copy_(rot @ old.bias)
-    encoder.projection = layer
+        rot = rot.to(layer.weight.device)
+        layer.weight.copy_(rot @ layer.weight)
+        if layer.bias is not None:
+            layer.bias.copy_(rot @ layer.bias)
+
+
+def _projection(encoder: Encoder) -> nn.Linear:
+    """The encoder's projection, created as a bias-free identity layer if it has none."""
+    if encoder.projection is None:
+        device = next(encoder.transformer.parameters()).device
+        layer = nn.Linear(encoder.dim, encoder.dim, bias=False, device=device)
+        nn.init.eye_(layer.weight)
+        encoder.projection = layer
+    return encoder.projection
+
+
+def _towers(model: DualEncoder) -> list[Encoder]:
+    """The model's distinct towers (one when tied)."""
+    return [model.query_encoder] if model.tied else [model.query_encoder, model.doc_encoder]
 
 
 def add_identity_projection(model: DualEncoder) -> None:
     """Give every tower without one an identity projection (a trainable ``(D, D)`` layer)."""
-    for encoder in {id(e): e for e in (model.query_encoder, model.doc_encoder)}.values():
-        if encoder.projection is None:
-            add_rotation(encoder, torch.eye(encoder.dim))
+    for encoder in _towers(model):
+        _projection(encoder)
+
+
+def sample_texts(texts: Sequence[str], n: int, seed: int) -> list[str]:
+    """Up to ``n`` of ``texts``, drawn without replacement (seeded), in their original order."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(texts), size=min(n, len(texts)), replace=False)
+    return [texts[i] for i in sorted(picks)]
 
 
 def rotate_model(
@@ -127,6 +137,6 @@ def rotate_model(
         raise ValueError(f"rotate_model needs at least 2 documents, got {len(documents)}")
     vectors = model.encode(documents, "document", batch_size, show_progress, max_length)
     rotation = principal_axes(vectors, center=center)  # (D, D)
-    for encoder in {id(e): e for e in (model.query_encoder, model.doc_encoder)}.values():
+    for encoder in _towers(model):
         add_rotation(encoder, rotation)
     return rotation

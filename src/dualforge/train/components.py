@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
-import numpy as np
 import torch
 
 from dualforge.config import GradCacheConfig, LossConfig, ModelConfig
@@ -16,7 +15,7 @@ from dualforge.data import TrainingExample
 from dualforge.gradcache import GradCache
 from dualforge.losses import MatryoshkaLoss, default_dims, info_nce
 from dualforge.modeling import DualEncoder, load_model
-from dualforge.modeling.rotation import add_identity_projection, rotate_model
+from dualforge.modeling.rotation import add_identity_projection, sample_texts
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -104,16 +103,7 @@ def projection_texts(
         if corpus
         else list(dict.fromkeys(t for ex in examples for t in ex.positives))
     )
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
-    return [pool[i] for i in sorted(picks)]
-
-
-def fit_projection(
-    model: DualEncoder, cfg: ModelConfig, texts: Sequence[str], progress: bool = False
-) -> torch.Tensor:
-    """Rotate the model onto the principal axes of ``texts`` (its ``(D, D)`` rotation)."""
-    return rotate_model(model, texts, max_length=cfg.doc_max_length, show_progress=progress)
+    return sample_texts(pool, n, seed)
 
 
 def build_gradcache(

@@ -24,6 +24,7 @@ from dualforge.data import Batch, EpochBatchSampler
 from dualforge.gradcache import GradCache
 from dualforge.losses import MatryoshkaLoss
 from dualforge.modeling import DualEncoder, load_model, save_model
+from dualforge.modeling.rotation import rotate_model
 from dualforge.train.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -35,7 +36,6 @@ from dualforge.train.components import (
     build_gradcache,
     build_loss,
     build_model,
-    fit_projection,
     projection_texts,
 )
 from dualforge.train.evaluation import evaluate_split
@@ -160,7 +160,7 @@ def start_projection(p: Parts) -> None:
     if cfg.projection != "pca":
         return
     texts = projection_texts(p.data.corpus, p.data.examples, cfg.projection_docs, p.cfg.run.seed)
-    fit_projection(p.model, cfg, texts, p.cfg.run.progress)
+    rotate_model(p.model, texts, max_length=cfg.doc_max_length, show_progress=p.cfg.run.progress)
     p.log.write("projection", kind="pca", documents=len(texts))
 
 
