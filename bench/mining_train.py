@@ -39,6 +39,7 @@ Commands (writes bench/out/mining_train_cd.json and mining_train_e.json):
     nice -n 19 python bench/mining_train.py --part cd
     nice -n 19 python bench/mining_train.py --part e --budget 480
     python bench/mining_train.py --part sweep --vectors V.npz   # (c) offline, after cd --save-vectors V.npz
+    python bench/mining_grad.py --vectors V.npz                 # (d) by estimator and K, offline
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import argparse
 import json
 import platform
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -178,7 +180,8 @@ def in_batch_errors(
 ) -> dict[str, float]:  # fmt: skip
     """In-batch negatives: the other positives of random batches of ``K + 1`` queries."""
     rng = np.random.default_rng(0)
-    n, errs, size = fresh.shape[0], {"is": [], "plain": []}, args.k + 1
+    n, size = fresh.shape[0], args.k + 1
+    errs: dict[str, list[float]] = {"is": [], "plain": []}
     for _ in range(args.draws):
         order = torch.as_tensor(rng.permutation(q.shape[0]))
         est = {"is": torch.zeros_like(g), "plain": torch.zeros_like(g)}
@@ -242,7 +245,8 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
     # Dynamic chains by label: "<fraction>" (landmarks only) and "<fraction>+recent".
     dyn: dict[str, np.ndarray] = {f"{f:g}": v0.copy() for f in args.landmarks}
     last_rows: dict[str, np.ndarray] = {}
-    stream, results, saved = batches(p.sampler), [], {"step0": v0}
+    stream, results = batches(p.sampler), []
+    saved: dict[str, Any] = {"step0": v0}
     recent: dict[int, None] = {}  # positives of the batches since the last dynamic update
     for step in range(1, args.steps + 1):
         batch = next(stream)
@@ -270,6 +274,7 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
             assert fresh is not None
             if args.save_vectors:
                 saved[f"step{step}"] = fresh
+                saved[f"refresh_step{step}"] = refresh
             point = measure(step, loss, v0, refresh, dyn, last_rows, fresh, p, exs, pos, known, args)  # fmt: skip
             if args.save_vectors:
                 saved[f"queries{step}"] = point.pop("queries")
@@ -280,6 +285,7 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
         if fresh is not None and step % args.refresh_every == 0:
             refresh = fresh
     if args.save_vectors:
+        saved.update(positives=pos.numpy(), known=known.numpy())
         np.savez(args.save_vectors, **saved)
     return {"steps": args.steps, "targets": len(ids), "queries": len(exs), "points": results}
 
@@ -335,7 +341,7 @@ def part_sweep(args: argparse.Namespace) -> dict[str, Any]:
     saved = np.load(args.vectors)
     v0, out = saved["step0"], {}
     n = len(v0)
-    for key in sorted(k for k in saved.files if k != "step0"):
+    for key in sorted(k for k in saved.files if re.fullmatch(r"step\d+", k) and k != "step0"):
         fresh, rows_out = saved[key], []
         for frac in args.sweep_landmarks:
             rows = choose_landmarks(n, max(1, round(frac * n)), seed=1)
