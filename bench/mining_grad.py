@@ -42,50 +42,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from mining_train import exact_gradient, expected_fresh_positive, fresh_positive_logits
+
 OUT = Path(__file__).resolve().parents[1] / "bench" / "out"
 ESTIMATORS = ("is", "mc", "strat", "strat_is")
 Tensor = torch.Tensor
 
 
-def masked_logits(
-    q: Tensor, v: Tensor, t: Tensor, pos: Tensor, known: Tensor, tau: float
-) -> Tensor:
-    """``(Q, N)`` logits ``q·v / τ`` with the positive's from its fresh vector ``t[pos]`` and the
-    query's other known positives at ``-inf``."""
-    rows = torch.arange(len(pos))
-    logits = q @ v.T / tau
-    logits[rows, pos] = (q * t[pos]).sum(1) / tau
-    other = known.clone()
-    other[rows, pos] = False
-    return logits.masked_fill(other, float("-inf"))
-
-
-def exact_gradient(q: Tensor, t: Tensor, pos: Tensor, known: Tensor, tau: float) -> Tensor:
-    """``(Q, d)`` exact full-softmax gradient over fresh targets."""
-    p = torch.softmax(masked_logits(q, t, t, pos, known, tau), dim=1)
-    return (p @ t - t[pos]) / tau
-
-
 class Proposal:
-    """The index softmax of one strategy: probabilities, the positive's share, the top set."""
+    """The index softmax of one strategy: the positive's share, the negatives, the top set."""
 
     def __init__(
         self, q: Tensor, v: Tensor, t: Tensor, pos: Tensor, known: Tensor, tau: float, top: int
     ) -> None:
         rows = torch.arange(len(pos))
-        self.p = torch.softmax(masked_logits(q, v, t, pos, known, tau), dim=1)  # (Q, N)
-        self.pi = self.p[rows, pos]  # (Q,) positive's probability
-        neg = self.p.clone()
-        neg[rows, pos] = 0.0  # (Q, N) negatives' probabilities (known positives are 0)
-        self.neg = neg
-        self.top = torch.topk(neg, top, dim=1).indices  # (Q, top)
-        rest = neg.clone()
-        rest.scatter_(1, self.top, 0.0)
-        self.rest = rest  # (Q, N) the tail below the top set
+        p = torch.softmax(fresh_positive_logits(q, v, t, pos, known, tau), dim=1)  # (Q, N)
+        self.pi = p[rows, pos]  # (Q,) positive's probability
+        p[rows, pos] = 0.0
+        self.neg = p  # (Q, N) negatives' probabilities (known positives are 0)
+        self.top = torch.topk(p, top, dim=1).indices  # (Q, top)
+        self.rest = p.scatter(1, self.top, 0.0)  # (Q, N) the tail below the top set
 
-    def draw(self, weights: Tensor, k: int, gen: torch.Generator) -> Tensor:
-        """``(Q, k)`` ids drawn from ``weights`` row-normalised (with replacement)."""
-        return torch.multinomial(weights, k, replacement=True, generator=gen)
+
+def draw(weights: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """``(Q, k)`` ids drawn from ``weights`` row-normalised (with replacement)."""
+    return torch.multinomial(weights, k, replacement=True, generator=gen)
 
 
 def estimate(
@@ -96,7 +77,7 @@ def estimate(
     tp = t[pos]  # (Q, d)
     s_pos = (q * tp).sum(1) / tau  # (Q,)
     if kind in ("is", "mc"):
-        neg = prop.draw(prop.neg, k, gen)  # (Q, k)
+        neg = draw(prop.neg, k, gen)  # (Q, k)
         if kind == "mc":
             mean = prop.pi[:, None] * tp + (1 - prop.pi)[:, None] * t[neg].mean(1)
             return (mean - tp) / tau
@@ -106,7 +87,7 @@ def estimate(
         mean = w[:, :1] * tp + torch.einsum("qk,qkd->qd", w[:, 1:], t[neg])
         return (mean - tp) / tau
     top, m = prop.top, k - prop.top.shape[1]
-    tail = prop.draw(prop.rest, m, gen)  # (Q, m)
+    tail = draw(prop.rest, m, gen)  # (Q, m)
     if kind == "strat":
         p_top = prop.neg.gather(1, top)  # (Q, top)
         mass = prop.rest.sum(1, keepdim=True)  # (Q, 1)
@@ -129,10 +110,8 @@ def errors(
     g = exact_gradient(q, t, pos, known, args.tau)
     norm = torch.linalg.norm(g)
     prop = Proposal(q, v, t, pos, known, args.tau, k // 2)
-    expected = prop.pi[:, None] * t[pos] + prop.neg @ t  # (Q, d) the index softmax's mean
-    out = {
-        "expected_fresh_pos": float(torch.linalg.norm((expected - t[pos]) / args.tau - g) / norm)
-    }
+    expected = expected_fresh_positive(q, v, t, pos, known, args.tau)  # (Q, d) noise-free
+    out = {"expected_fresh_pos": float(torch.linalg.norm(expected - g) / norm)}
     gen = torch.Generator().manual_seed(0)
     for kind in ESTIMATORS:
         errs, total = [], torch.zeros_like(g)

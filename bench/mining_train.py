@@ -126,15 +126,29 @@ def estimate(
     return (mean - t[pos]) / tau
 
 
+def fresh_positive_logits(
+    q: torch.Tensor, v: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, known: torch.Tensor,
+    tau: float,
+) -> torch.Tensor:  # fmt: skip
+    """``(Q, N)`` logits ``q·v / τ``, except each query's own positive, scored with its fresh
+    vector ``t[pos]``; the query's other known positives at ``-inf``."""
+    rows = torch.arange(len(pos))
+    logits = q @ v.T / tau
+    logits[rows, pos] = (q * t[pos]).sum(1) / tau
+    other = known.clone()
+    other[rows, pos] = False
+    return logits.masked_fill(other, float("-inf"))
+
+
 def expected_fresh_positive(
     q: torch.Tensor, v: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, known: torch.Tensor,
     tau: float,
 ) -> torch.Tensor:  # fmt: skip
-    """As :func:`expected_gradient`, but the positive's logit uses its fresh vector: a training
-    batch encodes the positive with the current model, only the negatives come from ``v``."""
-    v = v.clone()
-    v[pos] = t[pos]
-    return expected_gradient(q, v, t, pos, known, tau)
+    """As :func:`expected_gradient`, but each query's own positive is scored with its fresh
+    vector: a training batch encodes the positive with the current model, only the negatives
+    come from ``v`` (other queries' positives among them)."""
+    p = torch.softmax(fresh_positive_logits(q, v, t, pos, known, tau), dim=1)
+    return (p @ t - t[pos]) / tau
 
 
 def proposal(q: torch.Tensor, v: torch.Tensor, known: torch.Tensor, tau: float) -> torch.Tensor:
