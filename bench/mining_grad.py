@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mining_train import estimate as is_estimate
 from mining_train import exact_gradient, expected_fresh_positive, fresh_positive_logits
 
 OUT = Path(__file__).resolve().parents[1] / "bench" / "out"
@@ -75,17 +76,13 @@ def estimate(
 ) -> Tensor:  # fmt: skip
     """One ``(Q, d)`` gradient estimate of estimator ``kind`` from ``k`` negatives per query."""
     tp = t[pos]  # (Q, d)
-    s_pos = (q * tp).sum(1) / tau  # (Q,)
     if kind in ("is", "mc"):
         neg = draw(prop.neg, k, gen)  # (Q, k)
         if kind == "mc":
             mean = prop.pi[:, None] * tp + (1 - prop.pi)[:, None] * t[neg].mean(1)
             return (mean - tp) / tau
         qn = prop.neg.gather(1, neg) / prop.neg.sum(1, keepdim=True)  # (Q, k) proposal probs
-        s_neg = torch.einsum("qd,qkd->qk", q, t[neg]) / tau - torch.log(qn * k)
-        w = torch.softmax(torch.cat([s_pos[:, None], s_neg], dim=1), dim=1)  # (Q, 1 + k)
-        mean = w[:, :1] * tp + torch.einsum("qk,qkd->qd", w[:, 1:], t[neg])
-        return (mean - tp) / tau
+        return is_estimate(q, t, pos, neg, torch.log(qn), tau)
     top, m = prop.top, k - prop.top.shape[1]
     tail = draw(prop.rest, m, gen)  # (Q, m)
     if kind == "strat":
@@ -94,6 +91,7 @@ def estimate(
         mean = prop.pi[:, None] * tp + torch.einsum("qk,qkd->qd", p_top, t[top])
         return (mean + mass * t[tail].mean(1) - tp) / tau
     # strat_is: exact fresh weights on positive + top set, importance-weighted tail
+    s_pos = (q * tp).sum(1) / tau  # (Q,)
     qn = prop.rest.gather(1, tail) / prop.rest.sum(1, keepdim=True)  # (Q, m)
     s_top = torch.einsum("qd,qkd->qk", q, t[top]) / tau
     s_tail = torch.einsum("qd,qkd->qk", q, t[tail]) / tau - torch.log(qn * m)
@@ -104,10 +102,11 @@ def estimate(
 
 
 def errors(
-    q: Tensor, t: Tensor, pos: Tensor, known: Tensor, v: Tensor, k: int, args: argparse.Namespace
-) -> dict[str, float]:
-    """Mean relative error of each estimator (and of its mean over the draws) for one strategy."""
-    g = exact_gradient(q, t, pos, known, args.tau)
+    q: Tensor, t: Tensor, pos: Tensor, known: Tensor, g: Tensor, v: Tensor, k: int,
+    args: argparse.Namespace,
+) -> dict[str, float]:  # fmt: skip
+    """Mean relative error of each estimator (and of its mean over the draws) against the exact
+    gradient ``g``, for one strategy's vectors ``v``."""
     norm = torch.linalg.norm(g)
     prop = Proposal(q, v, t, pos, known, args.tau, k // 2)
     expected = expected_fresh_positive(q, v, t, pos, known, args.tau)  # (Q, d) noise-free
@@ -145,10 +144,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for step in steps:
         t = torch.from_numpy(saved[f"step{step}"]).double()
         q = torch.from_numpy(saved[f"queries{step}"]).double()
+        g = exact_gradient(q, t, pos, known, args.tau)  # (Q, d)
         for k in args.ks:
             row: dict[str, Any] = {"step": step, "k": k}
             for name, v in strategies(saved, step).items():
-                row[name] = errors(q, t, pos, known, torch.from_numpy(v).double(), k, args)
+                row[name] = errors(q, t, pos, known, g, torch.from_numpy(v).double(), k, args)
             points.append(row)
             print_row(row)
     return {"points": points, "targets": int(saved["step0"].shape[0]), "queries": len(pos)}
