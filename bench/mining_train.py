@@ -84,15 +84,29 @@ def nystrom(stale: np.ndarray, rows: np.ndarray, fresh: np.ndarray, residual: bo
 # ---- (d) gradient estimators -----------------------------------------------------------------
 
 
+def mask_other_positives(
+    logits: torch.Tensor, pos: torch.Tensor, known: torch.Tensor
+) -> torch.Tensor:
+    """``(Q, N)`` logits with each query's known positives other than ``pos`` at ``-inf`` (as the
+    training loss masks them)."""
+    other = known.clone()
+    other[torch.arange(len(pos)), pos] = False
+    return logits.masked_fill(other, float("-inf"))
+
+
+def softmax_gradient(
+    logits: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """``(Q, d)`` d/dq of the InfoNCE loss whose softmax over targets ``t`` has these logits."""
+    return (torch.softmax(logits, dim=1) @ t - t[pos]) / tau
+
+
 def exact_gradient(
     q: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, known: torch.Tensor, tau: float
 ) -> torch.Tensor:
     """``(Q, d)`` d/dq of ``-log softmax(q·t / τ)[pos]`` over all targets but the query's other
     known positives (masked, as in training)."""
-    other = known.clone()
-    other[torch.arange(len(pos)), pos] = False
-    p = torch.softmax((q @ t.T / tau).masked_fill(other, float("-inf")), dim=1)
-    return (p @ t - t[pos]) / tau
+    return softmax_gradient(mask_other_positives(q @ t.T / tau, pos, known), t, pos, tau)
 
 
 def expected_gradient(
@@ -101,10 +115,7 @@ def expected_gradient(
 ) -> torch.Tensor:  # fmt: skip
     """The full-softmax gradient with probabilities from vectors ``v`` and fresh targets ``t``:
     what training follows in expectation when its negatives come from softmax(q·v / τ)."""
-    other = known.clone()
-    other[torch.arange(len(pos)), pos] = False
-    p = torch.softmax((q @ v.T / tau).masked_fill(other, float("-inf")), dim=1)
-    return (p @ t - t[pos]) / tau
+    return softmax_gradient(mask_other_positives(q @ v.T / tau, pos, known), t, pos, tau)
 
 
 def estimate(
@@ -132,12 +143,9 @@ def fresh_positive_logits(
 ) -> torch.Tensor:  # fmt: skip
     """``(Q, N)`` logits ``q·v / τ``, except each query's own positive, scored with its fresh
     vector ``t[pos]``; the query's other known positives at ``-inf``."""
-    rows = torch.arange(len(pos))
     logits = q @ v.T / tau
-    logits[rows, pos] = (q * t[pos]).sum(1) / tau
-    other = known.clone()
-    other[rows, pos] = False
-    return logits.masked_fill(other, float("-inf"))
+    logits[torch.arange(len(pos)), pos] = (q * t[pos]).sum(1) / tau
+    return mask_other_positives(logits, pos, known)
 
 
 def expected_fresh_positive(
@@ -147,8 +155,7 @@ def expected_fresh_positive(
     """As :func:`expected_gradient`, but each query's own positive is scored with its fresh
     vector: a training batch encodes the positive with the current model, only the negatives
     come from ``v`` (other queries' positives among them)."""
-    p = torch.softmax(fresh_positive_logits(q, v, t, pos, known, tau), dim=1)
-    return (p @ t - t[pos]) / tau
+    return softmax_gradient(fresh_positive_logits(q, v, t, pos, known, tau), t, pos, tau)
 
 
 def proposal(q: torch.Tensor, v: torch.Tensor, known: torch.Tensor, tau: float) -> torch.Tensor:
