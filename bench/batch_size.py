@@ -11,6 +11,7 @@ Each arm fine-tunes the packaged all-MiniLM-L6-v2 on SciFact train and is evalua
 documents truncated at 256 tokens) on SciFact test. Run:
 
     python bench/batch_size.py --steps 12 --output bench/out/batch_size.json
+    python bench/batch_size.py --quick --output /tmp/bs.json   # smoke test: 1/8 sizes, 1 step
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from _common import OUT, SCIFACT, parse_args, quick_scifact
 from dualforge import GradCache
 from dualforge.config import EvalConfig
 from dualforge.data import Batch, EpochBatchSampler, examples_from_beir, load_beir
@@ -35,8 +37,6 @@ from dualforge.train.evaluation import evaluate_split
 from dualforge.train.loop import batches, seed_everything
 from dualforge.train.run_data import load_eval_set
 from dualforge.train.schedule import build_optimizer, build_scheduler
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,14 @@ ARMS = {
     "gradcache-128": Arm("gradcache-128", 128, 16, True),
     "gradcache-512": Arm("gradcache-512", 512, 16, True),
 }
+# The same four recipes at 1/8 to 1/16 of the sizes, for the smoke test (--quick).
+QUICK_ARMS = {
+    "plain-4": Arm("plain-4", 4, 4, False),
+    "accum-4x4": Arm("accum-4x4", 16, 4, False),
+    "gradcache-16": Arm("gradcache-16", 16, 2, True),
+    "gradcache-32": Arm("gradcache-32", 32, 4, True),
+}
+QUICK = {"steps": 1, "doc_len": 32, "eval_len": 32, "arms": ",".join(QUICK_ARMS)}
 
 
 def bf16() -> AbstractContextManager[None]:
@@ -97,13 +105,14 @@ def backward_fn(model: DualEncoder, arm: Arm, doc_len: int) -> Callable[[Batch],
 
 
 def train_arm(
-    arm: Arm, steps: int, lr: float, doc_len: int, seed: int
+    arm: Arm, steps: int, lr: float, doc_len: int, seed: int, data: Path = SCIFACT
 ) -> tuple[DualEncoder, float]:
-    """Fine-tune a fresh MiniLM with ``arm``; return it and the training seconds."""
+    """Fine-tune a fresh MiniLM with ``arm`` on ``data`` train; return it and the training
+    seconds."""
     seed_everything(seed)
     model = load_model("minilm", attention_dropout=0.0)
     model.train()
-    examples = examples_from_beir(load_beir(DATA, "train"))
+    examples = examples_from_beir(load_beir(data, "train"))
     sampler = EpochBatchSampler(examples, arm.batch, seed=seed)
     optimizer = build_optimizer(model.named_parameters(), lr, 0.01)
     scheduler = build_scheduler(optimizer, max(1, steps // 10), steps)
@@ -119,20 +128,33 @@ def train_arm(
     return model, time.perf_counter() - start
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line (``--quick`` defaults: :data:`QUICK`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny arms, SciFact cut")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--doc-len", type=int, default=128, help="training truncation")
+    parser.add_argument(
+        "--eval-len", type=int, default=None, help="evaluation truncation (default: the model's)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--output", default="bench/out/batch_size.json")
-    args = parser.parse_args()
-    test = load_eval_set(DATA, "test", skip_bad=False)
+    parser.add_argument("--output", type=Path, default=OUT / "batch_size.json")
+    return parse_args(parser, QUICK)
+
+
+def main() -> None:
+    """Train and evaluate each arm; print a table, write JSON."""
+    args = arguments()
+    data = quick_scifact(args.output.parent) if args.quick else SCIFACT
+    test = load_eval_set(data, "test", skip_bad=False)
     results = []
     for name in args.arms.split(","):
-        arm = ARMS[name]
-        model, seconds = train_arm(arm, args.steps, args.lr, args.doc_len, args.seed)
+        arm = (QUICK_ARMS | ARMS)[name]
+        model, seconds = train_arm(arm, args.steps, args.lr, args.doc_len, args.seed, data)
+        if args.eval_len is not None:
+            model.max_seq_length = args.eval_len
         report = evaluate_split(model, test, EvalConfig(), show_progress=False)
         row = {"arm": name, "batch": arm.batch, "train_s": round(seconds, 1), **report.metrics}
         results.append(row)
@@ -142,9 +164,9 @@ def main() -> None:
         print(
             f"| {r['arm']} | {r['batch']} | {r['train_s']} | {r['ndcg@10']:.4f} | {r['recall@100']:.4f} |"
         )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.output.write_text(json.dumps({"args": record, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ Part 2 measures the peak resident set size of one step, each point in a fresh su
 (VmHWM from /proc/self/status; ru_maxrss recorded too), on the 32-token pairs: plain at
 batch 16 vs dualforge at batch 512 (chunk 16), plus a few points for context.
 
-Run (a few seconds for the smoke test, about half an hour for the full benchmark on 2 cores):
+Run (under a minute for the smoke test, about half an hour for the full benchmark on 2 cores):
 
-    python bench/gradcache.py --quick
+    python bench/gradcache.py --quick --output /tmp/gradcache-quick.json
     python bench/gradcache.py            # writes bench/out/gradcache.json
 """
 
@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import statistics
 import subprocess
@@ -45,9 +44,8 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "data" / "scifact"
-OUT = ROOT / "bench" / "out"
+from _common import OUT, ROOT, load_pairs
+
 CHUNK = 16
 TEMPERATURE = 0.05  # == sentence-transformers scale 20
 METHODS = ("plain", "dualforge", "st")
@@ -71,7 +69,7 @@ FULL_CONFIGS = (
     Config("pairs32-b256", 256, 32, 5),
     Config("abstracts256-b128", 128, 256, 3),
 )
-QUICK_CONFIGS = (Config("pairs32-b16", 16, 32, 1),)
+QUICK_CONFIGS = (Config("pairs32-b8", 8, 32, 1),)
 
 # (method, batch) points of the memory part, all on the 32-token pairs.
 FULL_RSS_POINTS = (
@@ -84,27 +82,8 @@ FULL_RSS_POINTS = (
     ("dualforge", 512),
     ("st", 512),
 )
-QUICK_RSS_POINTS = (("plain", 16), ("dualforge", 32))
+QUICK_RSS_POINTS = (("plain", 8), ("dualforge", 16))
 RSS_MAX_LENGTH = 32
-
-
-# --------------------------------------------------------------------------- data
-
-
-def load_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """``n`` (query, title + abstract) SciFact train pairs: one positive per query, shuffled."""
-    from dualforge.data import load_beir
-
-    ds = load_beir(DATA, "train")
-    pairs = []
-    for qid, judged in ds.qrels.items():
-        positives = [doc for doc, score in judged.items() if score > 0 and doc in ds.corpus]
-        if qid in ds.queries and positives:
-            pairs.append((ds.queries[qid], ds.corpus[positives[0]].full_text))
-    random.Random(seed).shuffle(pairs)
-    if n > len(pairs):
-        raise ValueError(f"asked for {n} pairs, SciFact train has {len(pairs)} distinct queries")
-    return [q for q, _ in pairs[:n]], [d for _, d in pairs[:n]]
 
 
 # --------------------------------------------------------------------------- memory readings
@@ -276,7 +255,7 @@ def token_stats(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_config(bench: Bench, cfg: Config, repeats: int | None) -> dict[str, Any]:
-    queries, docs = load_pairs(cfg.batch)
+    queries, docs = load_pairs(cfg.batch, seed=0)
     inputs = bench.inputs(queries, docs, cfg.max_length)
     steps = {m: bench.step_fn(m, inputs) for m in METHODS}
     n = repeats or cfg.repeats
@@ -358,7 +337,7 @@ def profile_config(bench: Bench, inputs: dict[str, Any]) -> dict[str, float]:
 
 def eval_mode_check(bench: Bench, batch: int = 16) -> dict[str, Any]:
     """Dropout off: the three methods must give the same loss and the same gradients."""
-    queries, docs = load_pairs(batch)
+    queries, docs = load_pairs(batch, seed=0)
     inputs = bench.inputs(queries, docs, 32)
     bench.set_train(False)
     losses, grads = {}, {}
@@ -384,7 +363,7 @@ def rss_worker(method: str, batch: int, max_length: int, steps: int) -> None:
     """Runs in a fresh interpreter: load, run ``steps`` gradient steps, print peak RSS as JSON."""
     rss_start = rss_now_mib()
     bench = Bench(need_st=method == "st")
-    queries, docs = load_pairs(batch)
+    queries, docs = load_pairs(batch, seed=0)
     inputs = bench.inputs(queries, docs, max_length)
     if method != "st":  # keep only what the method needs
         inputs.pop("sq", None)
@@ -556,7 +535,7 @@ def verdicts(report: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: batch 16, one step")
+    parser.add_argument("--quick", action="store_true", help="smoke test: batch 8, one step")
     parser.add_argument("--repeats", type=int, help="timed steps per method (default per config)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--rss-steps", type=int, default=2, help="steps per RSS subprocess")
@@ -590,13 +569,13 @@ def main() -> None:
         print("== peak RSS subprocesses ==", flush=True)
         report["rss"] = measure_rss(points, 1 if args.quick else args.rss_steps)
         by_point = {(r["method"], r["batch"]): r for r in report["rss"] if "error" not in r}
-        lo, hi = ("plain", 16), ("dualforge", 32 if args.quick else 512)
+        lo, hi = QUICK_RSS_POINTS if args.quick else (("plain", 16), ("dualforge", 512))
         if lo in by_point and hi in by_point:
             report["rss_ratio"] = by_point[hi]["peak_mib"] / by_point[lo]["peak_mib"]
             report["rss_ratio_points"] = [lo[1], hi[1]]
 
     bench = Bench()
-    report["check"] = eval_mode_check(bench)
+    report["check"] = eval_mode_check(bench, 8 if args.quick else 16)
     print(f"eval-mode check: {report['check']}", flush=True)
     report["timing"] = []
     for cfg in configs:

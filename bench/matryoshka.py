@@ -15,6 +15,7 @@ Run:
 
     python bench/matryoshka.py --part step            # ~5 min on 2 cores
     python bench/matryoshka.py --part funnel --funnel-model runs/scifact-minilm-mrl/final
+    python bench/matryoshka.py --quick --output /tmp/mrl.json  # smoke test, every part, tiny
 """
 
 from __future__ import annotations
@@ -32,24 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".." / "shared" / "data" / "scifact"
-OUT = ROOT / "bench" / "out"
+from _common import OUT, SCIFACT, load_pairs, parse_args, quick_scifact
+
 DIMS = (32, 64, 128, 256, 384)
 TEMPERATURE = 0.05
-
-
-def load_pairs(n: int) -> tuple[list[str], list[str]]:
-    """The first ``n`` (query, first positive's title + abstract) SciFact train pairs."""
-    from dualforge.data import load_beir
-
-    ds = load_beir(DATA, "train")
-    pairs = []
-    for qid, judged in ds.qrels.items():
-        positives = [doc for doc, score in judged.items() if score > 0 and doc in ds.corpus]
-        if qid in ds.queries and positives:
-            pairs.append((ds.queries[qid], ds.corpus[positives[0]].full_text))
-    return [q for q, _ in pairs[:n]], [d for _, d in pairs[:n]]
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -249,17 +236,19 @@ def budget_cv(
     }
 
 
-def scifact_funnel(model_path: str) -> dict[str, Any]:
-    """Funnels over SciFact test with a (Matryoshka) model, quality = nDCG@10."""
+def scifact_funnel(model_path: str, folder: Path, cache_dir: Path) -> dict[str, Any]:
+    """Funnels over a BEIR folder's test split (SciFact) with a (Matryoshka) model, quality =
+    nDCG@10; the encodings are cached under ``cache_dir``."""
     from dualforge.eval.retrieval import qrels_quality
     from dualforge.modeling import load_model
     from dualforge.train.run_data import load_eval_set
 
-    data = load_eval_set(DATA, "test", skip_bad=False)
+    data = load_eval_set(folder, "test", skip_bad=False)
     model = load_model(model_path)
     qids = [q for q in data.queries if q in data.qrels]
     doc_ids = list(data.corpus)
-    cache = OUT / ("scifact-test-" + "-".join(Path(model_path).resolve().parts[-2:]) + ".npz")
+    name = "-".join(Path(model_path).resolve().parts[-2:])
+    cache = cache_dir / (f"{folder.name}-test-{name}.npz")
     if cache.is_file():  # the encodings of an earlier run with this model
         saved = np.load(cache)
         docs, queries = saved["docs"], saved["queries"]
@@ -311,9 +300,19 @@ def synthetic_funnel(
     return funnel_rows(docs_np, queries, recall, "ip", repeats=3)
 
 
-def main() -> None:
+# Smoke-test sizes (--quick): a few seconds per part on 2 cores, the packaged MiniLM on a cut of
+# SciFact for the funnel part (no trained Matryoshka model needed).
+QUICK = {
+    "batch": 16, "max_length": 32, "repeats": 1, "funnel_model": "minilm",
+    "synthetic_n": 20_000, "synthetic_queries": 64,
+}  # fmt: skip
+
+
+def arguments() -> argparse.Namespace:
+    """The command line (``--quick`` defaults: :data:`QUICK`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("step", "funnel", "synthetic", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, SciFact cut")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
@@ -322,28 +321,46 @@ def main() -> None:
     parser.add_argument("--synthetic-n", type=int, default=1_000_000)
     parser.add_argument("--synthetic-queries", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=OUT / "matryoshka.json")
-    args = parser.parse_args()
+    return parse_args(parser, QUICK)
+
+
+def print_step(step: dict[str, Any]) -> None:
+    """The step part's summary line."""
+    print(
+        f"median step: single {step['median_s']['single']:.2f}s, matryoshka "
+        f"{step['median_s']['matryoshka']:.2f}s, ratio {step['ratio']:.3f} (paired "
+        f"{step['paired_ratio']:.3f}); loss phase {step['loss_phase_s']['single'] * 1e3:.2f} ms "
+        f"vs {step['loss_phase_s']['matryoshka'] * 1e3:.2f} ms -> ratio "
+        f"{step['ratio_from_loss_phase']:.4f} (target <= 1.03)"
+    )
+
+
+def funnel_part(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """Funnels on SciFact test (``--quick``: on the SciFact cut) for each model."""
+    cache_dir = args.output.parent
+    folder = quick_scifact(cache_dir) if args.quick else SCIFACT
+    print(f"== funnel vs exact search, SciFact test, {args.funnel_model} ==", flush=True)
+    funnel = scifact_funnel(args.funnel_model, folder, cache_dir)
+    report["funnel_scifact"] = {"model": args.funnel_model} | funnel
+    for model in args.funnel_compare:
+        print(f"== funnel vs exact search, SciFact test, {model} ==", flush=True)
+        funnel = scifact_funnel(model, folder, cache_dir)
+        report.setdefault("funnel_scifact_compare", {})[model] = funnel
+
+
+def main() -> None:
+    """Run the chosen parts; merge their results into ``--output``."""
+    args = arguments()
     torch.manual_seed(0)
     report: dict[str, Any] = {"command": " ".join(["python", "bench/matryoshka.py", *sys.argv[1:]])}
     if args.output.is_file():
         report = json.loads(args.output.read_text()) | report
     if args.part in ("step", "all"):
         print("== Matryoshka vs single-dim training step ==", flush=True)
-        step = step_part(args.batch, args.max_length, args.repeats)
-        report["step"] = step
-        print(
-            f"median step: single {step['median_s']['single']:.2f}s, matryoshka "
-            f"{step['median_s']['matryoshka']:.2f}s, ratio {step['ratio']:.3f} (paired "
-            f"{step['paired_ratio']:.3f}); loss phase {step['loss_phase_s']['single'] * 1e3:.2f} ms "
-            f"vs {step['loss_phase_s']['matryoshka'] * 1e3:.2f} ms -> ratio "
-            f"{step['ratio_from_loss_phase']:.4f} (target <= 1.03)"
-        )
+        report["step"] = step_part(args.batch, args.max_length, args.repeats)
+        print_step(report["step"])
     if args.part in ("funnel", "all"):
-        print(f"== funnel vs exact search, SciFact test, {args.funnel_model} ==", flush=True)
-        report["funnel_scifact"] = {"model": args.funnel_model} | scifact_funnel(args.funnel_model)
-        for model in args.funnel_compare:
-            print(f"== funnel vs exact search, SciFact test, {model} ==", flush=True)
-            report.setdefault("funnel_scifact_compare", {})[model] = scifact_funnel(model)
+        funnel_part(args, report)
     if args.part in ("synthetic", "all"):
         print(f"== funnel vs exact search, {args.synthetic_n:,} synthetic vectors ==", flush=True)
         report["funnel_synthetic"] = {

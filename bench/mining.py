@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import OUT
 from dualforge.mining import TreeIndex
 
-OUT = Path(__file__).resolve().parents[1] / "bench" / "out"
 TAU = 0.05
 CLUSTERS = 1000
 QUERIES = 256

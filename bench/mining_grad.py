@@ -29,6 +29,7 @@ targets that are not labelled positives of the query (what ``TreeIndex.sample`` 
 The ``_mean`` entries are the error of the estimate averaged over the draws (its bias part).
 
     python bench/mining_grad.py --vectors V.npz --ks 64 256 1024 --out bench/out/mining_grad.json
+    python bench/mining_grad.py --vectors V.npz --quick --out /tmp/grad.json   # smoke test
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import OUT, parse_args
 from mining_train import estimate as is_estimate
 from mining_train import exact_gradient, expected_fresh_positive, fresh_positive_logits
 
-OUT = Path(__file__).resolve().parents[1] / "bench" / "out"
 ESTIMATORS = ("is", "mc", "strat", "strat_is")
 Tensor = torch.Tensor
 
@@ -168,11 +169,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--vectors", type=Path, required=True, help="npz of mining_train.py --part cd")
+    ap.add_argument("--quick", action="store_true", help="smoke test: K 4 and 8, 2 draws")
     ap.add_argument("--ks", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=OUT / "mining_grad.json")
-    args = ap.parse_args()
+    args = parse_args(ap, {"ks": [4, 8], "draws": 2})
     result = run(args)
     result["args"] = {k: str(v) for k, v in vars(args).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

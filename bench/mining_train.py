@@ -40,6 +40,7 @@ Commands (writes bench/out/mining_train_cd.json and mining_train_e.json):
     nice -n 19 python bench/mining_train.py --part e --budget 480
     python bench/mining_train.py --part sweep --vectors V.npz   # (c) offline, after cd --save-vectors V.npz
     python bench/mining_grad.py --vectors V.npz                 # (d) by estimator and K, offline
+    python bench/mining_train.py --part cd --quick --workdir /tmp/q --out /tmp/q/cd.json  # smoke
 """
 
 from __future__ import annotations
@@ -56,14 +57,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from _common import CONFIGS, OUT, parse_args, quick_scifact
 from dualforge.config import load_config
 from dualforge.mining import choose_landmarks, correct_drift, drift_error
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.loop import batches, build_parts, optimizer_step, training_step
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
-CONFIG = ROOT / "configs" / "scifact-minilm-dynamic.yaml"
+CONFIG = CONFIGS / "scifact-minilm-dynamic.yaml"
+# Smoke-test sizes (--quick, on the SciFact cut of _common.quick_scifact): seconds per part.
+QUICK = {
+    "steps": 2, "measure": [2], "refresh_every": 2, "dynamic_every": 1, "landmarks": [0.05],
+    "recent": 4, "corpus_size": 48, "queries": 16, "doc_len": 32, "mine_len": 32, "batch": 4,
+    "k": 8, "k_train": 2, "draws": 2, "budget": 1.0, "strategies": ["in_batch", "dynamic"],
+    "sweep_landmarks": [0.05, 0.2], "ridges": [0.1], "threads": 1,
+}  # fmt: skip
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -238,7 +245,7 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
         "mining.strategy=in_batch", f"optim.batch_size={args.batch}", f"optim.lr={args.lr}",
         f"optim.max_steps={args.steps}", f"model.doc_max_length={args.doc_len}",
         "gradcache.precision=fp32", f"run.output_dir={args.workdir}", "run.name=bench-cd",
-        "run.progress=false", f"run.threads={args.threads}",
+        "run.progress=false", f"run.threads={args.threads}", *args.set,
     ]  # fmt: skip
     p = build_parts(load_config(CONFIG, overrides))
     assert p.data.corpus is not None
@@ -427,6 +434,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--part", choices=["cd", "e", "sweep"], required=True)
+    ap.add_argument(
+        "--quick", action="store_true",
+        help="smoke test: tiny sizes on a SciFact cut written under --workdir",
+    )  # fmt: skip
     ap.add_argument("--vectors", type=Path, help="(sweep): npz written by --save-vectors")
     ap.add_argument(
         "--sweep-landmarks", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2]
@@ -462,8 +473,10 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/dualforge-bench-mining")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--save-vectors", type=Path, default=None, help="(c): npz of the encodings")
-    ap.add_argument("--set", nargs="*", default=[], help="(e): extra key.sub=value overrides")
-    args = ap.parse_args()
+    ap.add_argument("--set", nargs="*", default=[], help="(cd, e): extra key.sub=value overrides")
+    args = parse_args(ap, QUICK)
+    if args.quick:
+        args.set = [f"data.path={quick_scifact(Path(args.workdir))}", *args.set]
     FIT.update(kernel=args.kernel, ridge=args.ridge)
     torch.manual_seed(0)
     parts = {"cd": part_cd, "e": part_e, "sweep": part_sweep}
