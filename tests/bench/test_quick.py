@@ -1,0 +1,140 @@
+"""Every bench script's ``--quick`` mode runs in a subprocess and writes finite results.
+
+Each run is bounded by ``TIMEOUT_S``, runs in a temporary folder with one thread, and writes its
+outputs (JSON, the SciFact cut, run folders, saved vectors) under ``tmp_path`` only. Besides the
+exit code and the output keys, each test checks a number that a broken library would change: the
+cached and plain gradients agree, the tree sampler matches the exact softmax, the oracle
+strategy's expected gradient is the exact one, retrieval metrics lie in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dualforge
+
+pytestmark = pytest.mark.integration
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TIMEOUT_S = 300  # per script; each takes 5-60 s on a loaded 2-core machine
+
+
+def run_bench(script: str, args: list[str], cwd: Path, shared_data: Path) -> None:
+    """Run ``bench/<script> args`` with the library under test; fail with its output tail."""
+    env = os.environ | {
+        "PYTHONPATH": str(Path(dualforge.__file__).parents[1]),
+        "DUALFORGE_SHARED_DATA": str(shared_data),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{done.stderr[-4000:]}"
+
+
+def numbers(value: Any) -> Iterator[float]:
+    """Every int or float inside a JSON value."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from numbers(v)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield float(value)
+
+
+def read_finite(path: Path) -> dict[str, Any]:
+    """The JSON at ``path``, checked to hold numbers and only finite ones."""
+    assert path.is_file(), f"{path.name} not written"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    values = list(numbers(data))
+    assert values and all(math.isfinite(v) for v in values), f"non-finite number in {path.name}"
+    return data
+
+
+def test_gradcache_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "gradcache.json"
+    run_bench("gradcache.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    report = read_finite(out)
+    assert report["check"]["rel_grad_diff_dualforge_vs_plain"] < 1e-4  # dropout off: exact
+    (timing,) = report["timing"]
+    assert all(timing["median_s"][m] > 0 for m in ("plain", "dualforge", "st"))
+    assert len(report["rss"]) == 2 and all(r["peak_mib"] > 0 for r in report["rss"])
+    assert report["rss_ratio"] > 0
+
+
+def test_matryoshka_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "matryoshka.json"
+    run_bench("matryoshka.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    report = read_finite(out)
+    assert report["step"]["ratio"] > 0
+    rows = report["funnel_scifact"]["rows"]
+    assert rows[0]["search"] == "exact 384" and 0 < rows[0]["quality"] <= 1
+    assert (
+        all(r["flops_ratio"] > 0 for r in rows) and len(report["funnel_scifact"]["budget_cv"]) == 4
+    )
+    synthetic = report["funnel_synthetic"]["rows"]
+    assert synthetic[0]["quality"] > 0.5 and all(0 <= r["quality"] <= 1 for r in synthetic)
+
+
+def test_batch_size_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "batch_size.json"
+    run_bench("batch_size.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    results = read_finite(out)["results"]
+    assert [r["arm"] for r in results] == ["plain-4", "accum-4x4", "gradcache-16", "gradcache-32"]
+    assert all(0 < r["ndcg@10"] <= 1 for r in results)
+
+
+def test_mining_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "mining.json"
+    run_bench("mining.py", ["--quick", "--out", str(out)], tmp_path, shared_data)
+    report = read_finite(out)
+    assert len(report["exactness"]) == 4 and len(report["cost"]) == 3
+    # 20k exact draws land within TV ~0.01 of the softmax; a biased sampler lands far off.
+    assert all(r["tv"] < 0.05 for r in report["exactness"])
+    assert all(r["tree_us_per_sample"] > 0 for r in report["cost"])
+
+
+def test_mining_train_cd_then_sweep_and_grad(tmp_path: Path, shared_data: Path) -> None:
+    """Part cd saves the vectors that the sweep and mining_grad.py read."""
+    vectors, common = tmp_path / "v.npz", ["--quick", "--workdir", str(tmp_path)]
+    cd, sweep, grad = tmp_path / "cd.json", tmp_path / "sweep.json", tmp_path / "grad.json"
+    args = ["--part", "cd", *common, "--save-vectors", str(vectors), "--out", str(cd)]
+    run_bench("mining_train.py", args, tmp_path, shared_data)
+    (point,) = read_finite(cd)["points"]
+    assert point["step"] == 2 and {"stale", "dynamic_0.05"} <= set(point["drift"])
+    assert point["grad"]["oracle"]["expected"] < 1e-9  # fresh vectors give the exact gradient
+    args = ["--part", "sweep", *common, "--vectors", str(vectors), "--out", str(sweep)]
+    run_bench("mining_train.py", args, tmp_path, shared_data)
+    assert len(read_finite(sweep)["sweep"]["step2"]) == 4  # 2 landmark fractions x 2 kernels
+    args = ["--quick", "--vectors", str(vectors), "--out", str(grad)]
+    run_bench("mining_grad.py", args, tmp_path, shared_data)
+    points = read_finite(grad)["points"]
+    assert [p["k"] for p in points] == [4, 8]
+    assert all(p["oracle"]["expected_fresh_pos"] < 1e-9 for p in points)
+
+
+def test_mining_train_e_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "e.json"
+    args = ["--part", "e", "--quick", "--workdir", str(tmp_path), "--out", str(out)]
+    run_bench("mining_train.py", args, tmp_path, shared_data)
+    runs = read_finite(out)["runs"]
+    assert set(runs) == {"in_batch", "dynamic"}
+    assert all(r["steps"] >= 1 and 0 < r["metrics"]["ndcg@10"] <= 1 for r in runs.values())
