@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -112,20 +114,46 @@ def test_pca_projection_run_keeps_full_dim_scores_at_step_zero(
     assert load_model(str(final)).query_encoder.projection is not None
 
 
-def test_resumed_pca_run_takes_its_projection_from_the_checkpoint(
+def _train_rows(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Step -> the ``train`` record of that step (the last one logged for it)."""
+    rows = read_metrics_log(run_dir / "metrics.jsonl")
+    return {r["step"]: r for r in rows if r["event"] == "train"}
+
+
+def test_pca_run_resumed_mid_way_matches_the_uninterrupted_run(
     tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
 ) -> None:
+    """A 4-step PCA run stopped after its step-2 checkpoint and resumed ends bit-identical to the
+    uninterrupted run (dropout on, one thread): weights, projection, the losses of steps 3-4; the
+    projection comes from the checkpoint, not from a new fit.
+
+    The stopped run is the uninterrupted run's step-2 checkpoint alone in a fresh run folder (what
+    a crash right after that checkpoint leaves). Stopping it by a smaller ``optim.max_steps``
+    instead would change the run: the linear decay ends at ``max_steps``, so the first two steps
+    would train at other learning rates.
+    """
     args = [
         *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path),
-        "optim.max_steps=2",
-        "run.save_every=1",
+        "optim.max_steps=4",
+        "run.save_every=2",
         "eval.before=false",
         "model.projection=pca",
     ]
-    first = train(load_config(None, args))
-    again = train(load_config(None, [*args, "run.resume=true"]))
-    events = [r["event"] for r in read_metrics_log(again.run_dir / "metrics.jsonl")]
-    assert events.count("projection") == 1 and "resume" in events  # fitted once, not on resume
-    a = load_file(str(first.run_dir / "final" / "2_Dense" / "model.safetensors"))
-    b = load_file(str(again.run_dir / "final" / "2_Dense" / "model.safetensors"))
-    assert torch.equal(a["linear.weight"], b["linear.weight"])
+    straight = train(load_config(None, [*args, "run.name=straight"]))
+    step2 = straight.run_dir / "checkpoints" / "step-0000002"
+    stopped = tmp_path / "stopped" / "checkpoints"
+    shutil.copytree(step2, stopped / step2.name)
+    (stopped / "latest").write_text(step2.name, encoding="utf-8")
+    resumed = train(load_config(None, [*args, "run.name=stopped", "run.resume=true"]))
+    events = [r["event"] for r in read_metrics_log(resumed.run_dir / "metrics.jsonl")]
+    assert "resume" in events and "projection" not in events  # fitted once, in the first run
+    assert resumed.steps == 4 and sorted(_train_rows(resumed.run_dir)) == [3, 4]
+    losses = {s: r["loss"] for s, r in _train_rows(straight.run_dir).items()}
+    assert {s: r["loss"] for s, r in _train_rows(resumed.run_dir).items()} == {
+        3: losses[3],
+        4: losses[4],
+    }
+    for name in ("model.safetensors", "2_Dense/model.safetensors"):
+        a = load_file(str(straight.run_dir / "final" / name))
+        b = load_file(str(resumed.run_dir / "final" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
