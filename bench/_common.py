@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,9 @@ def load_pairs(
 def _first_queries(qrels: Path, n: int) -> tuple[list[str], set[str], set[str]]:
     """Header + rows of ``qrels`` for its first ``n`` query ids; those ids and their documents."""
     lines = qrels.read_text(encoding="utf-8").splitlines()
-    rows, queries, docs = [lines[0]], set(), set()
+    rows = [lines[0]]
+    queries: set[str] = set()
+    docs: set[str] = set()
     for line in lines[1:]:
         qid, doc = line.split("\t")[:2]
         if qid not in queries and len(queries) == n:
@@ -68,7 +70,7 @@ def _first_queries(qrels: Path, n: int) -> tuple[list[str], set[str], set[str]]:
     return rows, queries, docs
 
 
-def _records(path: Path, keep: Any) -> list[str]:
+def _records(path: Path, keep: Callable[[str], bool]) -> list[str]:
     """The lines of a JSONL file whose ``_id`` passes ``keep(id)``, in file order."""
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line for line in lines if line.strip() and keep(json.loads(line)["_id"])]

@@ -97,7 +97,7 @@ def backward_fn(model: DualEncoder, arm: Arm, doc_len: int) -> Callable[[Batch],
             with bf16():
                 q, d = model(x.queries, "query"), model(x.documents, "document")
             loss = info_nce(q.float(), d.float(), false_negatives=x.false_negatives)
-            (loss * arm.micro / len(batch)).backward()
+            torch.autograd.backward(loss * arm.micro / len(batch))
             total += float(loss) * arm.micro / len(batch)
         return total
 

@@ -57,7 +57,7 @@ def loss_phase_time(loss: Callable[..., torch.Tensor], batch: int, dim: int) -> 
 
     def run() -> None:
         leaves = [q.clone().requires_grad_(), d.clone().requires_grad_()]
-        loss(*leaves).backward()
+        torch.autograd.backward(loss(*leaves))
 
     run()
     return median_time(run, 50)
@@ -165,9 +165,9 @@ def funnel_rows(
     scores, ids = index.search(queries, 10)
     base = {"flops": exact_flops(n, dim), "seconds": exact_s, "quality": quality(scores, ids)}
     rows = [_row(f"exact {dim}", base["quality"], base["flops"], exact_s, base)]
-    runs = [(spec, "Flat", None) for spec in FUNNELS]
-    for factory, params in approx:
-        runs += [(spec, factory, params) for spec in (*APPROX_FUNNELS, f"{dim}:10")]
+    runs: list[tuple[str, str, str | None]] = [(spec, "Flat", None) for spec in FUNNELS]
+    for first, probe in approx:
+        runs += [(spec, first, probe) for spec in (*APPROX_FUNNELS, f"{dim}:10")]
     firsts: dict[tuple[int, str, str | None], Any] = {}
     for spec, factory, params in runs:
         d0 = int(spec.split(":")[0])
