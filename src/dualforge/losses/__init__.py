@@ -7,8 +7,10 @@ from dualforge.losses.matryoshka import (
     matryoshka_losses,
     prefix,
 )
+from dualforge.losses.output import LossOutput, split_output
 
 __all__ = [
+    "LossOutput",
     "MatryoshkaLoss",
     "default_dims",
     "docs_per_query",
@@ -17,4 +19,5 @@ __all__ = [
     "matryoshka_losses",
     "prefix",
     "similarity",
+    "split_output",
 ]

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dualforge.losses.output import LossOutput
+
 InnerLoss = Callable[..., torch.Tensor]
 
 
@@ -105,9 +107,11 @@ def matryoshka_losses(
 class MatryoshkaLoss:
     """``sum_m c_m * inner(prefix_m(reps))`` with optional sampling of dims per call.
 
-    A class because it keeps state: the per-dim values of the last call (for the metrics log) and
-    its own random generator for dim sampling, which never touches the global RNG (Gradient Cache
-    replays the global RNG to reproduce dropout).
+    Holds settings only: each call is a function of its inputs. With ``sample_dims`` the dims of a
+    call are drawn from a generator seeded by ``(seed, step)``, so a resumed run draws the same
+    dims, and the global RNG (which Gradient Cache replays to reproduce dropout) is never touched.
+    Returns a :class:`~dualforge.losses.output.LossOutput` whose ``parts["loss_by_dim"]`` maps
+    each used dim (as a string) to its inner loss.
 
     Args:
         inner: Representation-level loss, ``inner(*reps, **kwargs) -> scalar``.
@@ -116,8 +120,8 @@ class MatryoshkaLoss:
         renormalize: L2-renormalise each prefix before ``inner``.
         sample_dims: When set, each call uses this many dims drawn uniformly without replacement,
             and scales their sum by ``M / sample_dims`` so the loss is an unbiased estimate of the
-            full sum.
-        seed: Seed of the dim-sampling generator (see :meth:`reseed`).
+            full sum. Calls must then pass ``step``.
+        seed: Seed of dim sampling.
     """
 
     def __init__(
@@ -139,31 +143,40 @@ class MatryoshkaLoss:
         self.renormalize = renormalize
         self.sample_dims = sample_dims
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
-        self.last: dict[int, float] = {}
 
-    def reseed(self, step: int) -> None:
-        """Make the dims sampled at ``step`` a function of (seed, step), so resumes are exact."""
-        self.generator.manual_seed(self.seed * 1_000_003 + step)
+    @property
+    def samples(self) -> bool:
+        """Whether a call uses a sampled subset of the dims."""
+        return self.sample_dims is not None and self.sample_dims < len(self.dims)
 
-    def pick(self) -> list[int]:
-        """Indices of the dims used by the next call (all of them unless sampling)."""
-        if self.sample_dims is None or self.sample_dims == len(self.dims):
+    def pick(self, step: int | None = None) -> list[int]:
+        """Indices of the dims a call at ``step`` uses (all of them unless sampling).
+
+        Raises:
+            ValueError: When sampling and ``step`` is None.
+        """
+        if not self.samples:
             return list(range(len(self.dims)))
-        order = torch.randperm(len(self.dims), generator=self.generator)
+        if step is None:
+            raise ValueError("MatryoshkaLoss with sample_dims needs step=<training step> per call")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        order = torch.randperm(len(self.dims), generator=generator)
         return sorted(order[: self.sample_dims].tolist())
 
-    def __call__(self, *reps: torch.Tensor, **inner_kwargs: Any) -> torch.Tensor:
-        """Weighted sum of the inner loss over the (sampled) prefix dims; a scalar."""
-        chosen = self.pick()
+    def __call__(
+        self, *reps: torch.Tensor, step: int | None = None, **inner_kwargs: Any
+    ) -> LossOutput:
+        """Weighted sum of the inner loss over the (sampled) prefix dims, and the loss by dim."""
+        chosen = self.pick(step)
         dims = [self.dims[i] for i in chosen]
         values = matryoshka_losses(
             self.inner, reps, dims, renormalize=self.renormalize, **inner_kwargs
         )  # (m,)
         weights = torch.tensor([self.weights[i] for i in chosen], device=values.device)  # (m,)
         scale = len(self.dims) / len(chosen)
-        self.last = {m: float(v) for m, v in zip(dims, values.detach().tolist())}
-        return (weights.to(values.dtype) * values).sum() * scale
+        total = (weights.to(values.dtype) * values).sum() * scale
+        by_dim = {str(m): v for m, v in zip(dims, values.detach())}
+        return LossOutput(total, {"loss_by_dim": by_dim})
 
     def __repr__(self) -> str:
         return (
