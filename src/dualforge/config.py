@@ -173,6 +173,8 @@ class MiningConfig:
     ``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
     ``ridge`` 0.1 (not ``fit_nystrom``'s 1e-3): with the landmark count near the dimension a
     lightly regularised linear fit extrapolates noise (docs/mining.md, bench sweep).
+    ``backend``: the tree sampler, ``auto`` (numba when installed, else torch), ``torch`` or
+    ``numba``; resolved once per run and logged (the two draw different negatives for one seed).
     """
 
     strategy: str = "in_batch"
@@ -194,6 +196,7 @@ class MiningConfig:
     ridge: float = 0.1
     correction: str = "residual"
     kernel: str = "rbf"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -217,6 +220,7 @@ class MiningConfig:
             (self.ridge >= 0, "ridge", ">= 0"),
             (self.correction in ("residual", "plain"), "correction", "'residual' or 'plain'"),
             (self.kernel in ("linear", "rbf", "poly"), "kernel", "'linear', 'rbf' or 'poly'"),
+            (self.backend in ("auto", "torch", "numba"), "backend", "'auto', 'torch' or 'numba'"),
         ]
         for ok, key, want in checks:
             if not ok:

@@ -8,6 +8,7 @@ top-k search, exact softmax sampling and in-place updates, and Nyström drift co
     ids = mine_negatives(index, q, 8, mode="topk", skip_first=2, exclude=exclusion_matrix(pos))
 """
 
+from dualforge.mining._compiled import resolve_backend
 from dualforge.mining.maintenance import UpdateStats
 from dualforge.mining.negatives import exclusion_matrix, mine_negatives
 from dualforge.mining.nystrom import (
@@ -31,4 +32,5 @@ __all__ = [
     "exclusion_matrix",
     "fit_nystrom",
     "mine_negatives",
+    "resolve_backend",
 ]

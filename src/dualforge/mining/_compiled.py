@@ -32,12 +32,23 @@ PROPOSALS_FLOOR = 1_000_000
 BLOCK_ENTRIES = 1 << 22
 
 
+# The packages whose absence means "numba is not installed" (anything else is a real error).
+NUMBA_PACKAGES = ("numba", "llvmlite")
+
+
 @lru_cache(maxsize=1)
 def _kernels() -> ModuleType | None:
+    """The compiled kernels, or None when numba is not installed.
+
+    Only a missing numba falls back: an error inside the kernels module (a typo, a numba that
+    cannot compile them) propagates.
+    """
     try:
         return importlib.import_module("dualforge.mining._kernels")
-    except ImportError:
-        return None
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] in NUMBA_PACKAGES:
+            return None
+        raise
 
 
 def numba_available() -> bool:

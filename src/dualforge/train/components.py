@@ -13,11 +13,12 @@ import torch
 from dualforge.config import GradCacheConfig, LossConfig, ModelConfig
 from dualforge.data import TrainingExample
 from dualforge.gradcache import GradCache
-from dualforge.losses import MatryoshkaLoss, default_dims, info_nce
+from dualforge.losses import LossOutput, MatryoshkaLoss, default_dims, info_nce
 from dualforge.modeling import DualEncoder, load_model
 from dualforge.modeling.rotation import add_identity_projection, sample_texts
 
-LossFn = Callable[..., torch.Tensor]
+InnerLoss = Callable[..., torch.Tensor]
+LossFn = Callable[..., torch.Tensor | LossOutput]
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -26,14 +27,14 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 
 
-def build_info_nce(cfg: LossConfig) -> LossFn:
+def build_info_nce(cfg: LossConfig) -> InnerLoss:
     """InfoNCE with the config's temperature, symmetry and similarity."""
     return partial(
         info_nce, temperature=cfg.temperature, symmetric=cfg.symmetric, sim=cfg.similarity
     )
 
 
-LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {"info_nce": build_info_nce}
+LOSSES: dict[str, Callable[[LossConfig], InnerLoss]] = {"info_nce": build_info_nce}
 
 
 def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0) -> LossFn:
