@@ -36,19 +36,24 @@ BLOCK_ENTRIES = 1 << 22
 NUMBA_PACKAGES = ("numba", "llvmlite")
 
 
-@lru_cache(maxsize=1)
-def _kernels() -> ModuleType | None:
-    """The compiled kernels, or None when numba is not installed.
+def import_optional(module: str, packages: tuple[str, ...]) -> ModuleType | None:
+    """Import ``module``, or None when one of ``packages`` (its optional dependency) is missing.
 
-    Only a missing numba falls back: an error inside the kernels module (a typo, a numba that
-    cannot compile them) propagates.
+    Any other error, a missing module of ours or an error inside ``module`` itself, propagates:
+    a bug is never mistaken for an absent extra.
     """
     try:
-        return importlib.import_module("dualforge.mining._kernels")
+        return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] in NUMBA_PACKAGES:
+        if (err.name or "").split(".")[0] in packages:
             return None
         raise
+
+
+@lru_cache(maxsize=1)
+def _kernels() -> ModuleType | None:
+    """The compiled kernels, or None when numba is not installed."""
+    return import_optional("dualforge.mining._kernels", NUMBA_PACKAGES)
 
 
 def numba_available() -> bool:
