@@ -209,8 +209,12 @@ def test_values_at_the_edge_of_their_range_are_valid() -> None:
 def test_matryoshka_dims_and_weights_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"^loss\.matryoshka: 1 Matryoshka weights for 2 dims"):
         load_config(None, ["loss.matryoshka.dims=[16,32]", "loss.matryoshka.weights=[1]"])
-    with pytest.raises(ConfigError, match=r"^loss\.matryoshka: .*weights must be >= 0"):
+    with pytest.raises(
+        ConfigError, match=r"^loss\.matryoshka\.weights=\(1\.0, -1\.0\): must be >= 0"
+    ):
         load_config(None, ["loss.matryoshka.dims=[16,32]", "loss.matryoshka.weights=[1,-1]"])
+    with pytest.raises(ConfigError, match=r"^loss\.matryoshka\.weights=\(-1\.0,\): must be >= 0"):
+        load_config(None, ["loss.matryoshka.enabled=true", "loss.matryoshka.weights=[-1]"])
 
 
 def test_metric_names_must_parse_and_select_metric_must_be_listed() -> None:

@@ -195,8 +195,9 @@ class MatryoshkaConfig:
             self,
             "loss.matryoshka",
             [
+                (all(w >= 0 for w in self.weights), "weights", ">= 0 each"),
                 (self.sample_dims >= 0, "sample_dims", ">= 0 (0: every dim)"),
-                (most is None or self.sample_dims <= most, "sample_dims", f"<= {most} dims"),
+                (most is None or self.sample_dims <= most, "sample_dims", f"<= {most}, the dims"),
             ],
         )
         if self.dims:
@@ -315,7 +316,7 @@ class EvalConfig:
                 (listed, "select_metric", f"one of eval.metrics {list(self.metrics)}"),
                 (self.k >= 1, "k", ">= 1"),
                 (self.batch_size >= 1, "batch_size", ">= 1"),
-                (all(d >= 1 for d in self.dims), "dims", "dims >= 1"),
+                (all(d >= 1 for d in self.dims), "dims", "positive prefix sizes"),
                 (self.every >= 0, "every", ">= 0 (0: at the end only)"),
             ],
         )
