@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from functools import lru_cache
 from types import ModuleType
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from dualforge.mining.frontier import SampleStats
 from dualforge.mining.search import bound_radii
 
 Tensor = torch.Tensor
-BACKENDS = ("auto", "torch", "numba")
+SamplerBackend = Literal["auto", "torch", "numba"]
+BACKENDS: tuple[str, ...] = get_args(SamplerBackend)
 # The numba backend caps the heap expansions of one query at max_rounds times this.
 EXPANSIONS_PER_ROUND = 64
 # Proposals allowed per query before giving up: this many per requested sample, plus a floor.

@@ -11,6 +11,7 @@ return target ids (row numbers); excluded ids (known positives) never come back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ import torch
 from dualforge.mining._arrays import Array, as_matrix
 from dualforge.mining.tree import TreeIndex
 
-MODES = ("softmax", "topk")
+MiningMode = Literal["softmax", "topk"]
+"""How negatives are picked: softmax draws or top-k with skip (the one list of modes)."""
+MODES: tuple[str, ...] = get_args(MiningMode)
 
 
 def exclusion_matrix(rows: Sequence[Sequence[int]]) -> np.ndarray:
