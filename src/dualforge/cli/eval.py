@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dualforge.config import EvalConfig
-from dualforge.data import available_splits
+from dualforge.data import EvalSet, available_splits, load_eval_set
 from dualforge.eval.metrics import evaluate
 from dualforge.eval.retrieval import (
     Funnel,
@@ -32,7 +32,6 @@ from dualforge.eval.retrieval import (
 )
 from dualforge.eval.retrieval_eval import evaluate_embeddings, judged_query_ids
 from dualforge.modeling import DualEncoder, load_model
-from dualforge.train.run_data import EvalSet, load_eval_set
 
 BUDGET_METRIC = "ndcg@10"
 

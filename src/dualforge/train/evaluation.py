@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dualforge.config import EvalConfig
+from dualforge.data import EvalSet
 from dualforge.eval import RetrievalReport, evaluate_retrieval
 from dualforge.modeling import DualEncoder
 from dualforge.modeling.encoder import Side
-from dualforge.train.run_data import EvalSet
 
 
 def text_encoder(
