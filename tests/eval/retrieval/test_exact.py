@@ -9,20 +9,9 @@ import pytest
 import torch
 
 from dualforge.eval.retrieval.exact import exact_search, faiss_available, run_from_search
+from tests.eval.retrieval.helpers import brute_force
 
 BACKENDS = ["faiss", "torch"]
-
-
-def brute_force(
-    q: np.ndarray, d: np.ndarray, k: int, metric: str, dims: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    q, d = q.astype(np.float64)[:, :dims], d.astype(np.float64)[:, :dims]
-    if metric == "cos":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    sims = q @ d.T  # (Q, N)
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (Q, k)
-    return np.take_along_axis(sims, ids, 1), ids
 
 
 @pytest.fixture(scope="module")

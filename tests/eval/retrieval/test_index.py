@@ -15,16 +15,7 @@ from dualforge.eval.retrieval import (
     build_index,
     exact_search,
 )
-
-
-def brute_force(q: np.ndarray, d: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, ...]:
-    q, d = q.astype(np.float64), d.astype(np.float64)
-    if metric == "cos":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    sims = q @ d.T  # (Q, N)
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (Q, k)
-    return np.take_along_axis(sims, ids, 1), ids
+from tests.eval.retrieval.helpers import brute_force
 
 
 @pytest.fixture(scope="module")
