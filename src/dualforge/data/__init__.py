@@ -37,6 +37,7 @@ from dualforge.data.examples import (
     load_tsv_triples,
 )
 from dualforge.data.sampler import Batch, EpochBatchSampler
+from dualforge.data.texts import read_texts
 
 __all__ = [
     "BadRecordCounter",
@@ -67,4 +68,5 @@ __all__ = [
     "load_qrels",
     "load_queries",
     "load_tsv_triples",
+    "read_texts",
 ]
