@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+each_metric = pytest.mark.parametrize("metric", ["ip", "cos"])
+"""Run a test with inner-product and with cosine search."""
+
+each_backend = pytest.mark.parametrize("backend", ["faiss", "torch"])
+"""Run a test with the faiss and the torch backend."""
 
 PAPER = "32:200,64:100,128:50,256:25,384:10"
 """The funnel of Kusupati et al. (2022) for 384-dim embeddings."""

@@ -18,7 +18,7 @@ from dualforge.eval.retrieval import (
     parse_funnel_spec,
 )
 from dualforge.eval.retrieval.funnel import top_rows
-from tests.eval.retrieval.helpers import PAPER
+from tests.eval.retrieval.helpers import PAPER, each_backend, each_metric
 
 
 def numpy_funnel(q: np.ndarray, d: np.ndarray, stages: list[Stage], metric: str) -> np.ndarray:
@@ -39,7 +39,7 @@ def numpy_funnel(q: np.ndarray, d: np.ndarray, stages: list[Stage], metric: str)
     return np.stack(out)
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
+@each_metric
 def test_adaptive_full_dims_equals_exact(
     clustered: tuple[np.ndarray, np.ndarray], metric: str
 ) -> None:
@@ -51,7 +51,7 @@ def test_adaptive_full_dims_equals_exact(
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
+@each_metric
 def test_adaptive_shortlist_of_whole_corpus_is_exact_at_rerank_dims(
     clustered: tuple[np.ndarray, np.ndarray], metric: str
 ) -> None:
@@ -82,7 +82,7 @@ def test_adaptive_errors(clustered: tuple[np.ndarray, np.ndarray]) -> None:
         AdaptiveSearcher(d, 8).search(q[:, :16], k=1)
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
+@each_metric
 def test_funnel_keeping_whole_corpus_first_equals_exact_full_dim(
     clustered: tuple[np.ndarray, np.ndarray], metric: str
 ) -> None:
@@ -95,8 +95,8 @@ def test_funnel_keeping_whole_corpus_first_equals_exact_full_dim(
     assert result.seconds > 0
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@each_metric
+@each_backend
 def test_funnel_matches_numpy_reference(
     clustered: tuple[np.ndarray, np.ndarray], metric: str, backend: str
 ) -> None:

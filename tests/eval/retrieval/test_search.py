@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dualforge.eval.retrieval import Funnel, corpus_embeddings, make_search
-from tests.eval.retrieval.helpers import brute_force
+from tests.eval.retrieval.helpers import brute_force, each_metric
 
 
 def test_cache_is_written_once_then_read_and_checked(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_cache_is_written_once_then_read_and_checked(tmp_path: Path) -> None:
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
+@each_metric
 def test_search_by_all_dims_a_prefix_or_a_funnel(
     clustered: tuple[np.ndarray, np.ndarray], metric: str
 ) -> None:
