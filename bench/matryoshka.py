@@ -251,9 +251,9 @@ def budget_cv(
 
 def scifact_funnel(model_path: str) -> dict[str, Any]:
     """Funnels over SciFact test with a (Matryoshka) model, quality = nDCG@10."""
+    from dualforge.data import load_eval_set
     from dualforge.eval.retrieval import qrels_quality
     from dualforge.modeling import load_model
-    from dualforge.train.run_data import load_eval_set
 
     data = load_eval_set(DATA, "test", skip_bad=False)
     model = load_model(model_path)

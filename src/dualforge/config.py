@@ -23,7 +23,7 @@ import yaml
 from dualforge.data.sampler import PositiveMode
 from dualforge.errors import UserError
 from dualforge.losses.contrastive import Similarity
-from dualforge.losses.matryoshka import check_dims
+from dualforge.matryoshka import check_dims
 from dualforge.mining import NystromKernel, SamplerBackend
 from dualforge.mining.negatives import MiningMode
 from dualforge.modeling.pooling import Pooling

@@ -60,7 +60,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--text-field", default="text")
     p.add_argument("--label", default="label", help="label field, e.g. label or coarse")
     p.add_argument("--kind", choices=KINDS, default="mrl")
-    p.add_argument("--dims", default="", help="nesting dims, e.g. 8,16,32,64,128,256,384")
+    p.add_argument(
+        "--dims",
+        default="",
+        help="nesting dims, e.g. 8,16,32,64,128,256,384 (default: powers of two from 32 below "
+        "the embedding width, then the width)",
+    )
     p.add_argument(
         "--normalize",
         choices=("auto", "on", "off"),

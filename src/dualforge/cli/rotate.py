@@ -8,9 +8,8 @@ coordinates carry the most of each vector, so truncated prefixes lose much less 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dualforge.cli.encode import read_texts
+from dualforge.data import DataError, read_texts
 from dualforge.modeling import load_model, save_model
 from dualforge.modeling.rotation import rotate_model, sample_texts
 
@@ -36,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
     """Sample documents, fit the rotation, save the rotated model."""
     if args.docs < 2:
         raise SystemExit(f"--docs must be at least 2, got {args.docs}")
-    _, texts = read_texts(Path(args.input))
+    try:
+        _, texts = read_texts(args.input)
+    except DataError as err:
+        raise SystemExit(str(err)) from None
     if len(texts) < 2:
         raise SystemExit(f"{args.input}: need at least 2 documents, found {len(texts)}")
     sample = sample_texts(texts, args.docs, args.seed)

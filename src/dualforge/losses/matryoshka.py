@@ -13,70 +13,14 @@ patched.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dualforge.losses.output import LossOutput
+from dualforge.matryoshka import check_dims, prefix
 
 InnerLoss = Callable[..., torch.Tensor]
-
-
-def default_dims(full: int, smallest: int = 32) -> tuple[int, ...]:
-    """Powers of two from ``smallest`` below ``full``, then ``full`` itself.
-
-    Args:
-        full: The representation size (e.g. 384).
-        smallest: The smallest prefix.
-
-    Returns:
-        E.g. ``(32, 64, 128, 256, 384)`` for 384.
-
-    Raises:
-        ValueError: If ``smallest`` or ``full`` is not positive.
-    """
-    if full < 1 or smallest < 1:
-        raise ValueError(f"dims must be positive, got full={full}, smallest={smallest}")
-    dims, m = [], smallest
-    while m < full:
-        dims.append(m)
-        m *= 2
-    return (*dims, full)
-
-
-def check_dims(dims: Sequence[int], weights: Sequence[float] | None = None) -> None:
-    """Validate nesting dims (strictly increasing, positive) and their weights.
-
-    Raises:
-        ValueError: Naming what is wrong.
-    """
-    if not dims:
-        raise ValueError("Matryoshka needs at least one dim")
-    if any(m < 1 for m in dims) or any(a >= b for a, b in pairwise(dims)):
-        raise ValueError(f"Matryoshka dims must be positive and strictly increasing, got {dims}")
-    if weights is not None and len(weights) != len(dims):
-        raise ValueError(f"{len(weights)} Matryoshka weights for {len(dims)} dims {tuple(dims)}")
-    if weights is not None and any(w < 0 for w in weights):
-        raise ValueError(f"Matryoshka weights must be >= 0, got {tuple(weights)}")
-
-
-def prefix(x: torch.Tensor, dim: int, renormalize: bool) -> torch.Tensor:
-    """The first ``dim`` columns of ``x``, L2-renormalised when asked.
-
-    Args:
-        x: ``(B, D)`` representations.
-        dim: Prefix size, ``1 <= dim <= D``.
-        renormalize: Rescale each prefix row to unit length (for normalised embeddings).
-
-    Returns:
-        ``(B, dim)`` tensor.
-    """
-    if not 0 < dim <= x.shape[-1]:
-        raise ValueError(f"Matryoshka dim {dim} is outside 1..{x.shape[-1]}")
-    part = x[..., :dim]  # (B, dim)
-    return F.normalize(part, p=2.0, dim=-1) if renormalize else part
 
 
 def matryoshka_losses(
