@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake in the input (config value, data file, model name); the message names it."""
+
+
+class UsageError(UserError):
+    """A bad command-line argument (``--dims a,b``, ``--k 0``); the message names the flag."""

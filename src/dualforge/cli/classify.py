@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from dualforge.classify import (
 )
 from dualforge.classify.heads import KINDS
 from dualforge.classify.pipeline import points_from_json, points_to_json
+from dualforge.errors import UsageError
 from dualforge.modeling import DualEncoder, load_model
 
 
@@ -110,7 +110,7 @@ def parse_numbers(text: str, kind: type[int] | type[float], flag: str) -> list[A
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"{flag} must be comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
 def split_file(data: str, split: str) -> Path:
@@ -195,16 +195,3 @@ def run_eval(args: argparse.Namespace) -> int:
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dualforge.cli.classify train|eval ...`` (same as ``dualforge classify``)."""
-    parser = argparse.ArgumentParser(prog="dualforge")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["classify", *(sys.argv[1:] if argv is None else argv)])
-    status: int = args.func(args)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dualforge.data import DataError, read_texts
+from dualforge.errors import UsageError
 from dualforge.modeling import load_model
 
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ids, texts = read_texts(args.input)
     except DataError as err:
-        raise SystemExit(str(err)) from None
+        raise UsageError(str(err)) from None
     emb = model.encode(texts, side=args.side, batch_size=args.batch_size, show_progress=True)
     if args.dim:
         emb = emb[:, : args.dim]

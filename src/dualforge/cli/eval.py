@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dualforge.data import EvalSet, load_eval_sets
+from dualforge.errors import UsageError
 from dualforge.eval.metrics import DEFAULT_METRICS
 from dualforge.eval.plots import plot_eval_report
 from dualforge.eval.reports import (
@@ -83,7 +84,7 @@ def parse_dims(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"--dims must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--dims must be comma-separated integers, got {text!r}") from None
 
 
 @contextmanager
@@ -92,7 +93,7 @@ def usage_errors(prefix: str = "") -> Iterator[None]:
     try:
         yield
     except ValueError as err:
-        raise SystemExit(f"{prefix}{err}") from None
+        raise UsageError(f"{prefix}{err}") from None
 
 
 def _evaluate(
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON report."""
     stages = _parse_funnel(args.funnel)
     if args.plot and not args.dims:
-        raise SystemExit("--plot needs --dims (the prefix dims to plot)")
+        raise UsageError("--plot needs --dims (the prefix dims to plot)")
     if args.budget is not None:
         with usage_errors():
             check_budget(

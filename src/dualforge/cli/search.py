@@ -16,6 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from dualforge.data import Document, load_corpus
+from dualforge.errors import UsageError
 from dualforge.eval.reports import search_metric
 from dualforge.eval.retrieval.search import corpus_embeddings, make_search
 from dualforge.modeling import load_model
@@ -48,10 +49,10 @@ def load_documents(path: Path, skip_bad: bool) -> dict[str, Document]:
     """The documents of a BEIR folder (its ``corpus.jsonl``) or of a corpus file."""
     file = path / "corpus.jsonl" if path.is_dir() else path
     if not file.is_file():
-        raise SystemExit(f"--corpus: no such corpus file {file}")
+        raise UsageError(f"--corpus: no such corpus file {file}")
     docs = load_corpus(file, skip_bad=skip_bad)
     if not docs:
-        raise SystemExit(f"--corpus: {file} has no document")
+        raise UsageError(f"--corpus: {file} has no document")
     return docs
 
 
@@ -95,7 +96,7 @@ def iter_query_batches(path: str | None, stdin: TextIO) -> Iterator[list[str]]:
 def run(args: argparse.Namespace) -> int:
     """Encode (or read) the corpus, then answer each query."""
     if args.k < 1:
-        raise SystemExit(f"--k must be >= 1, got {args.k}")
+        raise UsageError(f"--k must be >= 1, got {args.k}")
     model = load_model(args.model, max_seq_length=args.max_length)
     docs = load_documents(Path(args.corpus), args.skip_bad)
     cache = Path(args.cache) if args.cache else None
@@ -107,14 +108,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         emb = corpus_embeddings(encode_docs, list(docs), texts, model.dim, cache)  # (N, D)
     except ValueError as err:
-        raise SystemExit(str(err)) from None
+        raise UsageError(str(err)) from None
     try:
         search = make_search(
             emb, args.k, search_metric(model), funnel=args.funnel, dims=args.dims,
             factory=args.index_factory, params=args.index_params,
         )  # fmt: skip
     except ValueError as err:
-        raise SystemExit(f"search: {err}") from None
+        raise UsageError(f"search: {err}") from None
     for batch in iter_query_batches(args.queries, sys.stdin):
         if not batch:
             continue
