@@ -29,13 +29,12 @@ import torch
 from _common import OUT, SCIFACT, parse_args, quick_scifact
 from dualforge import GradCache
 from dualforge.config import EvalConfig
-from dualforge.data import Batch, EpochBatchSampler, examples_from_beir, load_beir
+from dualforge.data import Batch, EpochBatchSampler, examples_from_beir, load_beir, load_eval_set
 from dualforge.losses import info_nce
 from dualforge.modeling import DualEncoder, load_model
 from dualforge.train.collate import collate
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.loop import batches, seed_everything
-from dualforge.train.run_data import load_eval_set
 from dualforge.train.schedule import build_optimizer, build_scheduler
 
 

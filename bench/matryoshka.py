@@ -239,9 +239,9 @@ def budget_cv(
 def scifact_funnel(model_path: str, folder: Path, cache_dir: Path) -> dict[str, Any]:
     """Funnels over a BEIR folder's test split (SciFact) with a (Matryoshka) model, quality =
     nDCG@10; the encodings are cached under ``cache_dir``."""
+    from dualforge.data import load_eval_set
     from dualforge.eval.retrieval import qrels_quality
     from dualforge.modeling import load_model
-    from dualforge.train.run_data import load_eval_set
 
     data = load_eval_set(folder, "test", skip_bad=False)
     model = load_model(model_path)

@@ -1,6 +1,10 @@
 """Frozen dataclass configs, loaded from YAML with ``key.sub=value`` overrides.
 
-Every section is a frozen dataclass; unknown keys and wrong types are errors that name the key.
+Every section is a frozen dataclass that checks its own values in ``__post_init__``: choices are
+``Literal`` types (each defined once, next to the code that uses it, or here when only the
+training run uses it), numbers are checked against their domain, and cross-field rules hold.
+Unknown keys, wrong types and bad values are :class:`ConfigError` s that name the key, e.g.
+``loss.similarity='l2': must be one of ['dot', 'cos']``.
 Classes of the library never see a config: the training loop reads it and passes plain values.
 """
 
@@ -12,15 +16,87 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
+from dualforge.data.sampler import PositiveMode
+from dualforge.errors import UserError
+from dualforge.losses.contrastive import Similarity
+from dualforge.matryoshka import check_dims
+from dualforge.mining import NystromKernel, SamplerBackend
+from dualforge.mining.negatives import MiningMode
+from dualforge.modeling.pooling import Pooling
+
 T = TypeVar("T")
 
+Projection = Literal["identity", "pca"]
+DataFormat = Literal["beir", "jsonl", "tsv"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Strategy = Literal["in_batch", "static", "refresh", "oracle", "dynamic"]
+Correction = Literal["residual", "plain"]
+SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the key."""
+
+
+Check = tuple[bool, str, str]
+"""``(ok, field, what it must be)``, one rule of a section."""
+
+
+def _check_choice(value: Any, allowed: tuple[Any, ...], key: str) -> None:
+    """Raise naming ``key`` unless ``value`` is one of ``allowed`` (same type, not ``1 == True``)."""
+    if not any(value == a and type(value) is type(a) for a in allowed):
+        raise ConfigError(f"{key}={value!r}: must be one of {list(allowed)}")
+
+
+_CHOICES: dict[type, dict[str, tuple[Any, ...]]] = {}
+
+
+def _literal_values(hint: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal`` (or ``Literal | None``) hint allows, else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(hint)
+    inner = [a for a in args if a is not type(None)]
+    if len(inner) != 1 or typing.get_origin(inner[0]) is not Literal:
+        return None
+    return (*typing.get_args(inner[0]), *((None,) if type(None) in args else ()))
+
+
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """``{field: allowed values}`` of the ``Literal`` fields of dataclass ``cls`` (cached)."""
+    if cls not in _CHOICES:
+        hints = typing.get_type_hints(cls)
+        found = {f.name: _literal_values(hints[f.name]) for f in dataclasses.fields(cls)}
+        _CHOICES[cls] = {name: values for name, values in found.items() if values is not None}
+    return _CHOICES[cls]
+
+
+def _validate(section: Any, name: str, checks: Sequence[Check] = ()) -> None:
+    """Check a section's ``Literal`` fields, then ``checks``; raise naming the first bad key.
+
+    Args:
+        section: The dataclass instance.
+        name: Its key path, e.g. ``"loss.matryoshka"``.
+        checks: Rules beyond the choices.
+
+    Raises:
+        ConfigError: ``name.field=value: must be ...``.
+    """
+    for key, allowed in _choices(type(section)).items():
+        _check_choice(getattr(section, key), allowed, f"{name}.{key}")
+    for ok, key, want in checks:
+        if not ok:
+            raise ConfigError(f"{name}.{key}={getattr(section, key)!r}: must be {want}")
+
+
+def _optional_at_least(value: int | None, low: int) -> bool:
+    return value is None or value >= low
 
 
 @dataclass(frozen=True)
@@ -35,32 +111,65 @@ class ModelConfig:
 
     name: str = "minilm"
     tied: bool = True
-    pooling: str | None = None
+    pooling: Pooling | None = None
     normalize: bool | None = None
     query_max_length: int = 64
     doc_max_length: int = 256
     query_prefix: str | None = None
     doc_prefix: str | None = None
     attention_dropout: float | None = None
-    projection: str | None = None
+    projection: Projection | None = None
     projection_docs: int = 2048
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        dropout = self.attention_dropout
+        _validate(
+            self,
+            "model",
+            [
+                (bool(self.name), "name", "a model name or folder"),
+                (self.query_max_length >= 1, "query_max_length", ">= 1"),
+                (self.doc_max_length >= 1, "doc_max_length", ">= 1"),
+                (dropout is None or 0 <= dropout < 1, "attention_dropout", "in [0, 1) or null"),
+                (self.projection_docs >= 2, "projection_docs", ">= 2"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: a BEIR folder, or a JSONL / TSV file of training examples."""
+    """Training data: a BEIR folder, or a JSONL / TSV file of training examples.
+
+    ``dev_fraction`` (when ``dev_split`` is null) holds out that fraction of the training queries
+    as the dev set, 0 for none; ``dev_corpus_size`` 0 keeps the whole corpus for it.
+    ``train_file`` (needed by ``jsonl`` / ``tsv``) is checked with the paths, by
+    :func:`dualforge.train.inputs.check_inputs`.
+    """
 
     path: str = "../shared/data/scifact"
-    format: str = "beir"
+    format: DataFormat = "beir"
     train_file: str | None = None
     train_split: str = "train"
     dev_split: str | None = None
     dev_fraction: float = 0.1
     dev_corpus_size: int = 0
     test_split: str | None = "test"
-    positives: str = "sample"
+    positives: PositiveMode = "sample"
     num_negatives: int = 0
     skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        _validate(
+            self,
+            "data",
+            [
+                (0 <= self.dev_fraction < 1, "dev_fraction", "in [0, 1)"),
+                (self.dev_corpus_size >= 0, "dev_corpus_size", ">= 0 (0: the whole corpus)"),
+                (self.num_negatives >= 0, "num_negatives", ">= 0"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -78,6 +187,24 @@ class MatryoshkaConfig:
     renormalize: bool | None = None
     sample_dims: int = 0
 
+    def __post_init__(self) -> None:
+        """Check values; errors name the key (the dims' bound, the model dim, is checked later)."""
+        most = len(self.dims) or None
+        _validate(
+            self,
+            "loss.matryoshka",
+            [
+                (all(w >= 0 for w in self.weights), "weights", ">= 0 each"),
+                (self.sample_dims >= 0, "sample_dims", ">= 0 (0: every dim)"),
+                (most is None or self.sample_dims <= most, "sample_dims", f"<= {most}, the dims"),
+            ],
+        )
+        if self.dims:
+            try:
+                check_dims(self.dims, self.weights or None)
+            except ValueError as err:
+                raise ConfigError(f"loss.matryoshka: {err}") from err
+
     @property
     def active(self) -> bool:
         """Whether the loss is wrapped."""
@@ -86,14 +213,25 @@ class MatryoshkaConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Contrastive loss settings."""
+    """Contrastive loss settings; ``name`` is a key of the loss registry (``train.components``)."""
 
     name: str = "info_nce"
     temperature: float = 0.05
     symmetric: bool = False
-    similarity: str = "dot"
+    similarity: Similarity = "dot"
     mask_false_negatives: bool = True
     matryoshka: MatryoshkaConfig = field(default_factory=MatryoshkaConfig)
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        _validate(
+            self,
+            "loss",
+            [
+                (bool(self.name), "name", "a loss name"),
+                (self.temperature > 0, "temperature", "> 0"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -104,12 +242,26 @@ class GradCacheConfig:
     token_budget: int | None = None
     sort_by_length: bool = True
     keep_last_graph: bool = True
-    precision: str = "fp32"
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        bounded = self.chunk_size is not None or self.token_budget is not None
+        _validate(
+            self,
+            "gradcache",
+            [
+                (_optional_at_least(self.chunk_size, 1), "chunk_size", ">= 1 or null"),
+                (_optional_at_least(self.token_budget, 1), "token_budget", ">= 1 or null"),
+                (bounded, "chunk_size", "set when gradcache.token_budget is null"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup and decay."""
+    """AdamW with linear warmup and decay; ``max_grad_norm`` 0 clips nothing, ``max_steps`` null
+    runs ``epochs`` epochs."""
 
     batch_size: int = 128
     lr: float = 2e-5
@@ -119,10 +271,30 @@ class OptimConfig:
     epochs: int = 1
     max_steps: int | None = None
 
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        _validate(
+            self,
+            "optim",
+            [
+                (self.batch_size >= 1, "batch_size", ">= 1"),
+                (self.lr > 0, "lr", "> 0"),
+                (self.weight_decay >= 0, "weight_decay", ">= 0"),
+                (0 <= self.warmup_ratio <= 1, "warmup_ratio", "in [0, 1]"),
+                (self.max_grad_norm >= 0, "max_grad_norm", ">= 0 (0: no clipping)"),
+                (self.epochs >= 1, "epochs", ">= 1"),
+                (_optional_at_least(self.max_steps, 1), "max_steps", ">= 1 or null"),
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Retrieval evaluation settings."""
+    """Retrieval evaluation settings.
+
+    ``metrics`` are names like ``ndcg@10`` (:mod:`dualforge.eval.metrics`); ``select_metric``, one
+    of them, picks the best dev checkpoint; ``every`` 0 evaluates the dev set only at the end.
+    """
 
     metrics: tuple[str, ...] = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100")
     select_metric: str = "ndcg@10"
@@ -131,6 +303,35 @@ class EvalConfig:
     dims: tuple[int, ...] = ()
     before: bool = True
     every: int = 0
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        _check_metric_names(self.metrics)
+        listed = self.select_metric in self.metrics
+        _validate(
+            self,
+            "eval",
+            [
+                (listed, "select_metric", f"one of eval.metrics {list(self.metrics)}"),
+                (self.k >= 1, "k", ">= 1"),
+                (self.batch_size >= 1, "batch_size", ">= 1"),
+                (all(d >= 1 for d in self.dims), "dims", "positive prefix sizes"),
+                (self.every >= 0, "every", ">= 0 (0: at the end only)"),
+            ],
+        )
+
+
+def _check_metric_names(metrics: Sequence[str]) -> None:
+    """Raise naming ``eval.metrics[i]`` unless every name parses (and there is one at least)."""
+    from dualforge.eval.metrics import MetricName  # dualforge.eval loads the retrieval stack
+
+    if not metrics:
+        raise ConfigError("eval.metrics=[]: must name at least one metric")
+    for i, name in enumerate(metrics):
+        try:
+            MetricName.parse(name)
+        except ValueError as err:
+            raise ConfigError(f"eval.metrics[{i}]={name!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -147,9 +348,20 @@ class RunConfig:
     progress: bool = True
     threads: int = 0
 
-
-STRATEGIES = ("in_batch", "static", "refresh", "oracle", "dynamic")
-MINING_MODES = ("softmax", "topk")
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        _validate(
+            self,
+            "run",
+            [
+                (bool(self.name), "name", "a folder name"),
+                (0 <= self.seed < SEED_LIMIT, "seed", f"in [0, {SEED_LIMIT})"),
+                (self.save_every >= 0, "save_every", ">= 0 (0: no checkpoints)"),
+                (self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1"),
+                (self.log_every >= 1, "log_every", ">= 1"),
+                (self.threads >= 0, "threads", ">= 0 (0: torch's default)"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -173,10 +385,12 @@ class MiningConfig:
     ``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
     ``ridge`` 0.1 (not ``fit_nystrom``'s 1e-3): with the landmark count near the dimension a
     lightly regularised linear fit extrapolates noise (docs/mining.md, bench sweep).
+    ``backend``: the tree sampler, ``auto`` (numba when installed, else torch), ``torch`` or
+    ``numba``; resolved once per run and logged (the two draw different negatives for one seed).
     """
 
-    strategy: str = "in_batch"
-    mode: str = "softmax"
+    strategy: Strategy = "in_batch"
+    mode: MiningMode = "softmax"
     num_negatives: int = 4
     temperature: float = 0.05
     skip_first: int = 0
@@ -192,14 +406,13 @@ class MiningConfig:
     looseness: float = 1.5
     eta: float = 0.25
     ridge: float = 0.1
-    correction: str = "residual"
-    kernel: str = "rbf"
+    correction: Correction = "residual"
+    kernel: NystromKernel = "rbf"
+    backend: SamplerBackend = "auto"
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
         checks = [
-            (self.strategy in STRATEGIES, "strategy", f"one of {list(STRATEGIES)}"),
-            (self.mode in MINING_MODES, "mode", f"one of {list(MINING_MODES)}"),
             (self.num_negatives >= 1, "num_negatives", ">= 1"),
             (self.temperature > 0, "temperature", "> 0"),
             (self.skip_first >= 0, "skip_first", ">= 0"),
@@ -215,12 +428,8 @@ class MiningConfig:
             (self.looseness > 1, "looseness", "> 1"),
             (0 < self.eta < 1, "eta", "in (0, 1)"),
             (self.ridge >= 0, "ridge", ">= 0"),
-            (self.correction in ("residual", "plain"), "correction", "'residual' or 'plain'"),
-            (self.kernel in ("linear", "rbf", "poly"), "kernel", "'linear', 'rbf' or 'poly'"),
         ]
-        for ok, key, want in checks:
-            if not ok:
-                raise ConfigError(f"mining.{key}={getattr(self, key)!r}: must be {want}")
+        _validate(self, "mining", checks)
 
     @property
     def active(self) -> bool:
@@ -272,20 +481,31 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Read a YAML config (or defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
 
     Relative paths in the config are relative to the working directory.
+
+    Raises:
+        ConfigError: For a missing file, invalid YAML (``file:line:column``), a malformed
+            override, an unknown key, a wrong type or a bad value; the message names the key.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        raw = loaded
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
-    return from_dict(Config, raw, where=str(path or "config"))
+    return from_dict(Config, raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or "cannot be parsed"
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return loaded
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -300,19 +520,32 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``, checking keys and types recursively."""
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking keys, types and choices recursively.
+
+    Args:
+        cls: The dataclass.
+        data: Its keys and values.
+        where: Key path of ``data`` (``""`` for a whole :class:`Config`), named in errors.
+
+    Raises:
+        ConfigError: Naming the key (``optim.lr: expected a number, got 'abc'``).
+    """
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    prefix = f"{where}." if where else ""
+    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
     return cls(**kwargs)
 
 
@@ -321,6 +554,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return from_dict(hint, value or {}, where)  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Literal:
+        _check_choice(value, args, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

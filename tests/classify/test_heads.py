@@ -21,11 +21,12 @@ def _emb(b: int = 5, d: int = 24, seed: int = 0) -> torch.Tensor:
     return torch.randn(b, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_nesting_dims() -> None:
-    assert nesting_dims(384) == (8, 16, 32, 64, 128, 256, 384)
-    assert nesting_dims(64) == (8, 16, 32, 64)
-    assert nesting_dims(48, smallest=16) == (16, 32, 48)
-    assert nesting_dims(8) == (8,)
+def test_default_nesting_dims_start_at_32() -> None:
+    # classify used to default to powers of two from 8 (8, 16, ..., D); since the Matryoshka
+    # helpers were unified in dualforge.matryoshka it shares the loss's default, from 32
+    assert nesting_dims(384) == (32, 64, 128, 256, 384)
+    assert nesting_dims(64) == (32, 64)
+    assert nesting_dims(384, smallest=8) == (8, 16, 32, 64, 128, 256, 384)
     with pytest.raises(ValueError, match="positive"):
         nesting_dims(0)
 

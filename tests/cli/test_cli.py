@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dualforge.cli.main import main
+from dualforge.errors import UsageError
 from dualforge.modeling import load_model
 from tests.train.helpers import tiny_overrides
 
@@ -112,13 +113,18 @@ def test_encode_and_validate_and_export(
     assert np.allclose(a, b, atol=1e-6)
 
 
-def test_bad_dims_argument(tiny_model_dir: Path, tiny_beir: Path) -> None:
-    with pytest.raises(SystemExit, match="--dims"):
-        main(["eval", "--model", str(tiny_model_dir), "--data", str(tiny_beir), "--dims", "a,b"])
+def test_bad_dims_argument(
+    tiny_model_dir: Path, tiny_beir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(tiny_beir), "--dims", "a,b"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == "error: --dims must be comma-separated integers, got 'a,b'\n"
+    with pytest.raises(UsageError, match="--dims"):
+        main(["--debug", *args])
 
 
 def test_rotate_keeps_full_scores_and_front_loads_prefixes(
-    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corpus = tiny_beir / "corpus.jsonl"
     out = tmp_path / "rotated"
@@ -130,5 +136,6 @@ def test_rotate_keeps_full_scores_and_front_loads_prefixes(
     qa, qb = base.encode(["alpha beta"], "query"), rotated.encode(["alpha beta"], "query")
     assert np.abs(qa @ a.T - qb @ b.T).max() < 1e-5
     assert (b[:, :8] ** 2).sum() > (a[:, :8] ** 2).sum()
-    with pytest.raises(SystemExit, match="--docs"):
-        main(["rotate", "--input", str(corpus), "--output", str(out), "--docs", "1"])
+    capsys.readouterr()
+    assert main(["rotate", "--input", str(corpus), "--output", str(out), "--docs", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --docs must be at least 2")

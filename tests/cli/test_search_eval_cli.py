@@ -14,6 +14,7 @@ import pytest
 
 from dualforge.cli import eval as eval_cli
 from dualforge.cli import search as search_cli
+from dualforge.errors import UsageError
 from dualforge.eval.retrieval import exact_search
 from dualforge.modeling import load_model
 
@@ -66,13 +67,13 @@ def test_eval_funnel_keeping_all_first_equals_exact(
 
 
 def test_eval_argument_errors(tiny_model_dir: Path, tiny_beir: Path) -> None:
-    with pytest.raises(SystemExit, match="--plot needs --dims"):
+    with pytest.raises(UsageError, match="--plot needs --dims"):
         run_cli(eval_args(tiny_model_dir, tiny_beir, "--plot", "x.png"))
-    with pytest.raises(SystemExit, match="--funnel: funnel stage '32-10'"):
+    with pytest.raises(UsageError, match="--funnel: funnel stage '32-10'"):
         run_cli(eval_args(tiny_model_dir, tiny_beir, "--funnel", "32-10"))
-    with pytest.raises(SystemExit, match=r"--funnel: funnel dims 128 is outside 1\.\.64"):
+    with pytest.raises(UsageError, match=r"--funnel: funnel dims 128 is outside 1\.\.64"):
         run_cli(eval_args(tiny_model_dir, tiny_beir, "--funnel", "16:20,128:10"))
-    with pytest.raises(SystemExit, match="--budget needs a dev split"):
+    with pytest.raises(UsageError, match="--budget needs a dev split"):
         run_cli(eval_args(tiny_model_dir, tiny_beir, "--budget", "0.01"))
 
 
@@ -90,14 +91,14 @@ def test_eval_budget_on_dev_split(tiny_model_dir: Path, tiny_beir: Path, tmp_pat
     assert chosen["flops_per_query"] <= reference["flops_per_query"]
     assert chosen["quality"] >= 0.95 * reference["quality"]
     assert budget["test"]["spec"] == chosen["spec"]
-    with pytest.raises(SystemExit, match="other than --split"):
+    with pytest.raises(UsageError, match="other than --split"):
         run_cli([*eval_args(tiny_model_dir, data, "--budget", "0.1"), "--split", "dev"])
     argv = [*argv, "--budget-confidence", "0.9"]
     assert run_cli(argv) == 0
     sure = json.loads(out.read_text())["budget"]
     assert sure["confidence"] == 0.9
     assert sure["chosen"]["flops_per_query"] >= chosen["flops_per_query"]
-    with pytest.raises(SystemExit, match="--budget-confidence must be in"):
+    with pytest.raises(UsageError, match="--budget-confidence must be in"):
         run_cli([*argv[:-1], "1.5"])
 
 
@@ -111,9 +112,9 @@ def test_eval_budget_cross_validated(tiny_model_dir: Path, tiny_beir: Path, tmp_
     assert sum(f["queries"] for f in cv["folds"]) == report["num_queries"]
     assert cv["exact_quality"] == pytest.approx(report["metrics"]["ndcg@10"])
     assert 0 < cv["flops_ratio"] <= 1 and 0 <= cv["quality"] <= 1
-    with pytest.raises(SystemExit, match="at least 2 folds"):
+    with pytest.raises(UsageError, match="at least 2 folds"):
         run_cli([*argv[:-1], "1"])
-    with pytest.raises(SystemExit, match="exceeds"):
+    with pytest.raises(UsageError, match="exceeds"):
         run_cli([*argv[:-1], "1000"])
 
 
@@ -158,7 +159,7 @@ def test_search_queries_file_and_cache(
     assert run_cli([*base, "--cache", str(cache)]) == 0
     assert result_ids(capsys.readouterr().out) != want
     cache.with_suffix(".ids.txt").write_text("x\n")
-    with pytest.raises(SystemExit, match="does not match this corpus"):
+    with pytest.raises(UsageError, match="does not match this corpus"):
         run_cli([*base, "--cache", str(cache)])
 
 
@@ -178,7 +179,7 @@ def test_search_funnel_dims_and_stdin(
     assert result_ids(capsys.readouterr().out) == [got[0][:2]]
     with pytest.raises(SystemExit):
         run_cli([*base, "--dims", "16", "--funnel", "16:10"])  # mutually exclusive
-    with pytest.raises(SystemExit, match="search: dims=128 is outside"):
+    with pytest.raises(UsageError, match="search: dims=128 is outside"):
         run_cli([*base, "--dims", "128"])
-    with pytest.raises(SystemExit, match="no such corpus file"):
+    with pytest.raises(UsageError, match="no such corpus file"):
         run_cli(["search", "--model", str(tiny_model_dir), "--corpus", "nowhere.jsonl"])

@@ -18,7 +18,7 @@ from dualforge.gradcache.reference import (
     plain_chunked_step,
     snapshot_grads,
 )
-from dualforge.losses import false_negative_mask, info_nce
+from dualforge.losses import LossOutput, false_negative_mask, info_nce, split_output
 from tests.conftest import make_tiny_bert
 from tests.gradcache.helpers import encoder, texts, tokenize
 
@@ -31,7 +31,7 @@ def loss_fn(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def plain_full_batch(encoders, loss, q_batch, d_batch, **kw) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    out = loss(encoders[0](q_batch), encoders[1](d_batch), **kw)
+    out, _ = split_output(loss(encoders[0](q_batch), encoders[1](d_batch), **kw))
     out.backward()
     return out.detach()
 
@@ -297,3 +297,19 @@ def test_bad_arguments() -> None:
     gc = GradCache([nn.Identity(), nn.Identity()], loss_fn)
     with pytest.raises(ValueError, match="2 encoders"):
         gc.step({"x": torch.zeros(2, 3)})
+
+
+def test_step_returns_the_loss_and_its_parts(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    q_enc, _ = make_towers(tokenizer, tied=True, dropout=0.0)
+    q_batch = tokenize(tokenizer, texts(4, seed=1, max_words=8))
+    d_batch = tokenize(tokenizer, texts(4, seed=2))
+
+    def with_parts(q: torch.Tensor, d: torch.Tensor) -> LossOutput:
+        loss = info_nce(q, d)
+        return LossOutput(loss, {"half": loss.detach() / 2, "nested": {"one": torch.ones(())}})
+
+    result = GradCache([q_enc, q_enc], with_parts, chunk_size=3).step(q_batch, d_batch)
+    assert result.parts == {"half": pytest.approx(float(result.loss) / 2), "nested": {"one": 1.0}}
+    assert isinstance(result.parts["half"], float)
+    plain = GradCache([q_enc, q_enc], info_nce, chunk_size=3).step(q_batch, d_batch)
+    assert plain.parts == {} and float(plain.loss) == pytest.approx(float(result.loss))

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from dualforge.config import EvalConfig, load_config
-from dualforge.data import EpochBatchSampler, examples_from_beir, load_beir
+from dualforge.data import EpochBatchSampler, examples_from_beir, load_beir, load_eval_set
 from dualforge.losses import info_nce
 from dualforge.modeling import DualEncoder, load_model
 from dualforge.train.check_grad import check_gradients
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.loop import train
-from dualforge.train.run_data import load_eval_set
 
 pytestmark = pytest.mark.integration
 

@@ -45,10 +45,13 @@ def test_equals_weighted_sum_of_prefix_losses() -> None:
         w * info_nce(F.normalize(q[:, :m], dim=-1), F.normalize(d[:, :m], dim=-1))
         for m, w in zip(dims, weights)
     )
-    torch.testing.assert_close(loss(q, d), expected, rtol=1e-12, atol=0)
-    assert sorted(loss.last) == [8, 16, 64]
+    out = loss(q, d)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=0)
+    by_dim = out.parts["loss_by_dim"]
+    assert sorted(by_dim, key=int) == ["8", "16", "64"]
     manual_8 = info_nce(F.normalize(q[:, :8], dim=-1), F.normalize(d[:, :8], dim=-1))
-    assert loss.last[8] == pytest.approx(float(manual_8), rel=1e-12)
+    assert float(by_dim["8"]) == pytest.approx(float(manual_8), rel=1e-12)
+    assert not by_dim["8"].requires_grad  # parts are for logging, never part of the graph
 
 
 def test_renormalize_changes_dot_loss_but_not_cosine_loss() -> None:
@@ -68,7 +71,7 @@ def test_inner_kwargs_are_passed_through() -> None:
     mask = torch.zeros(3, 3, dtype=torch.bool)
     mask[0, 1] = True
     loss = MatryoshkaLoss(info_nce, (16, 64))
-    assert float(loss(q, d, false_negatives=mask)) != pytest.approx(float(loss(q, d)))
+    assert float(loss(q, d, false_negatives=mask).loss) != pytest.approx(float(loss(q, d).loss))
 
 
 def test_sampling_is_seeded_per_step_and_unbiased_in_scale() -> None:
@@ -78,23 +81,23 @@ def test_sampling_is_seeded_per_step_and_unbiased_in_scale() -> None:
     full = matryoshka_losses(info_nce, (q, d), dims)  # (4,)
     seen = []
     for step in range(20):
-        loss.reseed(step)
-        value = loss(q, d)
-        used = sorted(loss.last)
+        out = loss(q, d, step=step)
+        used = sorted(int(m) for m in out.parts["loss_by_dim"])
         assert len(used) == 2
         expected = 2.0 * sum(full[dims.index(m)] for m in used)  # M / sampled = 4 / 2
-        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(out.loss, expected)
         seen.append(tuple(used))
-        loss.reseed(step)
-        loss(q, d)
-        assert tuple(sorted(loss.last)) == tuple(used)  # same step -> same dims
+        again = sorted(int(m) for m in loss(q, d, step=step).parts["loss_by_dim"])
+        assert tuple(again) == tuple(used)  # same step -> same dims, whatever came between
     assert len(set(seen)) > 1
+    with pytest.raises(ValueError, match="step"):
+        loss(q, d)  # sampling without a step would not be reproducible
 
 
 def test_gradient_flows_only_through_used_prefix() -> None:
     q, d = _reps()
     q.requires_grad_(True)
-    MatryoshkaLoss(info_nce, (8, 16), renormalize=True)(q, d).backward()
+    MatryoshkaLoss(info_nce, (8, 16), renormalize=True)(q, d).loss.backward()
     assert q.grad is not None
     assert q.grad[:, 16:].abs().max() == 0
     assert q.grad[:, :16].abs().max() > 0

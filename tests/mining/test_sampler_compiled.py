@@ -36,6 +36,37 @@ def test_missing_numba_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         _compiled.resolve_backend("numba")
 
 
+def test_only_a_missing_optional_package_falls_back(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A missing numba means "use torch"; a missing module of ours or an error inside the
+    kernels module is a bug and propagates."""
+    (tmp_path / "needs_extra.py").write_text("import not_installed_extra_pkg\n")
+    (tmp_path / "typo_kernels.py").write_text("from math import no_such_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _compiled.import_optional("needs_extra", ("not_installed_extra_pkg",)) is None
+    with pytest.raises(ModuleNotFoundError, match="not_installed_extra_pkg"):
+        _compiled.import_optional("needs_extra", ("numba",))
+    with pytest.raises(ModuleNotFoundError, match=r"dualforge\.mining\._no_such_kernels"):
+        _compiled.import_optional("dualforge.mining._no_such_kernels", _compiled.NUMBA_PACKAGES)
+    with pytest.raises(ImportError, match="no_such_name"):
+        _compiled.import_optional("typo_kernels", _compiled.NUMBA_PACKAGES)
+
+
+def test_backends_draw_different_negatives_for_one_seed(
+    data: tuple[np.ndarray, np.ndarray, TreeIndex],
+) -> None:
+    """Both backends sample the exact softmax (test_sampler.py), from different random streams:
+    one seed gives different draws, so a run logs which backend it resolved."""
+    _, q, index = data
+    draws = {
+        b: index.sample(q, 64, temperature=0.1, generator=torch.Generator().manual_seed(5), backend=b)[1]
+        for b in ("torch", "numba")
+    }  # fmt: skip
+    assert draws["torch"].shape == draws["numba"].shape
+    assert not np.array_equal(draws["torch"], draws["numba"])
+
+
 def test_reproducible_with_a_generator(data: tuple[np.ndarray, np.ndarray, TreeIndex]) -> None:
     """A fixed generator gives the same draws; the generator advances between calls."""
     _, q, index = data

@@ -16,21 +16,24 @@ from safetensors.torch import load_file
 
 from dualforge.config import load_config
 from dualforge.train import components
-from dualforge.train.checkpoint import latest_checkpoint
-from dualforge.train.loop import NonFiniteLossError, train
+from dualforge.train.checkpoint import TrainerState, latest_checkpoint
+from dualforge.train.loop import (
+    NonFiniteLossError,
+    Parts,
+    StepInfo,
+    build_parts,
+    resume_or_start,
+    train,
+    train_steps,
+)
 from dualforge.train.metrics_log import read_metrics_log
 from tests.train.helpers import tiny_overrides
 
 SLOW_TRAIN = """
 import sys, time
-import dualforge.train.loop as loop
 from dualforge.config import load_config
-real = loop.optimizer_step
-def slow(p):
-    time.sleep(0.3)
-    return real(p)
-loop.optimizer_step = slow
-loop.train(load_config(None, sys.argv[1:]))
+from dualforge.train.loop import train
+train(load_config(None, sys.argv[1:]), hooks=[lambda p, state, info: time.sleep(0.3)])
 """
 
 
@@ -50,6 +53,32 @@ def test_run_learns_and_writes_outputs(
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
     assert (result.run_dir / "final" / "modules.json").is_file()
     assert "ndcg@10" in (result.run_dir / "summary.md").read_text()
+
+
+def test_train_steps_stops_where_told_and_calls_hooks(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    """Driving the loop in two calls (stop after 3 steps, then run to the end) trains exactly
+    what one call does; hooks see every step once, after its bookkeeping."""
+    args = [*tiny_overrides(tiny_model_dir, tiny_beir, tmp_path), "eval.before=false"]
+    whole = train(load_config(None, [*args, "run.name=whole"]))
+    p = build_parts(load_config(None, [*args, "run.name=split", "run.save_every=100"]))
+    seen: list[tuple[int, float, bool]] = []
+
+    def hook(parts: Parts, state: TrainerState, info: StepInfo) -> None:
+        saved = latest_checkpoint(parts.run_dir / "checkpoints")
+        seen.append(
+            (state.step, info.loss, saved is not None and saved.name.endswith(f"{state.step:07d}"))
+        )
+
+    state = train_steps(p, resume_or_start(p), stop=lambda s: s.step >= 3, hooks=[hook])
+    assert state.step == 3 and [s for s, _, _ in seen] == [1, 2, 3]
+    assert seen[-1][2] and not seen[0][2]  # the stop's step is checkpointed as a last step
+    assert train_steps(p, state, stop=lambda s: s.step >= 3) == state  # nothing left to do
+    state = train_steps(p, state, hooks=[hook])
+    assert state.step == p.steps == 12 and [s for s, _, _ in seen] == list(range(1, 13))
+    losses = [r["loss"] for r in read_metrics_log(whole.run_dir / "metrics.jsonl") if r["event"] == "train"]  # fmt: skip
+    assert [loss for _, loss, _ in seen] == losses
 
 
 def _wait_for_checkpoint(

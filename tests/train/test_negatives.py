@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 import dualforge.train.loop as loop
-import dualforge.train.negatives as negatives
 from dualforge.config import ConfigError, MiningConfig, load_config
 from dualforge.data import EpochBatchSampler
 from dualforge.modeling import load_model
-from dualforge.train.checkpoint import latest_checkpoint
+from dualforge.train.checkpoint import component_files, latest_checkpoint, read_component
 from dualforge.train.metrics_log import read_metrics_log
-from dualforge.train.negatives import NegativeMiner, build_miner
+from dualforge.train.negatives import Encode, NegativeMiner, build_miner
 from dualforge.train.run_data import load_run_data
 from tests.train.helpers import tiny_overrides
 
@@ -72,14 +71,19 @@ def test_config_defaults_validation_and_yaml() -> None:
 # ---- the miner on its own --------------------------------------------------------------------
 
 
-def _miner(model_dir: Path, data_dir: Path, **cfg: Any) -> tuple[NegativeMiner, Any]:
-    data = load_run_data(
-        load_config(None, [f"data.path={data_dir}", "data.dev_fraction=0"]).data, 0
-    )
+def _miner(
+    model_dir: Path, data_dir: Path, encode: Encode | None = None, **cfg: Any
+) -> tuple[NegativeMiner, Any]:
+    """A miner over the tiny corpus; ``encode`` wraps the model's encoder when given."""
+    config = load_config(None, [f"data.path={data_dir}", "data.dev_fraction=0", "model.query_max_length=16", "mining.doc_max_length=32"])  # fmt: skip
+    data = load_run_data(config.data, 0)
     model = load_model(str(model_dir))
-    mining = MiningConfig(branching=4, leaf_size=4, **cfg)
+    mining = MiningConfig(branching=4, leaf_size=4, doc_max_length=32, **cfg)
+    plain = loop.mining_encoder(model, replace(config, mining=mining))
     assert data.corpus is not None
-    return NegativeMiner(mining, model, data.corpus, data.known_positives, (16, 32), 0), data
+    miner = build_miner(mining, encode or plain, data.corpus, data.known_positives, 0, True)
+    assert miner is not None
+    return miner, data
 
 
 def test_known_positives_are_never_mined(tiny_model_dir: Path, tiny_beir: Path) -> None:
@@ -89,57 +93,54 @@ def test_known_positives_are_never_mined(tiny_model_dir: Path, tiny_beir: Path) 
     # mining would return them if exclusion did not work
     vectors = miner.encode_targets()
     for batch in sampler:
-        q = miner.model.encode(batch.queries, "query", 8, max_length=16)
+        q = miner.encode(list(batch.queries), "query")
         best = np.argsort(-(q @ vectors.T), axis=1)[:, :6]
         for qid, rows in zip(batch.query_ids, best):
             assert qid is not None
             miner.known[qid] = set(rows.tolist()) | miner.known.get(qid, set())
-        mined = miner.prepare(batch, 1)
+        mined, _ = miner.prepare(batch, 1)
         for qid, ids in zip(mined.query_ids, mined.negative_ids):
             assert qid is not None and len(ids) == 4
             assert not {miner.row[i] for i in ids if i is not None} & miner.known[qid]
-        assert miner.telemetry(1, 1.0)["mined_positive_fraction"] == 0.0
+        assert miner.telemetry(1)["mined_positive_fraction"] == 0.0
     assert miner.counts["mined"] == 24 * 4 and miner.counts["positive_hits"] == 0
 
 
-def _counting(miner: NegativeMiner, name: str, calls: list[Any], now: dict[str, int]) -> Any:
-    real = miner.encode_targets
-
-    def encode(rows: np.ndarray | None = None) -> np.ndarray:
-        calls.append((name, miner.num_targets if rows is None else len(rows), now["step"]))
-        return real(rows)
-
-    return encode
-
-
-def test_refresh_schedules(
-    tiny_model_dir: Path, tiny_beir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[tuple[str, int, int]] = []
-    fits: list[int] = []
-    now = {"step": 0}
-    real_fit = negatives.correct_drift
-
-    def spy_fit(stale, landmarks, fresh, **kw):  # type: ignore[no-untyped-def]
-        fits.append(len(landmarks))
-        return real_fit(stale, landmarks, fresh, **kw)
-
-    monkeypatch.setattr(negatives, "correct_drift", spy_fit)
+def test_refresh_schedules(tiny_model_dir: Path, tiny_beir: Path) -> None:
+    """Which targets each policy re-encodes at which step, seen through the injected encoder."""
+    calls: list[tuple[str, str, int, int]] = []
+    reports: dict[str, list[Any]] = {}
+    plain = loop.mining_encoder(
+        load_model(str(tiny_model_dir)),
+        load_config(None, ["mining.doc_max_length=32", "model.query_max_length=16"]),
+    )
     for strategy in ("static", "refresh", "oracle", "dynamic"):
+        now = {"step": 0}
+
+        def encode(texts: list[str], side: Any, strategy: str = strategy, now: dict[str, int] = now) -> np.ndarray:  # fmt: skip
+            calls.append((strategy, side, len(texts), now["step"]))
+            return plain(texts, side)
+
         miner, data = _miner(
-            tiny_model_dir, tiny_beir, strategy=strategy, refresh_every=2, landmarks=0.25,
+            tiny_model_dir, tiny_beir, encode, strategy=strategy, refresh_every=2, landmarks=0.25,
             holdout=5, recent=3,
         )  # fmt: skip
-        miner.encode_targets = _counting(miner, strategy, calls, now)  # type: ignore[method-assign]
         batches = iter(EpochBatchSampler(data.examples, 8, seed=0))
         for step in range(1, 4):
             now["step"] = step
-            miner.prepare(next(batches), step)
-    full = {s: [st for name, n, st in calls if name == s and n == 40] for s in ("static", "refresh", "oracle", "dynamic")}  # fmt: skip
+            _, report = miner.prepare(next(batches), step)
+            reports.setdefault(strategy, []).append(report)
+    docs = [(name, n, st) for name, side, n, st in calls if side == "document"]
+    full = {s: [st for name, n, st in docs if name == s and n == 40] for s in ("static", "refresh", "oracle", "dynamic")}  # fmt: skip
     assert full == {"static": [1], "refresh": [1, 3], "oracle": [1, 2, 3], "dynamic": [1]}
-    partial = [(n, st) for name, n, st in calls if name == "dynamic" and n != 40]
+    partial = [(n, st) for name, n, st in docs if name == "dynamic" and n != 40]
     assert partial == [(10 + 5 + 3, 3)]  # 25% landmarks + held-out + recent, at step 3
-    assert fits == [10]
+    assert [r and r.kind for r in reports["dynamic"]] == ["build", None, "nystrom"]
+    assert reports["dynamic"][2].fields["landmarks"] == 10
+    assert reports["oracle"] == [None, None, None]  # refreshed every step, not reported
+    assert [r and r.kind for r in reports["refresh"]] == ["build", None, "rebuild"]
+    queries = [st for name, side, _, st in calls if name == "static" and side == "query"]
+    assert queries == [1, 2, 3]
 
 
 def test_oracle_refuses_a_large_corpus(tiny_model_dir: Path, tiny_beir: Path) -> None:
@@ -148,7 +149,10 @@ def test_oracle_refuses_a_large_corpus(tiny_model_dir: Path, tiny_beir: Path) ->
 
 
 def test_in_batch_builds_no_miner() -> None:
-    assert build_miner(MiningConfig(), None, None, {}, (1, 1), 0, None) is None  # type: ignore[arg-type]
+    def never(texts: list[str], side: Any) -> np.ndarray:
+        raise AssertionError("in_batch must not encode")
+
+    assert build_miner(MiningConfig(), never, None, {}, 0, True) is None
 
 
 # ---- the training loop -----------------------------------------------------------------------
@@ -187,36 +191,38 @@ def test_strategies_train_and_log_telemetry(
 
 
 def test_resume_with_dynamic_mining_is_exact(
-    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
 ) -> None:
     mining = ["mining.strategy=dynamic", "mining.refresh_every=2", "mining.landmarks=8", "run.save_every=1"]  # fmt: skip
     straight = loop.train(load_config(None, _overrides(tiny_model_dir, tiny_beir, tmp_path, "straight", *mining)))  # fmt: skip
     args = _overrides(tiny_model_dir, tiny_beir, tmp_path, "killed", *mining)
-    real, calls = loop.optimizer_step, {"n": 0}
 
-    def crash_at_4(p):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 4:
+    def crash_after_3(p: loop.Parts, state: Any, info: loop.StepInfo) -> None:
+        if state.step == 3:  # after step 3's checkpoint, before step 4
             raise KeyboardInterrupt
-        return real(p)
 
-    monkeypatch.setattr(loop, "optimizer_step", crash_at_4)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(load_config(None, args))
-    monkeypatch.setattr(loop, "optimizer_step", real)
+        loop.train(load_config(None, args), hooks=[crash_after_3])
     saved = latest_checkpoint(tmp_path / "killed" / "checkpoints")
     assert saved is not None and saved.name == "step-0000003"
-    assert (saved / negatives.INDEX_FILE).is_file()
-    assert json.loads((saved / "trainer_state.json").read_text())["mining"]["last_refresh"] == 3
+    files = component_files(saved)
+    assert set(files) == {"model", "optimizer", "scheduler", "sampler", "miner", "clock", "rng"}
+    miner_state = read_component(saved / files["miner"])
+    assert (
+        miner_state["targets"]["last_refresh"] == 3 and miner_state["targets"]["index"] is not None
+    )
     resumed = loop.train(load_config(None, [*args, "run.resume=true"]))
     a = load_file(str(straight.run_dir / "final" / "model.safetensors"))
     b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     mined = [r for r in _records(resumed.run_dir, "mining") if r["step"] == 5]
-    assert len(mined) == 1  # the first attempt stopped at step 4
+    assert len(mined) == 1  # the first attempt stopped after step 3
     assert mined[0]["drift_error_corrected"] == pytest.approx(
         _records(straight.run_dir, "mining")[-1]["drift_error_corrected"]
     )
+    straight_losses = [r["loss"] for r in _records(straight.run_dir, "train")]
+    resumed_losses = [r["loss"] for r in _records(resumed.run_dir, "train")]
+    assert resumed_losses[-2:] == straight_losses[-2:]
 
 
 def test_in_batch_run_is_unchanged_by_mining_settings(
@@ -228,8 +234,8 @@ def test_in_batch_run_is_unchanged_by_mining_settings(
     for run in (a, b):
         assert not _records(run.run_dir, "mining")
         assert not TELEMETRY & set(_records(run.run_dir, "train")[0])
-        state = json.loads((run.run_dir / "checkpoints" / "step-0000005" / "trainer_state.json").read_text())  # fmt: skip
-        assert "mining" not in state
+        files = component_files(run.run_dir / "checkpoints" / "step-0000005")
+        assert "miner" not in files and "clock" not in files
     wa = load_file(str(a.run_dir / "final" / "model.safetensors"))
     wb = load_file(str(b.run_dir / "final" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -37,7 +37,6 @@ from dualforge.classify.heads import (
     MRLHeads,
     build_heads,
     matryoshka_cross_entropy,
-    nesting_dims,
 )
 from dualforge.classify.pipeline import (
     FitConfig,
@@ -54,6 +53,7 @@ from dualforge.classify.train import (
     save_heads,
     train_heads,
 )
+from dualforge.matryoshka import nesting_dims
 
 __all__ = [
     "DEFAULT_TOLERANCES",

@@ -8,74 +8,24 @@ For nesting dims ``m_1 < ... < m_M = D`` and embeddings ``emb`` of shape ``(B, D
 
 Both return stacked logits ``(M, B, C)``. With ``normalize=True`` each prefix ``emb[:, :m]`` is
 L2-normalised before its head (the right choice for encoders that normalise their output, whose
-short prefixes otherwise have small and varying norms). The loss is
+short prefixes otherwise have small and varying norms). Dims, their checks and the prefix come
+from :mod:`dualforge.matryoshka`. The loss is
 ``sum_m c_m * cross_entropy(logits_m, y)`` (Kusupati et al. 2022, eq. 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualforge.matryoshka import check_dims, prefix
+
 HeadKind = Literal["mrl", "mrle"]
 KINDS: tuple[HeadKind, ...] = ("mrl", "mrle")
-
-
-def nesting_dims(full: int, smallest: int = 8) -> tuple[int, ...]:
-    """Powers of two from ``smallest`` below ``full``, then ``full``.
-
-    Args:
-        full: Embedding width, e.g. 384.
-        smallest: Smallest prefix.
-
-    Returns:
-        E.g. ``(8, 16, 32, 64, 128, 256, 384)`` for 384.
-
-    Raises:
-        ValueError: ``full`` or ``smallest`` is not positive.
-    """
-    if full < 1 or smallest < 1:
-        raise ValueError(f"dims must be positive, got full={full}, smallest={smallest}")
-    dims: list[int] = []
-    m = smallest
-    while m < full:
-        dims.append(m)
-        m *= 2
-    return (*dims, full)
-
-
-def check_dims(dims: Sequence[int], full: int | None = None) -> tuple[int, ...]:
-    """Validate nesting dims: non-empty, positive, strictly increasing, at most ``full``.
-
-    Args:
-        dims: The dims.
-        full: The embedding width, when known.
-
-    Returns:
-        ``dims`` as a tuple.
-
-    Raises:
-        ValueError: Naming what is wrong.
-    """
-    out = tuple(int(m) for m in dims)
-    if not out:
-        raise ValueError("at least one nesting dim is needed")
-    if out[0] < 1 or any(a >= b for a, b in pairwise(out)):
-        raise ValueError(f"nesting dims must be positive and strictly increasing, got {out}")
-    if full is not None and out[-1] > full:
-        raise ValueError(f"nesting dim {out[-1]} exceeds the embedding width {full}")
-    return out
-
-
-def prefix(emb: torch.Tensor, m: int, normalize: bool) -> torch.Tensor:
-    """The first ``m`` columns of ``emb`` ``(B, D)``, L2-normalised when asked; ``(B, m)``."""
-    part = emb[:, :m]  # (B, m)
-    return F.normalize(part, p=2.0, dim=-1) if normalize else part
 
 
 class MatryoshkaHeads(nn.Module):

@@ -22,9 +22,10 @@ from dualforge.classify.data import (
     encode_labels,
     stratified_split,
 )
-from dualforge.classify.heads import MatryoshkaHeads, check_dims, nesting_dims
+from dualforge.classify.heads import MatryoshkaHeads
 from dualforge.classify.report import build_report
 from dualforge.classify.train import HeadTrainConfig, head_logits, init_heads, train_heads
+from dualforge.matryoshka import check_dims, nesting_dims
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class FitConfig:
 
     Attributes:
         kind: ``"mrl"`` (one head per dim) or ``"mrle"`` (one shared head).
-        dims: Nesting dims; None uses powers of two from 8 below the width, then the width.
+        dims: Nesting dims; None uses :func:`dualforge.matryoshka.nesting_dims` of the width
+            (powers of two from 32 below the width, then the width).
         normalize: L2-normalise each prefix before its head.
         heldout: Share of each class held out to fit the thresholds, ``0 < heldout < 1``.
         split_seed: Seed of the held-out split.
@@ -89,7 +91,7 @@ def fit_classifier(
     """
     if emb.dim() != 2 or len(emb) != len(data):
         raise ValueError(f"need (N, D) embeddings for {len(data)} texts, got {tuple(emb.shape)}")
-    dims = check_dims(cfg.dims or nesting_dims(emb.shape[1]), emb.shape[1])
+    dims = check_dims(cfg.dims or nesting_dims(emb.shape[1]), full=emb.shape[1])
     labels = build_vocab(data.labels)
     targets = encode_labels(data, labels)  # (N,)
     fit_idx, held_idx = stratified_split(targets, cfg.heldout, cfg.split_seed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from dualforge.classify import (
 )
 from dualforge.classify.heads import KINDS
 from dualforge.classify.pipeline import points_from_json, points_to_json
+from dualforge.errors import UsageError
 from dualforge.modeling import DualEncoder, load_model
 
 
@@ -60,7 +60,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--text-field", default="text")
     p.add_argument("--label", default="label", help="label field, e.g. label or coarse")
     p.add_argument("--kind", choices=KINDS, default="mrl")
-    p.add_argument("--dims", default="", help="nesting dims, e.g. 8,16,32,64,128,256,384")
+    p.add_argument(
+        "--dims",
+        default="",
+        help="nesting dims, e.g. 8,16,32,64,128,256,384 (default: powers of two from 32 below "
+        "the embedding width, then the width)",
+    )
     p.add_argument(
         "--normalize",
         choices=("auto", "on", "off"),
@@ -105,7 +110,7 @@ def parse_numbers(text: str, kind: type[int] | type[float], flag: str) -> list[A
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"{flag} must be comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
 def split_file(data: str, split: str) -> Path:
@@ -190,16 +195,3 @@ def run_eval(args: argparse.Namespace) -> int:
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dualforge.cli.classify train|eval ...`` (same as ``dualforge classify``)."""
-    parser = argparse.ArgumentParser(prog="dualforge")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["classify", *(sys.argv[1:] if argv is None else argv)])
-    status: int = args.func(args)
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

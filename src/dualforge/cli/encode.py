@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+from dualforge.data import DataError, read_texts
+from dualforge.errors import UsageError
 from dualforge.modeling import load_model
 
 
@@ -27,35 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def read_texts(path: Path) -> tuple[list[str], list[str]]:
-    """Ids and texts from a .txt file (ids = line numbers) or a JSONL file (_id, title, text)."""
-    ids: list[str] = []
-    texts: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            if path.suffix != ".jsonl":
-                ids.append(str(n))
-                texts.append(line.rstrip("\n"))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}:{n}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise SystemExit(f"{path}:{n}: field 'text' missing or not a string")
-            ids.append(str(record.get("_id", n)))
-            texts.append(
-                " ".join(x for x in (record.get("title") or "", record["text"]) if x).strip()
-            )
-    return ids, texts
-
-
 def run(args: argparse.Namespace) -> int:
     """Encode and save."""
     model = load_model(args.model)
-    ids, texts = read_texts(Path(args.input))
+    try:
+        ids, texts = read_texts(args.input)
+    except DataError as err:
+        raise UsageError(str(err)) from None
     emb = model.encode(texts, side=args.side, batch_size=args.batch_size, show_progress=True)
     if args.dim:
         emb = emb[:, : args.dim]

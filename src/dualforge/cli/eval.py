@@ -1,40 +1,34 @@
 """``dualforge eval``: retrieval metrics of a model on a BEIR split, optionally per Matryoshka dim.
 
-The queries and corpus are encoded once; the per-dim metrics, the plot, the funnel and the
-budget search all reuse those embeddings.
+Parses the options and calls :mod:`dualforge.eval.reports`: the queries and corpus are encoded
+once; the per-dim metrics, the plot, the funnel and the budget search all reuse those embeddings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dualforge.config import EvalConfig
-from dualforge.data import available_splits
-from dualforge.eval.metrics import evaluate
-from dualforge.eval.retrieval import (
-    Funnel,
-    Stage,
-    choose_cascade,
-    cross_validate_cascade,
-    exact_flops,
-    exact_search,
-    format_funnel_spec,
-    parse_funnel_spec,
-    qrels_quality,
-    run_from_search,
+from dualforge.data import EvalSet, load_eval_sets
+from dualforge.errors import UsageError
+from dualforge.eval.metrics import DEFAULT_METRICS
+from dualforge.eval.plots import plot_eval_report
+from dualforge.eval.reports import (
+    BUDGET_METRIC,
+    EncodedSplit,
+    budget_cv_report,
+    budget_report,
+    check_budget,
+    encode_split,
+    evaluate_encoded,
+    funnel_report,
 )
-from dualforge.eval.retrieval_eval import evaluate_embeddings, judged_query_ids
+from dualforge.eval.retrieval import Stage, parse_funnel_spec
 from dualforge.modeling import DualEncoder, load_model
-from dualforge.train.run_data import EvalSet, load_eval_set
-
-BUDGET_METRIC = "ndcg@10"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,210 +84,58 @@ def parse_dims(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"--dims must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--dims must be comma-separated integers, got {text!r}") from None
 
 
-@dataclass
-class EncodedSplit:
-    """A split's judged queries and its corpus, encoded once."""
-
-    query_ids: list[str]
-    doc_ids: list[str]
-    queries: np.ndarray  # (Q, D)
-    docs: np.ndarray  # (N, D)
-    metric: str  # "cos" for a normalising model, else "ip"
+@contextmanager
+def usage_errors(prefix: str = "") -> Iterator[None]:
+    """Report the library's ``ValueError`` about an option as the command's one-line exit."""
+    try:
+        yield
+    except ValueError as err:
+        raise UsageError(f"{prefix}{err}") from None
 
 
-def encode_split(
-    model: DualEncoder, data: EvalSet, batch_size: int, docs: np.ndarray | None = None
-) -> EncodedSplit:
-    """Encode ``data``'s judged queries and (unless ``docs`` is given) its corpus."""
-    qids = judged_query_ids(data.qrels, data.queries)
-    if not qids:
-        raise SystemExit("no query with judgments in the qrels has a text in the queries")
-    doc_ids = list(data.corpus)
-    q_emb = model.encode([data.queries[q] for q in qids], "query", batch_size, True)  # (Q, D)
-    if docs is None:
-        docs = model.encode([data.corpus[d] for d in doc_ids], "document", batch_size, True)
-    metric = "cos" if model.query_encoder.normalize else "ip"
-    return EncodedSplit(qids, doc_ids, q_emb, docs, metric)
-
-
-def evaluate_model(
-    name: str, args: argparse.Namespace, data: EvalSet, cfg: EvalConfig
+def _evaluate(
+    name: str, args: argparse.Namespace, data: EvalSet, dims: tuple[int, ...]
 ) -> tuple[dict[str, Any], EncodedSplit, DualEncoder]:
     """Load, encode and evaluate one model: its report dict, embeddings and the model."""
     model = load_model(name, max_seq_length=args.max_length)
-    enc = encode_split(model, data, cfg.batch_size)
-    report = evaluate_embeddings(
-        enc.queries,
-        enc.docs,
-        enc.query_ids,
-        enc.doc_ids,
-        data.qrels,
-        k=cfg.k,
-        metrics=cfg.metrics,
-        dims=list(cfg.dims) or None,
-        metric=enc.metric,
-    )
+    with usage_errors():
+        enc = encode_split(model, data, args.batch_size)
+    report = evaluate_encoded(enc, data.qrels, k=args.k, metrics=DEFAULT_METRICS, dims=dims)
     return report.to_dict(), enc, model
-
-
-def funnel_report(
-    enc: EncodedSplit,
-    data: EvalSet,
-    stages: tuple[Stage, ...],
-    metrics: tuple[str, ...],
-    factory: str,
-    params: str | None = None,
-) -> dict[str, Any]:
-    """Run a funnel and exact search at the same depth; metrics, FLOPs and wall times."""
-    try:
-        funnel = Funnel(enc.docs, stages, factory=factory, metric=enc.metric, params=params)
-    except ValueError as err:
-        raise SystemExit(f"--funnel: {err}") from None
-    result = funnel.search(enc.queries)
-    depth = result.ids.shape[1]
-    start = time.perf_counter()
-    exact = exact_search(enc.queries, enc.docs, depth, metric=enc.metric)  # (Q, depth)
-    exact_seconds = time.perf_counter() - start
-    full = exact_flops(len(enc.doc_ids), enc.docs.shape[1])
-
-    def scored(scores: np.ndarray, ids: np.ndarray) -> dict[str, float]:
-        return evaluate(
-            data.qrels, run_from_search(enc.query_ids, enc.doc_ids, scores, ids), metrics
-        )
-
-    return {
-        "spec": format_funnel_spec(funnel.stages),
-        "depth": depth,
-        "metrics": scored(result.scores, result.ids),
-        "exact_metrics": scored(*exact),
-        "flops_per_query": result.flops_per_query,
-        "exact_flops_per_query": full,
-        "flops_ratio": result.flops_per_query / full,
-        "seconds": result.seconds,
-        "exact_seconds": exact_seconds,
-    }
-
-
-def _check_budget(args: argparse.Namespace) -> None:
-    folder = Path(args.data)
-    if args.budget_cv is not None:
-        if args.budget_cv < 2:
-            raise SystemExit(f"--budget-cv needs at least 2 folds, got {args.budget_cv}")
-    elif args.dev_split not in available_splits(folder):
-        raise SystemExit(
-            f"--budget needs a dev split to choose the cascade on: {folder}/qrels/"
-            f"{args.dev_split}.tsv does not exist (name another split with --dev-split)"
-        )
-    if args.budget_cv is None and args.dev_split == args.split:
-        raise SystemExit(f"--budget must choose on a split other than --split {args.split!r}")
-    if not 0 <= args.budget < 1:
-        raise SystemExit(f"--budget must be in [0, 1), got {args.budget}")
-    if args.budget_confidence is not None and not 0 < args.budget_confidence < 1:
-        raise SystemExit(f"--budget-confidence must be in (0, 1), got {args.budget_confidence}")
-
-
-def budget_report(
-    model: DualEncoder, enc: EncodedSplit, data: EvalSet, args: argparse.Namespace, cfg: EvalConfig
-) -> dict[str, Any]:
-    """Choose the cheapest cascade on the dev split, then run it on the evaluated split."""
-    dev = load_eval_set(Path(args.data), args.dev_split, args.skip_bad)
-    if list(dev.corpus) != enc.doc_ids:
-        raise SystemExit(f"the {args.dev_split!r} corpus differs from the {args.split!r} one")
-    dev_enc = encode_split(model, dev, cfg.batch_size, docs=enc.docs)
-    quality = qrels_quality(
-        dev.qrels, dev_enc.query_ids, dev_enc.doc_ids, BUDGET_METRIC,
-        per_query=args.budget_confidence is not None,
-    )  # fmt: skip
-    choice = choose_cascade(
-        enc.docs,
-        dev_enc.queries,
-        quality,
-        tolerance=args.budget,
-        k=10,
-        metric=enc.metric,
-        factory=args.index_factory,
-        params=args.index_params,
-        confidence=args.budget_confidence,
-    )
-    chosen = parse_funnel_spec(choice.chosen.spec)
-    return {
-        "tolerance": args.budget,
-        "confidence": args.budget_confidence,
-        "dev_split": args.dev_split,
-        "select_metric": BUDGET_METRIC,
-        "chosen": choice.chosen.to_dict(),
-        "reference": choice.reference.to_dict(),
-        "trials": [t.to_dict() for t in choice.trials],
-        "test": funnel_report(
-            enc, data, chosen, cfg.metrics, args.index_factory, args.index_params
-        ),
-    }
-
-
-def budget_cv_report(enc: EncodedSplit, data: EvalSet, args: argparse.Namespace) -> dict[str, Any]:
-    """Cross-validate the budget mode over the evaluated split's queries."""
-    if args.budget_cv > len(enc.query_ids):
-        raise SystemExit(
-            f"--budget-cv {args.budget_cv} exceeds the {len(enc.query_ids)} judged queries"
-        )
-    cv = cross_validate_cascade(
-        enc.docs, enc.queries, data.qrels, enc.query_ids, enc.doc_ids, folds=args.budget_cv,
-        tolerance=args.budget, confidence=args.budget_confidence, metric=enc.metric,
-        quality_metric=BUDGET_METRIC,
-    )  # fmt: skip
-    return {
-        "tolerance": args.budget,
-        "confidence": args.budget_confidence,
-        "folds": [asdict(f) for f in cv.folds],
-        "select_metric": BUDGET_METRIC,
-        "quality": cv.quality,
-        "exact_quality": cv.exact_quality,
-        "flops_ratio": cv.flops_ratio,
-    }
-
-
-def _plot(args: argparse.Namespace, report: dict[str, Any]) -> None:
-    from dualforge.eval.plots import plot_metric_by_dim
-
-    def series(r: dict[str, Any]) -> dict[str, dict[str, float]]:
-        return {**r["metrics_by_dim"], str(r["embedding_dim"]): r["metrics"]}
-
-    lines = {args.model: series(report)}
-    if "compare" in report:
-        label = args.compare if args.compare != args.model else f"{args.compare} (compare)"
-        lines[label] = series(report["compare"])
-    plot_metric_by_dim(lines, args.plot, metric="ndcg@10")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON report."""
     stages = _parse_funnel(args.funnel)
     if args.plot and not args.dims:
-        raise SystemExit("--plot needs --dims (the prefix dims to plot)")
+        raise UsageError("--plot needs --dims (the prefix dims to plot)")
     if args.budget is not None:
-        _check_budget(args)
-    data = load_eval_set(Path(args.data), args.split, args.skip_bad)
-    cfg = EvalConfig(k=args.k, batch_size=args.batch_size, dims=parse_dims(args.dims))
-    report, enc, model = evaluate_model(args.model, args, data, cfg)
+        with usage_errors():
+            check_budget(
+                args.budget, args.budget_confidence, args.budget_cv,
+                folder=args.data, split=args.split, dev_split=args.dev_split,
+            )  # fmt: skip
+    on_dev = args.budget is not None and args.budget_cv is None
+    splits = [args.split, args.dev_split] if on_dev else [args.split]
+    sets = load_eval_sets(Path(args.data), splits, args.skip_bad)
+    data = sets[args.split]
+    report, enc, model = _evaluate(args.model, args, data, parse_dims(args.dims))
     report.update(model=args.model, data=args.data, split=args.split)
     if args.compare:
-        report["compare"] = {
-            **evaluate_model(args.compare, args, data, cfg)[0],
-            "model": args.compare,
-        }
+        compared = _evaluate(args.compare, args, data, parse_dims(args.dims))[0]
+        report["compare"] = {**compared, "model": args.compare}
     if stages is not None:
-        report["funnel"] = funnel_report(
-            enc, data, stages, cfg.metrics, args.index_factory, args.index_params
-        )
-    if args.budget is not None and args.budget_cv is not None:
-        report["budget_cv"] = budget_cv_report(enc, data, args)
-    elif args.budget is not None:
-        report["budget"] = budget_report(model, enc, data, args, cfg)
+        with usage_errors("--funnel: "):
+            report["funnel"] = funnel_report(
+                enc, data.qrels, stages, DEFAULT_METRICS, args.index_factory, args.index_params
+            )
+    with usage_errors():
+        report.update(_budget(args, model, enc, data, sets))
     if args.plot:
-        _plot(args, report)
+        plot_eval_report(report, args.plot, args.model, args.compare)
     text = json.dumps(report, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -302,10 +144,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(
+    args: argparse.Namespace,
+    model: DualEncoder,
+    enc: EncodedSplit,
+    data: EvalSet,
+    sets: dict[str, EvalSet],
+) -> dict[str, Any]:
+    """``{"budget_cv": ...}``, ``{"budget": ...}`` or nothing, as the options ask."""
+    if args.budget is None:
+        return {}
+    if args.budget_cv is not None:
+        cv = budget_cv_report(
+            enc, data.qrels, folds=args.budget_cv, tolerance=args.budget,
+            confidence=args.budget_confidence,
+        )  # fmt: skip
+        return {"budget_cv": cv}
+    budget = budget_report(
+        model, enc, data.qrels, sets[args.dev_split], tolerance=args.budget,
+        confidence=args.budget_confidence, dev_split=args.dev_split, batch_size=args.batch_size,
+        metrics=DEFAULT_METRICS, factory=args.index_factory, params=args.index_params,
+    )  # fmt: skip
+    return {"budget": budget}
+
+
 def _parse_funnel(spec: str | None) -> tuple[Stage, ...] | None:
     if spec is None:
         return None
-    try:
+    with usage_errors("--funnel: "):
         return parse_funnel_spec(spec)
-    except ValueError as err:
-        raise SystemExit(f"--funnel: {err}") from None

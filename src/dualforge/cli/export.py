@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dualforge.config import load_config
+from dualforge.errors import UsageError
 from dualforge.modeling import save_model
 from dualforge.train.checkpoint import WEIGHTS, latest_checkpoint, load_weights
 from dualforge.train.components import build_model
@@ -25,10 +26,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     config = run_dir / "config.yaml"
     if not config.is_file():
-        raise SystemExit(f"{config} not found: is {run_dir} a dualforge run folder?")
+        raise UsageError(f"{config} not found: is {run_dir} a dualforge run folder?")
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None or not (ckpt / WEIGHTS).is_file():
-        raise SystemExit(f"no checkpoint with {WEIGHTS} under {run_dir / 'checkpoints'}")
+        raise UsageError(f"no checkpoint with {WEIGHTS} under {run_dir / 'checkpoints'}")
     model = build_model(load_config(config).model)
     load_weights(ckpt, model)
     save_model(model, args.output)

@@ -1,4 +1,10 @@
-"""The ``dualforge`` command: one subcommand per module in this package."""
+"""The ``dualforge`` command: one subcommand per module in this package.
+
+User errors (:class:`~dualforge.errors.UserError`: a bad config value, a bad data record, a model
+that cannot be loaded; or a missing file) print one line ``error: <message>`` on stderr and exit
+with status 2; any other exception keeps its traceback. ``dualforge --debug ...`` shows the
+traceback of every error.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,10 @@ from dualforge.cli import (
     train,
     validate,
 )
+from dualforge.errors import UserError
 
 SUBCOMMANDS = (train, eval, search, classify, encode, export, rotate, check_grad, validate)
+USER_ERROR_STATUS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dualforge",
         description="Train and evaluate dual encoders with Gradient Cache.",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of every error, user errors too"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)
@@ -34,10 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse ``argv`` and run the chosen subcommand."""
+    """Entry point: parse ``argv`` and run the chosen subcommand.
+
+    Returns:
+        The subcommand's status, or 2 after a user error (printed as one line on stderr).
+    """
     args = build_parser().parse_args(argv)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except (UserError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return USER_ERROR_STATUS
     return status
+
+
+def error_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a missing file: ``<file>: <what>``)."""
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or 'not found'}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ coordinates carry the most of each vector, so truncated prefixes lose much less 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dualforge.cli.encode import read_texts
+from dualforge.data import DataError, read_texts
+from dualforge.errors import UsageError
 from dualforge.modeling import load_model, save_model
 from dualforge.modeling.rotation import rotate_model, sample_texts
 
@@ -35,10 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Sample documents, fit the rotation, save the rotated model."""
     if args.docs < 2:
-        raise SystemExit(f"--docs must be at least 2, got {args.docs}")
-    _, texts = read_texts(Path(args.input))
+        raise UsageError(f"--docs must be at least 2, got {args.docs}")
+    try:
+        _, texts = read_texts(args.input)
+    except DataError as err:
+        raise UsageError(str(err)) from None
     if len(texts) < 2:
-        raise SystemExit(f"{args.input}: need at least 2 documents, found {len(texts)}")
+        raise UsageError(f"{args.input}: need at least 2 documents, found {len(texts)}")
     sample = sample_texts(texts, args.docs, args.seed)
     model = load_model(args.model)
     rotate_model(

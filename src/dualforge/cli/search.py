@@ -1,26 +1,25 @@
 """``dualforge search``: search a corpus with a model, exactly, by prefix dims or by a funnel.
 
-The corpus embeddings can be cached in a ``.npy`` file (with the document ids in
-``<cache>.ids.txt``, the layout ``dualforge encode`` writes), so repeated searches encode only the
-queries. The cache holds the full embeddings: any ``--dims`` or ``--funnel`` can reuse it.
+The corpus embeddings can be cached in a ``.npy`` file (see
+:mod:`dualforge.eval.retrieval.search`), so repeated searches encode only the queries. The cache
+holds the full embeddings: any ``--dims`` or ``--funnel`` can reuse it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from dualforge.data import Document, load_corpus
-from dualforge.eval.retrieval import Funnel, build_index, parse_funnel_spec, prepare
-from dualforge.modeling import DualEncoder, load_model
-
-SearchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+from dualforge.errors import UsageError
+from dualforge.eval.reports import search_metric
+from dualforge.eval.retrieval.search import corpus_embeddings, make_search
+from dualforge.modeling import load_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,72 +49,11 @@ def load_documents(path: Path, skip_bad: bool) -> dict[str, Document]:
     """The documents of a BEIR folder (its ``corpus.jsonl``) or of a corpus file."""
     file = path / "corpus.jsonl" if path.is_dir() else path
     if not file.is_file():
-        raise SystemExit(f"--corpus: no such corpus file {file}")
+        raise UsageError(f"--corpus: no such corpus file {file}")
     docs = load_corpus(file, skip_bad=skip_bad)
     if not docs:
-        raise SystemExit(f"--corpus: {file} has no document")
+        raise UsageError(f"--corpus: {file} has no document")
     return docs
-
-
-def _read_cache(cache: Path, doc_ids: list[str], dim: int) -> np.ndarray:
-    ids_file = cache.with_suffix(".ids.txt")
-    cached_ids = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.is_file() else []
-    emb = np.load(cache)
-    if cached_ids != doc_ids or emb.shape != (len(doc_ids), dim):
-        raise SystemExit(
-            f"--cache {cache} (shape {emb.shape}, ids {ids_file}) does not match this corpus "
-            f"and model ({len(doc_ids)} x {dim}): delete it or name another file"
-        )
-    return np.asarray(emb, dtype=np.float32)
-
-
-def _write_cache(cache: Path, doc_ids: list[str], emb: np.ndarray) -> None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, emb)
-    cache.with_suffix(".ids.txt").write_text("\n".join(doc_ids) + "\n", encoding="utf-8")
-    os.replace(tmp, cache)  # the .npy appears last, whole
-
-
-def corpus_embeddings(
-    model: DualEncoder, docs: dict[str, Document], cache: Path | None, batch_size: int
-) -> np.ndarray:
-    """``(N, D)`` document embeddings, read from ``cache`` when it exists, else encoded.
-
-    The cache is checked against the document ids and the model's dim only: delete it after
-    changing the model.
-    """
-    doc_ids = list(docs)
-    if cache is not None and cache.is_file():
-        return _read_cache(cache, doc_ids, model.dim)
-    texts = [doc.full_text for doc in docs.values()]
-    emb = model.encode(texts, "document", batch_size, True)  # (N, D)
-    if cache is not None:
-        _write_cache(cache, doc_ids, emb)
-    return emb
-
-
-def make_search(emb: np.ndarray, args: argparse.Namespace, metric: str) -> SearchFn:
-    """``queries (Q, D) -> (scores, ids)`` with the funnel, the prefix dims or all dims."""
-    try:
-        if args.funnel:
-            stages = parse_funnel_spec(args.funnel)
-            funnel = Funnel(
-                emb, stages, factory=args.index_factory, metric=metric, params=args.index_params
-            )
-
-            def by_funnel(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                result = funnel.search(q)
-                return result.scores[:, : args.k], result.ids[:, : args.k]
-
-            return by_funnel
-        dims = args.dims or emb.shape[1]
-        prefix = prepare(emb, dims=dims, name="corpus")  # (N, dims)
-        index = build_index(prefix, args.index_factory, metric, params=args.index_params)
-    except ValueError as err:
-        raise SystemExit(f"search: {err}") from None
-    return lambda q: index.search(q[:, :dims], args.k)
 
 
 def print_results(
@@ -158,13 +96,26 @@ def iter_query_batches(path: str | None, stdin: TextIO) -> Iterator[list[str]]:
 def run(args: argparse.Namespace) -> int:
     """Encode (or read) the corpus, then answer each query."""
     if args.k < 1:
-        raise SystemExit(f"--k must be >= 1, got {args.k}")
+        raise UsageError(f"--k must be >= 1, got {args.k}")
     model = load_model(args.model, max_seq_length=args.max_length)
     docs = load_documents(Path(args.corpus), args.skip_bad)
     cache = Path(args.cache) if args.cache else None
-    emb = corpus_embeddings(model, docs, cache, args.batch_size)  # (N, D)
-    metric = "cos" if model.query_encoder.normalize else "ip"
-    search = make_search(emb, args, metric)
+
+    def encode_docs(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, "document", args.batch_size, True)  # (N, D)
+
+    texts = [doc.full_text for doc in docs.values()]
+    try:
+        emb = corpus_embeddings(encode_docs, list(docs), texts, model.dim, cache)  # (N, D)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        search = make_search(
+            emb, args.k, search_metric(model), funnel=args.funnel, dims=args.dims,
+            factory=args.index_factory, params=args.index_params,
+        )  # fmt: skip
+    except ValueError as err:
+        raise UsageError(f"search: {err}") from None
     for batch in iter_query_batches(args.queries, sys.stdin):
         if not batch:
             continue

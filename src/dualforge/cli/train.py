@@ -6,6 +6,7 @@ import argparse
 import json
 
 from dualforge.config import load_config
+from dualforge.train.inputs import check_inputs
 from dualforge.train.loop import train
 
 
@@ -19,9 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and print where the report went."""
+    """Check the config and its paths, train, and print where the report went."""
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
-    result = train(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    check_inputs(cfg)
+    result = train(cfg)
     print(
         json.dumps(
             {"before": (result.before or {}).get("metrics"), "after": result.after.get("metrics")},

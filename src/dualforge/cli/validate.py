@@ -1,10 +1,14 @@
-"""``dualforge validate CONFIG [key=value ...]``: build everything a run needs, train nothing."""
+"""``dualforge validate CONFIG [key=value ...]``: build everything a run needs, train nothing.
+
+In order: the config (every value), then the paths it names, then data and model are loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from dualforge.config import load_config
+from dualforge.train.inputs import check_inputs
 from dualforge.train.loop import build_parts
 
 
@@ -17,8 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the run's parts and print what they hold."""
+    """Check the config and its paths, build the run's parts and print what they hold."""
     cfg = load_config(args.config, args.overrides)
+    check_inputs(cfg)
     parts = build_parts(cfg)
     test = parts.data.test
     print(f"config ok: {args.config}")

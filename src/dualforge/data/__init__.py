@@ -1,4 +1,4 @@
-"""Data: BEIR folders, JSONL / TSV training examples, and resumable batch sampling.
+"""Data: BEIR folders, evaluation sets, JSONL / TSV training examples, resumable batch sampling.
 
 Every loader takes ``skip_bad``: by default the first bad record raises a :class:`DataError`
 naming file, line and field; with ``skip_bad=True`` bad records are skipped, counted (pass a
@@ -14,11 +14,20 @@ from dualforge.data.beir import (
     iter_corpus,
     iter_qrels,
     load_beir,
+    load_beir_splits,
     load_corpus,
     load_qrels,
     load_queries,
 )
 from dualforge.data.errors import BadRecordCounter, BadRecords, DataError
+from dualforge.data.eval_set import (
+    EvalSet,
+    SplitsLoader,
+    corpus_texts,
+    eval_set,
+    load_eval_set,
+    load_eval_sets,
+)
 from dualforge.data.examples import (
     TrainingExample,
     examples_from_beir,
@@ -28,6 +37,7 @@ from dualforge.data.examples import (
     load_tsv_triples,
 )
 from dualforge.data.sampler import Batch, EpochBatchSampler
+from dualforge.data.texts import read_texts
 
 __all__ = [
     "BadRecordCounter",
@@ -37,18 +47,26 @@ __all__ = [
     "DataError",
     "Document",
     "EpochBatchSampler",
+    "EvalSet",
     "QrelsRow",
+    "SplitsLoader",
     "TrainingExample",
     "available_splits",
+    "corpus_texts",
+    "eval_set",
     "examples_from_beir",
     "iter_corpus",
     "iter_jsonl_examples",
     "iter_qrels",
     "iter_tsv_triples",
     "load_beir",
+    "load_beir_splits",
     "load_corpus",
+    "load_eval_set",
+    "load_eval_sets",
     "load_jsonl_examples",
     "load_qrels",
     "load_queries",
     "load_tsv_triples",
+    "read_texts",
 ]

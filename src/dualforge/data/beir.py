@@ -11,8 +11,8 @@ empty title is fine; empty text *and* title is not), duplicate ids; in qrels a m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -302,15 +302,52 @@ def load_beir(folder: str | Path, split: str, skip_bad: bool = False) -> BeirDat
         DataError: A file is missing (naming the splits present), a qrels header is missing,
             or, unless ``skip_bad``, on the first bad record.
     """
+    return load_beir_splits(folder, [split], skip_bad)[split]
+
+
+def load_beir_splits(
+    folder: str | Path, splits: Sequence[str], skip_bad: bool = False
+) -> dict[str, BeirDataset]:
+    """Load a BEIR folder's corpus and queries once, and the qrels of each of ``splits``.
+
+    The datasets share one ``corpus`` and one ``queries`` dict; each equals
+    ``load_beir(folder, split, skip_bad)`` (its ``skipped`` and its warning count the corpus and
+    queries records skipped plus that split's qrels rows). Every file is checked to exist before
+    any is read.
+
+    Args:
+        folder: The folder holding ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/``.
+        splits: The qrels files to use, e.g. ``["train", "test"]`` (repeats are read once).
+        skip_bad: Skip and count bad records instead of raising.
+
+    Returns:
+        ``{split: dataset}`` in the order of ``splits``.
+
+    Raises:
+        DataError: As :func:`load_beir`.
+    """
     folder = Path(folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    for needed in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
+    qrels_paths = {split: folder / "qrels" / f"{split}.tsv" for split in dict.fromkeys(splits)}
+    for needed in (folder / "corpus.jsonl", folder / "queries.jsonl", *qrels_paths.values()):
         if not needed.is_file():
-            splits = available_splits(folder) if folder.is_dir() else []
-            raise DataError(needed, None, None, f"file not found (splits here: {splits})")
-    counter = BadRecordCounter(skip=skip_bad)
-    corpus = _read_corpus(folder / "corpus.jsonl", counter)
-    queries = _read_queries(folder / "queries.jsonl", counter)
+            present = available_splits(folder) if folder.is_dir() else []
+            raise DataError(needed, None, None, f"file not found (splits here: {present})")
+    texts = BadRecordCounter(skip=skip_bad)
+    corpus = _read_corpus(folder / "corpus.jsonl", texts)
+    queries = _read_queries(folder / "queries.jsonl", texts)
+    out: dict[str, BeirDataset] = {}
+    for split, path in qrels_paths.items():
+        counter = replace(texts)  # the corpus and queries skips count for every split
+        qrels = _read_qrels(path, counter, _known_ids(path, corpus, queries))
+        counter.report(f"records in {folder} (split {split!r})")
+        out[split] = BeirDataset(corpus, queries, qrels, counter.count)
+    return out
+
+
+def _known_ids(
+    qrels_path: Path, corpus: dict[str, Document], queries: dict[str, str]
+) -> Callable[[QrelsRow], DataError | None]:
+    """The qrels row check of :func:`load_beir_splits`: both ids must exist."""
 
     def check(row: QrelsRow) -> DataError | None:
         if row.query_id not in queries:
@@ -323,6 +360,4 @@ def load_beir(folder: str | Path, split: str, skip_bad: bool = False) -> BeirDat
             )
         return None
 
-    qrels = _read_qrels(qrels_path, counter, check)
-    counter.report(f"records in {folder} (split {split!r})")
-    return BeirDataset(corpus, queries, qrels, counter.count)
+    return check

@@ -14,10 +14,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from dualforge.errors import UserError
+
 logger = logging.getLogger("dualforge.data")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad input record or file; ``str()`` reads like ``corpus.jsonl:17: field '_id': missing``.
 
     Attributes:

@@ -16,13 +16,15 @@ import random
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 from dualforge.data.examples import TrainingExample
 
 logger = logging.getLogger("dualforge.data")
 
-POSITIVE_MODES = ("sample", "all")
+PositiveMode = Literal["sample", "all"]
+"""How an example with several positives is used (see :class:`EpochBatchSampler`)."""
+POSITIVE_MODES: tuple[str, ...] = get_args(PositiveMode)
 _LOOKAHEAD_BATCHES = 64  # how far (in batches) packing looks ahead for a non-conflicting entry
 _REPAIR_BUDGET = 200_000  # entries examined per epoch when swapping remaining clashes away
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PLOT_HINT = "pip install 'dualforge[plot]'"
 MetricsByDim = Mapping[str, Mapping[str, float]]
@@ -93,3 +94,43 @@ def plot_metric_by_dim(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", bbox_inches="tight")
     return out
+
+
+def plot_eval_report(
+    report: Mapping[str, Any],
+    path: str | Path,
+    label: str,
+    compare_label: str | None = None,
+    *,
+    metric: str = "ndcg@10",
+) -> Path:
+    """Plot a ``dualforge eval`` report's ``metric`` by dim, and its ``compare`` report if any.
+
+    Each line is the report's ``metrics_by_dim`` with its full-size ``metrics`` at
+    ``embedding_dim``.
+
+    Args:
+        report: The report (:meth:`~dualforge.eval.RetrievalReport.to_dict`, optionally with a
+            ``"compare"`` report of a second model).
+        path: Output ``.png`` file.
+        label: Legend label of the report's model.
+        compare_label: Legend label of the compared model (suffixed ``" (compare)"`` when it
+            equals ``label``).
+        metric: The metric to plot.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: As :func:`plot_metric_by_dim`.
+        ImportError: If matplotlib is not installed.
+    """
+
+    def series(r: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
+        return {**r["metrics_by_dim"], str(r["embedding_dim"]): r["metrics"]}
+
+    lines = {label: series(report)}
+    if "compare" in report:
+        other = compare_label or "compare"
+        lines[other if other != label else f"{other} (compare)"] = series(report["compare"])
+    return plot_metric_by_dim(lines, path, metric=metric)

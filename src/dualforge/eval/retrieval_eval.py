@@ -18,6 +18,7 @@ import torch
 from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics
 from dualforge.eval.retrieval.exact import BACKENDS, exact_search, run_from_search
 from dualforge.eval.retrieval.exact import METRICS as SEARCH_METRICS
+from dualforge.matryoshka import distinct_dims
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
@@ -93,14 +94,6 @@ def _encode(encoder: TextEncoder, texts: Sequence[str], side: str) -> np.ndarray
             f"got shape {emb.shape}"
         )
     return emb
-
-
-def _check_dims(dims: Sequence[int] | None, full: int) -> list[int]:
-    chosen = sorted(set(dims or ()))
-    bad = [d for d in chosen if not 0 < d <= full]
-    if bad:
-        raise ValueError(f"dims {bad} are outside 1..{full} (the embedding size)")
-    return chosen
 
 
 def evaluate_retrieval(
@@ -218,7 +211,7 @@ def evaluate_embeddings(
     if q_emb.shape[1] != d_emb.shape[1]:
         raise ValueError(f"query dim {q_emb.shape[1]} != document dim {d_emb.shape[1]}")
     full_dim = q_emb.shape[1]
-    chosen = _check_dims(dims, full_dim)
+    chosen = distinct_dims(dims, full_dim)
     depth = max(k, *(m.k for m in parsed.values()))
 
     def score(dim: int | None) -> dict[str, float]:

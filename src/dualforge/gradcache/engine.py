@@ -25,8 +25,24 @@ import torch
 from dualforge.gradcache.chunking import Chunk, scatter_rows, split_batch
 from dualforge.gradcache.replay import ContextFactory, Encoder, no_context, replay_backward
 from dualforge.gradcache.rng import RngState, cuda_devices
+from dualforge.losses.output import LossOutput, plain_parts, split_output
 
-LossFn = Callable[..., torch.Tensor]
+LossFn = Callable[..., torch.Tensor | LossOutput]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one :meth:`GradCache.step` returns (the gradients are in ``.grad``).
+
+    Attributes:
+        loss: The (unscaled) loss, a detached 0-dim tensor.
+        parts: The loss's named parts as floats when it returned a
+            :class:`~dualforge.losses.output.LossOutput` (e.g. ``{"loss_by_dim": {"32": 0.9}}``),
+            else empty.
+    """
+
+    loss: torch.Tensor
+    parts: dict[str, Any]
 
 
 @dataclass
@@ -47,8 +63,11 @@ class GradCache:
         encoders: One callable per tower (e.g. ``[q_encoder, d_encoder]``); each maps a batch dict
             of tensors with a leading batch dim to a ``(B, D)`` tensor. The same module may appear
             twice (tied towers).
-        loss_fn: ``loss_fn(*reps, **loss_kwargs)`` returning a scalar. It may own parameters
-            (a learned temperature); they get their gradient in phase 2.
+        loss_fn: ``loss_fn(*reps, **loss_kwargs)`` returning a scalar, or a
+            :class:`~dualforge.losses.output.LossOutput` (a scalar and named parts to log). It may
+            own parameters (a learned temperature); they get their gradient in phase 2. Per-step
+            inputs (a false-negative mask, a dim-sampling step) go in through ``step``'s keyword
+            arguments.
         chunk_size: Most rows per chunk.
         token_budget: Most padded tokens per chunk (rows x longest row); combines with chunk_size.
         sort_by_length: Chunk rows longest-first, so each chunk pads only to its own longest row
@@ -99,7 +118,7 @@ class GradCache:
             batch, self.chunk_size, self.token_budget, self.sort_by_length, self.trim
         )
 
-    def step(self, *batches: Mapping[str, Any], **loss_kwargs: Any) -> torch.Tensor:
+    def step(self, *batches: Mapping[str, Any], **loss_kwargs: Any) -> StepResult:
         """Run phases 1-3 on one batch per tower; leave the full-batch gradient in ``.grad``.
 
         Args:
@@ -107,7 +126,7 @@ class GradCache:
             **loss_kwargs: Passed to ``loss_fn`` (e.g. a false-negative mask).
 
         Returns:
-            The (unscaled) loss as a detached 0-dim tensor.
+            The (unscaled) detached loss and the loss's named parts.
         """
         if len(batches) != len(self.encoders):
             raise ValueError(f"got {len(batches)} batches for {len(self.encoders)} encoders")
@@ -115,9 +134,9 @@ class GradCache:
         for t, (encoder, batch) in enumerate(zip(self.encoders, batches)):
             keep = self.keep_last_graph and not (self.no_sync and t == len(batches) - 1)
             passes.append(self.forward_no_grad(encoder, self.split(batch), keep))
-        loss, grads = self.build_cache([p.reps for p in passes], loss_kwargs)
+        loss, parts, grads = self.build_cache([p.reps for p in passes], loss_kwargs)
         self.forward_backward(passes, grads)
-        return loss
+        return StepResult(loss, plain_parts(parts))
 
     def forward_no_grad(self, encoder: Encoder, chunks: list[Chunk], keep_last: bool) -> TowerPass:
         """Phase 1: encode every chunk, recording RNG state; keep the last graph if asked."""
@@ -137,17 +156,18 @@ class GradCache:
 
     def build_cache(
         self, reps: Sequence[torch.Tensor], loss_kwargs: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Phase 2: loss on detached fp32 representations; return it and d(loss)/d(reps)."""
+    ) -> tuple[torch.Tensor, Mapping[str, Any], list[torch.Tensor]]:
+        """Phase 2: loss on detached fp32 representations; return it, its parts and
+        d(loss)/d(reps)."""
         leaves = [upcast(r).detach().requires_grad_() for r in reps]
         with torch.enable_grad():
-            loss = self.loss_fn(*leaves, **loss_kwargs)
+            loss, parts = split_output(self.loss_fn(*leaves, **loss_kwargs))
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
             torch.autograd.backward(scaled)
         grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
-        return loss.detach(), grads
+        return loss.detach(), parts, grads
 
     def forward_backward(self, passes: Sequence[TowerPass], grads: Sequence[torch.Tensor]) -> None:
         """Phase 3: backprop the cached gradients, kept graphs first, then chunk replays."""

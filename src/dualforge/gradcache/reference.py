@@ -16,6 +16,7 @@ from torch import nn
 
 from dualforge.gradcache.chunking import scatter_rows
 from dualforge.gradcache.engine import GradCache, upcast
+from dualforge.losses.output import split_output
 
 REL_FLOOR = 1e-3
 
@@ -32,7 +33,7 @@ def plain_chunked_step(
             with gc._autocast(chunk)():
                 parts.append(encoder(chunk.inputs))
         reps.append(upcast(scatter_rows(parts, chunks)))
-    loss = gc.loss_fn(*reps, **loss_kwargs)
+    loss, _ = split_output(gc.loss_fn(*reps, **loss_kwargs))
     torch.autograd.backward(gc.scaler.scale(loss) if gc.scaler is not None else loss)
     return loss.detach()
 

@@ -8,9 +8,14 @@ negatives. Every document in the batch is a negative for every other query.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+
+Similarity = Literal["dot", "cos"]
+"""Score functions of :func:`similarity` (the one list of them)."""
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 
 
 def docs_per_query(q: torch.Tensor, d: torch.Tensor) -> int:
@@ -28,10 +33,10 @@ def docs_per_query(q: torch.Tensor, d: torch.Tensor) -> int:
 
 def similarity(q: torch.Tensor, d: torch.Tensor, kind: str = "dot") -> torch.Tensor:
     """``(Q, N)`` score matrix: ``"dot"`` inner product or ``"cos"`` cosine."""
+    if kind not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {kind!r}; use one of {SIMILARITIES}")
     if kind == "cos":
         q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
-    elif kind != "dot":
-        raise ValueError(f"unknown similarity {kind!r}; use 'dot' or 'cos'")
     return q @ d.T
 
 

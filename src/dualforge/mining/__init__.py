@@ -8,9 +8,11 @@ top-k search, exact softmax sampling and in-place updates, and Nyström drift co
     ids = mine_negatives(index, q, 8, mode="topk", skip_first=2, exclude=exclusion_matrix(pos))
 """
 
+from dualforge.mining._compiled import SamplerBackend, resolve_backend
 from dualforge.mining.maintenance import UpdateStats
 from dualforge.mining.negatives import exclusion_matrix, mine_negatives
 from dualforge.mining.nystrom import (
+    NystromKernel,
     NystromMap,
     choose_landmarks,
     correct_drift,
@@ -21,8 +23,10 @@ from dualforge.mining.sampler import SampleStats
 from dualforge.mining.tree import TreeIndex
 
 __all__ = [
+    "NystromKernel",
     "NystromMap",
     "SampleStats",
+    "SamplerBackend",
     "TreeIndex",
     "UpdateStats",
     "choose_landmarks",
@@ -31,4 +35,5 @@ __all__ = [
     "exclusion_matrix",
     "fit_nystrom",
     "mine_negatives",
+    "resolve_backend",
 ]

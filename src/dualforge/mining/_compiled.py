@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from functools import lru_cache
 from types import ModuleType
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from dualforge.mining.frontier import SampleStats
 from dualforge.mining.search import bound_radii
 
 Tensor = torch.Tensor
-BACKENDS = ("auto", "torch", "numba")
+SamplerBackend = Literal["auto", "torch", "numba"]
+BACKENDS: tuple[str, ...] = get_args(SamplerBackend)
 # The numba backend caps the heap expansions of one query at max_rounds times this.
 EXPANSIONS_PER_ROUND = 64
 # Proposals allowed per query before giving up: this many per requested sample, plus a floor.
@@ -32,12 +34,28 @@ PROPOSALS_FLOOR = 1_000_000
 BLOCK_ENTRIES = 1 << 22
 
 
+# The packages whose absence means "numba is not installed" (anything else is a real error).
+NUMBA_PACKAGES = ("numba", "llvmlite")
+
+
+def import_optional(module: str, packages: tuple[str, ...]) -> ModuleType | None:
+    """Import ``module``, or None when one of ``packages`` (its optional dependency) is missing.
+
+    Any other error, a missing module of ours or an error inside ``module`` itself, propagates:
+    a bug is never mistaken for an absent extra.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] in packages:
+            return None
+        raise
+
+
 @lru_cache(maxsize=1)
 def _kernels() -> ModuleType | None:
-    try:
-        return importlib.import_module("dualforge.mining._kernels")
-    except ImportError:
-        return None
+    """The compiled kernels, or None when numba is not installed."""
+    return import_optional("dualforge.mining._kernels", NUMBA_PACKAGES)
 
 
 def numba_available() -> bool:

@@ -11,6 +11,7 @@ return target ids (row numbers); excluded ids (known positives) never come back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ import torch
 from dualforge.mining._arrays import Array, as_matrix
 from dualforge.mining.tree import TreeIndex
 
-MODES = ("softmax", "topk")
+MiningMode = Literal["softmax", "topk"]
+"""How negatives are picked: softmax draws or top-k with skip (the one list of modes)."""
+MODES: tuple[str, ...] = get_args(MiningMode)
 
 
 def exclusion_matrix(rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -109,6 +112,7 @@ def mine_negatives(
     skip_first: int = 0,
     generator: torch.Generator | None = None,
     eta: float = 0.25,
+    backend: str = "auto",
 ) -> np.ndarray:
     """``(Q, k)`` negative target ids for each query.
 
@@ -123,6 +127,9 @@ def mine_negatives(
         skip_first: Top ranks skipped in top-k mode (likely unlabelled positives).
         generator: Random generator of softmax mode (a fresh seeded one when None).
         eta: Tree sampler refinement threshold (cost only; draws are exact for any value).
+        backend: Tree sampler backend, ``"torch"``, ``"numba"`` or ``"auto"`` (numba when
+            installed). Both draw from the exact softmax, but from different random streams:
+            one seed gives different negatives on each.
 
     Returns:
         ``(Q, k)`` int64 target ids.
@@ -138,7 +145,13 @@ def mine_negatives(
             return tree_topk(source, queries, k, skip_first, exclude)
         _check_room(exclude, source.num_points, 1)
         _, ids, _ = source.sample(
-            queries, k, temperature=temperature, exclude=exclude, eta=eta, generator=gen
+            queries,
+            k,
+            temperature=temperature,
+            exclude=exclude,
+            eta=eta,
+            generator=gen,
+            backend=backend,
         )
         return ids
     if mode == "topk":

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from dualforge.mining._arrays import Array, as_matrix
 
-KERNELS = ("linear", "rbf", "poly")
+NystromKernel = Literal["linear", "rbf", "poly"]
+KERNELS: tuple[str, ...] = get_args(NystromKernel)
 METHODS = ("uniform", "kmeans")
 Tensor = torch.Tensor
 

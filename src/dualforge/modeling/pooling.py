@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
-POOLING_MODES = ("mean", "cls", "last")
+Pooling = Literal["mean", "cls", "last"]
+"""Pooling names (the one list of them)."""
+POOLING_MODES: tuple[str, ...] = get_args(Pooling)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

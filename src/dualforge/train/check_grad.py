@@ -89,7 +89,7 @@ def check_gradients(
     gc = engine(cached)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    loss_c = float(gc.step(q_batch, d_batch))
+    loss_c = float(gc.step(q_batch, d_batch).loss)
     mid = time.perf_counter()
     torch.manual_seed(seed)
     if dropout:

@@ -10,30 +10,31 @@ from functools import partial
 
 import torch
 
-from dualforge.config import GradCacheConfig, LossConfig, ModelConfig
+from dualforge.config import GradCacheConfig, LossConfig, ModelConfig, Precision
 from dualforge.data import TrainingExample
 from dualforge.gradcache import GradCache
-from dualforge.losses import MatryoshkaLoss, default_dims, info_nce
+from dualforge.losses import LossOutput, MatryoshkaLoss, default_dims, info_nce
 from dualforge.modeling import DualEncoder, load_model
 from dualforge.modeling.rotation import add_identity_projection, sample_texts
 
-LossFn = Callable[..., torch.Tensor]
+InnerLoss = Callable[..., torch.Tensor]
+LossFn = Callable[..., torch.Tensor | LossOutput]
 
-PRECISIONS: dict[str, torch.dtype | None] = {
+PRECISIONS: dict[Precision, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
 
 
-def build_info_nce(cfg: LossConfig) -> LossFn:
+def build_info_nce(cfg: LossConfig) -> InnerLoss:
     """InfoNCE with the config's temperature, symmetry and similarity."""
     return partial(
         info_nce, temperature=cfg.temperature, symmetric=cfg.symmetric, sim=cfg.similarity
     )
 
 
-LOSSES: dict[str, Callable[[LossConfig], LossFn]] = {"info_nce": build_info_nce}
+LOSSES: dict[str, Callable[[LossConfig], InnerLoss]] = {"info_nce": build_info_nce}
 
 
 def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0) -> LossFn:
@@ -69,16 +70,9 @@ def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0)
         raise ValueError(f"loss.matryoshka: {err}") from err
 
 
-PROJECTIONS = ("identity", "pca")
-
-
 def build_model(cfg: ModelConfig) -> DualEncoder:
     """Load the encoder named by the config (with an identity projection if one is asked for;
     ``"pca"`` is fitted by :func:`fit_projection` when training starts)."""
-    if cfg.projection is not None and cfg.projection not in PROJECTIONS:
-        raise ValueError(f"model.projection={cfg.projection!r} is not one of {PROJECTIONS} or null")
-    if cfg.projection_docs < 2:
-        raise ValueError(f"model.projection_docs={cfg.projection_docs} must be at least 2")
     model = load_model(
         cfg.name,
         tied=cfg.tied,
@@ -110,10 +104,6 @@ def build_gradcache(
     model: DualEncoder, loss: LossFn, cfg: GradCacheConfig, device: torch.device
 ) -> tuple[GradCache, torch.amp.GradScaler | None]:
     """The engine over the model's two towers, and a GradScaler when training in fp16."""
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(
-            f"gradcache.precision={cfg.precision!r} is not one of {sorted(PRECISIONS)}"
-        )
     dtype = PRECISIONS[cfg.precision]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     gc = GradCache(

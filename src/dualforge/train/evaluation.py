@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dualforge.config import EvalConfig
+from dualforge.data import EvalSet
 from dualforge.eval import RetrievalReport, evaluate_retrieval
+from dualforge.eval.reports import search_metric
 from dualforge.modeling import DualEncoder
 from dualforge.modeling.encoder import Side
-from dualforge.train.run_data import EvalSet
 
 
 def text_encoder(
@@ -41,5 +42,5 @@ def evaluate_split(
         k=cfg.k,
         metrics=cfg.metrics,
         dims=list(cfg.dims) or None,
-        metric="cos" if model.query_encoder.normalize else "ip",
+        metric=search_metric(model),
     )

@@ -1,8 +1,13 @@
 """The training loop: one explicit function, read top to bottom.
 
-load data -> build model, loss, engine, optimizer -> (resume) -> evaluate before ->
-for each step: collate, GradCache step, clip, optimizer step, log, evaluate/checkpoint ->
-evaluate after -> export model, report.json, summary.md.
+load data -> build model, loss, engine, optimizer, miner -> (resume) -> evaluate before ->
+for each step: batch, mine, collate, GradCache step, clip, optimizer step, log,
+evaluate/checkpoint, your hooks -> evaluate after -> export model, report.json, summary.md.
+
+You can drive it yourself: ``p = build_parts(cfg)``, ``state = resume_or_start(p)``, then
+``train_steps(p, state, stop=..., hooks=[...])`` with your own stop condition (a wall-time
+budget, say) and per-step hooks, or call :func:`training_step` and :func:`optimizer_step` from a
+loop of your own.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +27,12 @@ from tqdm.auto import tqdm
 
 from dualforge.config import Config, save_config
 from dualforge.data import Batch, EpochBatchSampler
-from dualforge.gradcache import GradCache
-from dualforge.losses import MatryoshkaLoss
+from dualforge.gradcache import GradCache, StepResult
 from dualforge.modeling import DualEncoder, load_model, save_model
 from dualforge.modeling.rotation import rotate_model
 from dualforge.train.checkpoint import (
+    ModelWeights,
+    Stateful,
     TrainerState,
     latest_checkpoint,
     load_checkpoint,
@@ -40,10 +47,11 @@ from dualforge.train.components import (
 )
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.metrics_log import MetricsLog
-from dualforge.train.negatives import NegativeMiner, build_miner
+from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
 from dualforge.train.report import write_report
 from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
+from dualforge.train.state import GlobalRng, RunClock
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,6 +85,61 @@ class Parts:
     log: MetricsLog
     steps: int
     miner: NegativeMiner | None = None
+    clock: RunClock = field(default_factory=RunClock)
+
+    def resolved(self) -> dict[str, Any]:
+        """Choices made from ``auto`` settings on this machine (logged and reported)."""
+        return {} if self.miner is None else {"mining_backend": self.miner.backend}
+
+    def components(self) -> dict[str, Stateful]:
+        """What a checkpoint saves and a resume restores, by name (the RNG last)."""
+        parts: dict[str, Stateful] = {
+            "model": ModelWeights(self.model),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "sampler": self.sampler,
+        }
+        if self.miner is not None:
+            parts.update(miner=self.miner, clock=self.clock)
+        parts["rng"] = GlobalRng()
+        return parts
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One finished step, as hooks and the metrics log see it.
+
+    Attributes:
+        step: The step just run (1-based).
+        loss: Its loss.
+        parts: The loss's named parts (e.g. ``{"loss_by_dim": {...}}``).
+        grad_norm: Gradient norm before clipping.
+        lr: Learning rate after the scheduler step.
+        examples: Queries in the batch.
+        seconds: Wall time of the step, mining included.
+        mining: Miner telemetry and the run's mining/training seconds (empty without a miner).
+    """
+
+    step: int
+    loss: float
+    parts: dict[str, Any]
+    grad_norm: float
+    lr: float
+    examples: int
+    seconds: float
+    mining: dict[str, Any]
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """Fields of the step's ``train`` event."""
+        return {
+            "step": self.step, "epoch": epoch, "loss": self.loss, "lr": self.lr,
+            "grad_norm": self.grad_norm, "examples_per_s": self.examples / self.seconds,
+            **self.parts, **self.mining,
+        }  # fmt: skip
+
+
+StopCondition = Callable[[TrainerState], bool]
+StepHook = Callable[[Parts, TrainerState, StepInfo], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -84,6 +147,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def mining_encoder(model: DualEncoder, cfg: Config) -> Encode:
+    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths."""
+    lengths = {
+        "query": cfg.model.query_max_length,
+        "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
+    }
+
+    def encode(texts: list[str], side: Side) -> np.ndarray:
+        return model.encode(texts, side, cfg.mining.encode_batch_size, max_length=lengths[side])
+
+    return encode
 
 
 def build_parts(cfg: Config) -> Parts:
@@ -110,30 +186,39 @@ def build_parts(cfg: Config) -> Parts:
     loss = build_loss(cfg.loss, model.dim, normalized, cfg.run.seed)
     gc, scaler = build_gradcache(model, loss, cfg.gradcache, model.device)
     log = MetricsLog(run_dir / "metrics.jsonl")
-    lengths = (cfg.model.query_max_length, cfg.model.doc_max_length)
     miner = build_miner(
-        cfg.mining, model, data.corpus, data.known_positives, lengths, cfg.run.seed, log
-    )
+        cfg.mining, mining_encoder(model, cfg), data.corpus, data.known_positives,
+        cfg.run.seed, model.doc_encoder.normalize,
+    )  # fmt: skip
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner
     )
 
 
-def train(cfg: Config) -> RunResult:
-    """Run the whole job described by ``cfg``; see the module docstring."""
+def train(cfg: Config, *, hooks: Sequence[StepHook] = ()) -> RunResult:
+    """Run the whole job described by ``cfg``; see the module docstring.
+
+    Args:
+        cfg: The run's config.
+        hooks: Called after every step (after its logging, evaluation and checkpoint) with the
+            parts, the new state and the step's :class:`StepInfo`.
+    """
     started = time.perf_counter()
     p = build_parts(cfg)
     save_config(cfg, p.run_dir / "config.yaml")
-    p.log.write("start", steps=p.steps, examples=len(p.data.examples), config=cfg.to_dict())
+    p.log.write(
+        "start", steps=p.steps, examples=len(p.data.examples), config=cfg.to_dict(),
+        **p.resolved(),
+    )  # fmt: skip
     state = resume_or_start(p)
     before = None
     if cfg.eval.before and state.step == 0 and p.data.test is not None:
         before = evaluate_split(p.model, p.data.test, cfg.eval, cfg.run.progress).to_dict()
         p.log.write("eval", step=0, split="test", metrics=before["metrics"])
-    state = train_steps(p, state)
+    state = train_steps(p, state, hooks=hooks)
     after = finish(p, state)
     seconds = time.perf_counter() - started
-    write_report(p.run_dir, cfg, before, after, state.step, seconds)
+    write_report(p.run_dir, cfg, before, after, state.step, seconds, p.resolved())
     p.log.write("done", step=state.step, seconds=seconds)
     p.log.close()
     return RunResult(p.run_dir, state.step, seconds, before, after)
@@ -144,11 +229,8 @@ def resume_or_start(p: Parts) -> TrainerState:
     latest = latest_checkpoint(p.run_dir / "checkpoints") if p.cfg.run.resume else None
     if latest is None:
         start_projection(p)
-        return TrainerState(step=0, sampler=p.sampler.state_dict())
-    state = load_checkpoint(latest, p.model, p.optimizer, p.scheduler)
-    p.sampler.load_state_dict(state.sampler)
-    if p.miner is not None:
-        p.miner.load(latest, state.mining)
+        return TrainerState(step=0)
+    state = load_checkpoint(latest, p.components())
     p.log.write("resume", step=state.step, checkpoint=str(latest))
     return state
 
@@ -164,65 +246,99 @@ def start_projection(p: Parts) -> None:
     p.log.write("projection", kind="pca", documents=len(texts))
 
 
-def batches(sampler: EpochBatchSampler) -> Any:
+def batches(sampler: EpochBatchSampler) -> Iterator[Batch]:
     """Endless batches, moving to the next epoch when one ends."""
     while True:
         yield from sampler
         sampler.set_epoch(sampler.epoch + 1)
 
 
-def train_steps(p: Parts, state: TrainerState) -> TrainerState:
-    """The step loop proper: from ``state.step`` to ``p.steps``."""
-    cfg = p.cfg
-    bar = tqdm(total=p.steps, initial=state.step, desc="train", disable=not cfg.run.progress)
+def train_steps(
+    p: Parts,
+    state: TrainerState,
+    *,
+    stop: StopCondition | None = None,
+    hooks: Sequence[StepHook] = (),
+) -> TrainerState:
+    """The step loop proper: from ``state.step`` until ``stop(state)`` is true.
+
+    Args:
+        p: The run's parts.
+        state: Where training stands.
+        stop: Checked before the first step and after each; default: ``p.steps`` steps done.
+            The step at which it turns true is the last: it is logged, evaluated on dev and
+            checkpointed as the run's last step.
+        hooks: Called after each step's bookkeeping with ``(p, state, info)``.
+    """
+    done = stop or (lambda s: s.step >= p.steps)
+    if done(state):
+        return state
+    bar = tqdm(total=p.steps, initial=state.step, desc="train", disable=not p.cfg.run.progress)
     stream = batches(p.sampler)
-    while state.step < p.steps:
+    last = False
+    while not last:
         tick = time.perf_counter()
-        batch: Batch = next(stream)
-        if p.miner is not None:
-            batch = p.miner.prepare(batch, state.step + 1)
-        loss = training_step(p, batch, state.step + 1)
+        batch, mining_seconds = mine(p, next(stream), state.step + 1)
+        result = training_step(p, batch, state.step + 1)
         grad_norm = optimizer_step(p)
-        state = replace(state, step=state.step + 1, sampler=p.sampler.state_dict())
-        mined = {} if p.miner is None else p.miner.telemetry(state.step, time.perf_counter() - tick)
-        rate = len(batch.queries) / (time.perf_counter() - tick)
-        lr = p.scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.1f}")
+        state = replace(state, step=state.step + 1)
+        info = step_info(p, state.step, result, grad_norm, len(batch.queries), tick, mining_seconds)
+        bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
         bar.update(1)
-        last = state.step == p.steps
-        if state.step % cfg.run.log_every == 0 or last:
-            p.log.write(
-                "train",
-                step=state.step,
-                epoch=p.sampler.epoch,
-                loss=loss,
-                lr=lr,
-                grad_norm=grad_norm,
-                examples_per_s=rate,
-                **loss_parts(p.gc.loss_fn),
-                **mined,
-            )
-        if cfg.eval.every and p.data.dev is not None and (state.step % cfg.eval.every == 0 or last):
-            state = dev_eval(p, state)
-        if cfg.run.save_every and (state.step % cfg.run.save_every == 0 or last):
-            miner = p.miner
-            if miner is not None:
-                state = replace(state, mining=miner.state_dict())
-            save_checkpoint(
-                p.run_dir / "checkpoints",
-                p.model,
-                p.optimizer,
-                p.scheduler,
-                state,
-                cfg.run.keep_checkpoints,
-                add_files=None if miner is None else miner.save,
-            )
+        last = done(state)
+        state = bookkeeping(p, state, info, last)
+        for hook in hooks:
+            hook(p, state, info)
     bar.close()
     return state
 
 
-def training_step(p: Parts, batch: Batch, step: int) -> float:
-    """Collate and run one GradCache step; stop on a non-finite loss."""
+def mine(p: Parts, batch: Batch, step: int) -> tuple[Batch, float]:
+    """The batch with mined negatives (unchanged without a miner), and the seconds it took;
+    a refresh of the miner's index is logged as a ``mining`` event."""
+    if p.miner is None:
+        return batch, 0.0
+    tick = time.perf_counter()
+    batch, report = p.miner.prepare(batch, step)
+    if report is not None:
+        p.log.write("mining", strategy=p.cfg.mining.strategy, **report.record())
+    return batch, time.perf_counter() - tick
+
+
+def step_info(
+    p: Parts, step: int, result: StepResult, grad_norm: float, examples: int, tick: float,
+    mining_seconds: float,
+) -> StepInfo:  # fmt: skip
+    """What the step did, with the miner's telemetry and the run clock updated."""
+    seconds = time.perf_counter() - tick
+    mining: dict[str, Any] = {}
+    if p.miner is not None:
+        p.clock.add(seconds, mining_seconds)
+        mining = {**p.clock.fields(), **p.miner.telemetry(step)}
+    lr = float(p.scheduler.get_last_lr()[0])
+    loss = float(result.loss)
+    return StepInfo(step, loss, result.parts, grad_norm, lr, examples, seconds, mining)
+
+
+def bookkeeping(p: Parts, state: TrainerState, info: StepInfo, last: bool) -> TrainerState:
+    """Log the step, evaluate on dev and checkpoint when due (always on the last step)."""
+    cfg = p.cfg
+    if state.step % cfg.run.log_every == 0 or last:
+        p.log.write("train", **info.record(p.sampler.epoch))
+    if cfg.eval.every and p.data.dev is not None and (state.step % cfg.eval.every == 0 or last):
+        state = dev_eval(p, state)
+    if cfg.run.save_every and (state.step % cfg.run.save_every == 0 or last):
+        save_checkpoint(p.run_dir / "checkpoints", state, p.components(), cfg.run.keep_checkpoints)
+    return state
+
+
+def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
+    """Collate and run one GradCache step (gradients left in ``.grad``); stop on a non-finite
+    loss.
+
+    Raises:
+        NonFiniteLossError: The loss is NaN or infinite (logged as an ``error`` event).
+    """
     cfg = p.cfg
     inputs = collate(
         p.model,
@@ -232,24 +348,18 @@ def training_step(p: Parts, batch: Batch, step: int) -> float:
         p.data.known_positives,
         cfg.loss.mask_false_negatives,
     )
-    kwargs = {} if inputs.false_negatives is None else {"false_negatives": inputs.false_negatives}
-    if isinstance(p.gc.loss_fn, MatryoshkaLoss):
-        p.gc.loss_fn.reseed(step)
-    loss = float(p.gc.step(inputs.queries, inputs.documents, **kwargs))
+    kwargs: dict[str, Any] = {"step": step} if cfg.loss.matryoshka.active else {}
+    if inputs.false_negatives is not None:
+        kwargs["false_negatives"] = inputs.false_negatives
+    result = p.gc.step(inputs.queries, inputs.documents, **kwargs)
+    loss = float(result.loss)
     if not math.isfinite(loss):
         p.log.write("error", step=step, loss=loss)
         raise NonFiniteLossError(
             f"loss is {loss} at step {step}; training stopped. The last good checkpoint is "
             f"kept under {p.run_dir / 'checkpoints'} (resume with run.resume=true after a fix)"
         )
-    return loss
-
-
-def loss_parts(loss_fn: object) -> dict[str, Any]:
-    """Per-dim loss values of a Matryoshka loss's last call, for the metrics log."""
-    if isinstance(loss_fn, MatryoshkaLoss):
-        return {"loss_by_dim": {str(m): v for m, v in loss_fn.last.items()}}
-    return {}
+    return result
 
 
 def optimizer_step(p: Parts) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ def write_report(
     after: dict[str, Any],
     steps: int,
     seconds: float,
+    resolved: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.json`` and ``summary.md`` under ``run_dir``; return the JSON path.
 
     ``report.json`` holds ``metrics`` (after training, the headline), ``metrics_by_dim`` when
-    dims were evaluated, ``before`` (zero-shot metrics), the config, steps and wall time.
+    dims were evaluated, ``before`` (zero-shot metrics), the config, steps and wall time, and
+    ``resolved``: choices the run made from ``auto`` settings on this machine (e.g. the mining
+    backend), which a result may depend on.
     """
     report = {
         "metrics": after.get("metrics", {}),
@@ -31,6 +35,7 @@ def write_report(
         "steps": steps,
         "seconds": round(seconds, 1),
         "config": cfg.to_dict(),
+        "resolved": dict(resolved or {}),
     }
     path = run_dir / "report.json"
     _atomic_text(path, json.dumps(report, indent=2) + "\n")
@@ -57,6 +62,9 @@ def summary_markdown(cfg: Config, report: dict[str, Any]) -> str:
         change = f"{100 * (value - old):+.2f} pts" if old is not None else ""
         old_text = f"{old:.4f}" if old is not None else ""
         lines.append(f"| {name} | {old_text} | {value:.4f} | {change} |")
+    if report.get("resolved"):
+        chosen = ", ".join(f"{k} = {v}" for k, v in report["resolved"].items())
+        lines += ["", f"Resolved on this machine: {chosen}."]
     return "\n".join(lines) + "\n"
 
 

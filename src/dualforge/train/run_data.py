@@ -10,24 +10,19 @@ from pathlib import Path
 
 from dualforge.config import DataConfig
 from dualforge.data import (
+    EvalSet,
+    SplitsLoader,
     TrainingExample,
     available_splits,
+    corpus_texts,
+    eval_set,
     examples_from_beir,
-    load_beir,
+    load_beir_splits,
     load_jsonl_examples,
     load_tsv_triples,
 )
 
 logger = logging.getLogger("dualforge.train")
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """What retrieval evaluation needs: texts and judgments."""
-
-    corpus: Mapping[str, str]
-    queries: Mapping[str, str]
-    qrels: Mapping[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True)
@@ -42,55 +37,70 @@ class RunData:
     corpus: Mapping[str, str] | None = None
 
 
-def load_run_data(cfg: DataConfig, seed: int) -> RunData:
-    """Load the configured training data and evaluation splits."""
+def load_run_data(
+    cfg: DataConfig, seed: int, *, load_splits: SplitsLoader = load_beir_splits
+) -> RunData:
+    """Load the configured training data and evaluation splits.
+
+    Args:
+        cfg: The data settings.
+        seed: Seed of the carved dev split (``data.dev_fraction``).
+        load_splits: Reads a BEIR folder (corpus and queries once) with the qrels of the splits
+            it is given; it is called at most once per run, for every split the run needs.
+
+    Returns:
+        The run's data; dev and test share the training corpus texts.
+
+    Raises:
+        ValueError: For a bad ``data.format`` or a missing ``data.train_file``.
+        DataError: For a missing file or, unless ``data.skip_bad``, a bad record.
+    """
     folder = Path(cfg.path)
     if cfg.format == "beir":
-        return _from_beir(cfg, folder, seed)
+        return _from_beir(cfg, folder, seed, load_splits)
     if cfg.format in ("jsonl", "tsv"):
         if cfg.train_file is None:
             raise ValueError(f"data.format={cfg.format!r} needs data.train_file")
         loader = load_jsonl_examples if cfg.format == "jsonl" else load_tsv_triples
         examples = list(loader(cfg.train_file, skip_bad=cfg.skip_bad))
-        return RunData(examples, None, _test_set(cfg, folder), {})
+        split = _test_split(cfg, folder)
+        test = (
+            None if split is None else eval_set(load_splits(folder, [split], cfg.skip_bad)[split])
+        )
+        return RunData(examples, None, test, {})
     raise ValueError(f"data.format={cfg.format!r}; use 'beir', 'jsonl' or 'tsv'")
 
 
-def _test_set(cfg: DataConfig, folder: Path) -> EvalSet | None:
-    """The test split, or None when ``data.test_split`` is null or the folder has no such split."""
+def _test_split(cfg: DataConfig, folder: Path) -> str | None:
+    """``data.test_split``, or None when it is null or the folder has no such split (warned)."""
     if cfg.test_split is None:
         return None
     if not folder.is_dir() or cfg.test_split not in available_splits(folder):
         logger.warning("no qrels/%s.tsv under %s: no test evaluation", cfg.test_split, folder)
         return None
-    return load_eval_set(folder, cfg.test_split, cfg.skip_bad)
+    return cfg.test_split
 
 
-def load_eval_set(folder: Path, split: str, skip_bad: bool) -> EvalSet:
-    """Corpus texts, the split's judged queries and its qrels, for evaluation."""
-    ds = load_beir(folder, split, skip_bad=skip_bad)
-    corpus = {doc_id: doc.full_text for doc_id, doc in ds.corpus.items()}
-    queries = {qid: ds.queries[qid] for qid in ds.qrels if qid in ds.queries}
-    return EvalSet(corpus, queries, ds.qrels)
-
-
-def _from_beir(cfg: DataConfig, folder: Path, seed: int) -> RunData:
-    train = load_beir(folder, cfg.train_split, skip_bad=cfg.skip_bad)
+def _from_beir(cfg: DataConfig, folder: Path, seed: int, load_splits: SplitsLoader) -> RunData:
+    test_split = _test_split(cfg, folder)
+    wanted = [cfg.train_split, *(s for s in (cfg.dev_split, test_split) if s is not None)]
+    loaded = load_splits(folder, wanted, cfg.skip_bad)
+    train = loaded[cfg.train_split]
     examples = examples_from_beir(train)
     known = {
         qid: {d for d, score in docs.items() if score > 0} for qid, docs in train.qrels.items()
     }
-    corpus = {doc_id: doc.full_text for doc_id, doc in train.corpus.items()}
+    corpus = corpus_texts(train)
     dev: EvalSet | None = None
     if cfg.dev_split is not None:
-        dev = load_eval_set(folder, cfg.dev_split, cfg.skip_bad)
+        dev = eval_set(loaded[cfg.dev_split], corpus)
     elif cfg.dev_fraction > 0:
         examples, held = _carve(examples, cfg.dev_fraction, seed)
         qids = {ex.query_id for ex in held if ex.query_id is not None}
         qrels = {q: train.qrels[q] for q in qids}
         dev_corpus = _subsample(corpus, qrels, cfg.dev_corpus_size, seed)
         dev = EvalSet(dev_corpus, {q: train.queries[q] for q in qids}, qrels)
-    test = _test_set(cfg, folder)
+    test = None if test_split is None else eval_set(loaded[test_split], corpus)
     return RunData(examples, dev, test, known, corpus)
 
 

@@ -27,6 +27,7 @@ from dualforge.eval.retrieval.index import (
     VectorIndex,
     build_index,
 )
+from dualforge.eval.retrieval.search import SearchFn, corpus_embeddings, make_search
 
 __all__ = [
     "AdaptiveSearcher",
@@ -38,6 +39,7 @@ __all__ = [
     "Funnel",
     "FunnelResult",
     "PrefixRescorer",
+    "SearchFn",
     "Stage",
     "TorchFlatIndex",
     "VectorIndex",
@@ -45,12 +47,14 @@ __all__ = [
     "cascade_flops",
     "check_stages",
     "choose_cascade",
+    "corpus_embeddings",
     "cross_validate_cascade",
     "default_candidates",
     "exact_flops",
     "exact_search",
     "faiss_available",
     "format_funnel_spec",
+    "make_search",
     "parse_funnel_spec",
     "prepare",
     "qrels_quality",

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dualforge.matryoshka import prefix
+
 Array = np.ndarray | torch.Tensor
 METRICS = ("ip", "cos")
 BACKENDS = ("auto", "faiss", "torch")
@@ -62,12 +64,7 @@ def prepare(
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}; use one of {METRICS}")
     t = _as_tensor(x, name)  # (N, D)
-    if dims is not None:
-        if not 0 < dims <= t.shape[1]:
-            raise ValueError(f"dims={dims} is outside 1..{t.shape[1]} (the embedding size)")
-        t = t[:, :dims]  # (N, dims)
-    if metric == "cos":
-        t = torch.nn.functional.normalize(t, p=2.0, dim=1, eps=1e-12)
+    t = prefix(t, t.shape[1] if dims is None else dims, renormalize=metric == "cos")  # (N, dims)
     return t.contiguous()
 
 

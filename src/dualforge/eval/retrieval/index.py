@@ -33,6 +33,7 @@ from dualforge.eval.retrieval.exact import (
     faiss_available,
     prepare,
 )
+from dualforge.matryoshka import check_dim
 
 
 class VectorIndex(Protocol):
@@ -223,8 +224,7 @@ class PrefixRescorer:
         idx = torch.as_tensor(ids, dtype=torch.int64).to(self._vectors.device)  # (Q, S)
         if idx.ndim != 2 or idx.shape[0] != q.shape[0]:
             raise ValueError(f"ids {tuple(idx.shape)} must be (Q={q.shape[0]}, candidates)")
-        if dims > self.dim:
-            raise ValueError(f"dims={dims} is outside 1..{self.dim} (the embedding size)")
+        check_dim(dims, self.dim)
         if idx.numel() and int(idx.max()) >= self.ntotal:
             raise ValueError(f"document index {int(idx.max())} >= {self.ntotal} documents")
         safe = idx.clamp_min(0)  # (Q, S)

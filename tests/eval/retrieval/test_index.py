@@ -15,16 +15,7 @@ from dualforge.eval.retrieval import (
     build_index,
     exact_search,
 )
-
-
-def brute_force(q: np.ndarray, d: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, ...]:
-    q, d = q.astype(np.float64), d.astype(np.float64)
-    if metric == "cos":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    sims = q @ d.T  # (Q, N)
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (Q, k)
-    return np.take_along_axis(sims, ids, 1), ids
+from tests.eval.retrieval.helpers import brute_force, each_backend, each_metric
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +26,8 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return q, d.astype(np.float32)
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@each_metric
+@each_backend
 def test_flat_matches_brute_force_and_exact_search(
     data: tuple[np.ndarray, np.ndarray], metric: str, backend: str
 ) -> None:
@@ -87,7 +78,7 @@ def test_hnsw_recall(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert recall >= 0.95
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@each_backend
 def test_exact_index_counts_every_vector(data: tuple[np.ndarray, np.ndarray], backend: str) -> None:
     q, d = data
     index = build_index(d, "Flat", "ip", backend=backend)
@@ -132,7 +123,7 @@ def test_bad_factories(data: tuple[np.ndarray, np.ndarray]) -> None:
         build_index(d, backend="annoy")
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@each_backend
 def test_search_argument_errors(data: tuple[np.ndarray, np.ndarray], backend: str) -> None:
     q, d = data
     index = build_index(d, backend=backend)
@@ -158,7 +149,7 @@ def test_faiss_missing(
         build_index(d, backend="faiss")
 
 
-@pytest.mark.parametrize("metric", ["ip", "cos"])
+@each_metric
 def test_prefix_rescorer_matches_numpy(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
     q, d = data
     rng = np.random.default_rng(1)

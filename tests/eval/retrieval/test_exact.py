@@ -9,20 +9,7 @@ import pytest
 import torch
 
 from dualforge.eval.retrieval.exact import exact_search, faiss_available, run_from_search
-
-BACKENDS = ["faiss", "torch"]
-
-
-def brute_force(
-    q: np.ndarray, d: np.ndarray, k: int, metric: str, dims: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    q, d = q.astype(np.float64)[:, :dims], d.astype(np.float64)[:, :dims]
-    if metric == "cos":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    sims = q @ d.T  # (Q, N)
-    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (Q, k)
-    return np.take_along_axis(sims, ids, 1), ids
+from tests.eval.retrieval.helpers import brute_force, each_backend, each_metric
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +20,8 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return q, d.astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("metric", ["ip", "cos"])
+@each_backend
+@each_metric
 @pytest.mark.parametrize("dims", [None, 8])
 def test_backends_match_brute_force(
     data: tuple[np.ndarray, np.ndarray], backend: str, metric: str, dims: int | None
@@ -65,7 +52,7 @@ def test_torch_tensors_and_auto_backend(data: tuple[np.ndarray, np.ndarray]) -> 
     np.testing.assert_allclose(auto[0], ref[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@each_backend
 def test_k_larger_than_corpus_is_clipped(backend: str) -> None:
     rng = np.random.default_rng(1)
     q, d = rng.normal(size=(4, 6)), rng.normal(size=(3, 6))
@@ -74,7 +61,7 @@ def test_k_larger_than_corpus_is_clipped(backend: str) -> None:
     assert all(sorted(row) == [0, 1, 2] for row in ids.tolist())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@each_backend
 def test_ties_sorted_by_index(backend: str) -> None:
     d = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], np.float32)
     scores, ids = exact_search(np.array([[1.0, 0.0]]), d, 4, backend=backend)

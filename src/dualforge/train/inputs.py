@@ -1,0 +1,58 @@
+"""Check what a run's config points at (data files, model folder, loss name) before loading it.
+
+:func:`check_inputs` is cheap (it stats files, it reads none), so ``dualforge train`` and
+``dualforge validate`` call it first: a wrong path fails in a second, naming the key, instead of
+after the model has loaded. What cannot be known without loading (a hub name that does not
+exist, a bad record in a file) still fails at load time, as a :class:`~dualforge.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dualforge.config import Config, ConfigError, DataConfig
+from dualforge.data import available_splits
+from dualforge.modeling.io import ModelLoadError, check_model_name
+from dualforge.train.components import LOSSES
+
+BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
+
+
+def check_inputs(cfg: Config) -> None:
+    """Check that the loss is registered and that the data and model paths exist.
+
+    Args:
+        cfg: A validated config.
+
+    Raises:
+        ConfigError: Naming the key and the path, e.g. ``data.path='/x': no such folder``.
+    """
+    if cfg.loss.name not in LOSSES:
+        raise ConfigError(f"loss.name={cfg.loss.name!r}: must be one of {sorted(LOSSES)}")
+    _check_data(cfg.data)
+    try:
+        check_model_name(cfg.model.name)
+    except ModelLoadError as err:
+        raise ConfigError(f"model.name={err.name!r}: {err.reason}") from err
+
+
+def _check_data(cfg: DataConfig) -> None:
+    """The training file, or the BEIR folder with its files and the train / dev qrels."""
+    if cfg.format != "beir":
+        if cfg.train_file is None:
+            raise ConfigError(f"data.train_file=None: must be set for data.format={cfg.format!r}")
+        if not Path(cfg.train_file).is_file():
+            raise ConfigError(f"data.train_file={cfg.train_file!r}: no such file")
+        return
+    folder = Path(cfg.path)
+    if not folder.is_dir():
+        raise ConfigError(f"data.path={cfg.path!r}: no such folder")
+    for name in BEIR_FILES:
+        if not (folder / name).is_file():
+            raise ConfigError(f"data.path={cfg.path!r}: no {name} in it (not a BEIR folder)")
+    splits = available_splits(folder)
+    for key, split in (("train_split", cfg.train_split), ("dev_split", cfg.dev_split)):
+        if split is not None and split not in splits:
+            raise ConfigError(
+                f"data.{key}={split!r}: no qrels/{split}.tsv in {cfg.path} (splits: {splits})"
+            )
