@@ -89,7 +89,7 @@ def backward_fn(model: DualEncoder, arm: Arm, doc_len: int) -> Callable[[Batch],
     def run(batch: Batch) -> float:
         if arm.cached:
             x = collate(model, batch, 64, doc_len)
-            return float(gc.step(x.queries, x.documents, false_negatives=x.false_negatives))
+            return float(gc.step(x.queries, x.documents, false_negatives=x.false_negatives).loss)
         total = 0.0
         for start in range(0, len(batch), arm.micro):
             x = collate(model, sub_batch(batch, start, start + arm.micro), 64, doc_len)

@@ -198,7 +198,7 @@ class Bench:
 
             return plain
         if method == "dualforge":
-            return lambda: float(self.gc.step(inputs["q"], inputs["d"]))
+            return lambda: float(self.gc.step(inputs["q"], inputs["d"]).loss)
         if method == "st":
 
             def st() -> float:
@@ -323,7 +323,7 @@ def profile_config(bench: Bench, inputs: dict[str, Any]) -> dict[str, float]:
     t1 = time.perf_counter()
     passes = [gc.forward_no_grad(enc, c, True) for enc, c in zip(gc.encoders, chunks)]
     t2 = time.perf_counter()
-    _, grads = gc.build_cache([p.reps for p in passes], {})
+    _, _, grads = gc.build_cache([p.reps for p in passes], {})
     t3 = time.perf_counter()
     gc.forward_backward(passes, grads)
     t4 = time.perf_counter()

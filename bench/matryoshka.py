@@ -49,15 +49,17 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def loss_phase_time(loss: Callable[..., torch.Tensor], batch: int, dim: int) -> float:
+def loss_phase_time(loss: Callable[..., Any], batch: int, dim: int) -> float:
     """Median time of the loss forward + backward on detached ``(batch, dim)`` representations."""
+    from dualforge.losses import split_output
+
     g = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1)
     d = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1)
 
     def run() -> None:
         leaves = [q.clone().requires_grad_(), d.clone().requires_grad_()]
-        torch.autograd.backward(loss(*leaves))
+        torch.autograd.backward(split_output(loss(*leaves))[0])
 
     run()
     return median_time(run, 50)
