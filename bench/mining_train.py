@@ -51,6 +51,7 @@ import platform
 import random
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,10 @@ import torch
 from _common import CONFIGS, OUT, parse_args, quick_scifact
 from dualforge.config import load_config
 from dualforge.mining import choose_landmarks, correct_drift, drift_error
+from dualforge.mining.policies import DriftParams, DynamicPolicy, TargetVectors, TreeParams
+from dualforge.train.checkpoint import TrainerState
 from dualforge.train.evaluation import evaluate_split
-from dualforge.train.loop import batches, build_parts, optimizer_step, training_step
+from dualforge.train.loop import StepInfo, build_parts, resume_or_start, train_steps
 
 CONFIG = CONFIGS / "scifact-minilm-dynamic.yaml"
 # Smoke-test sizes (--quick, on the SciFact cut of _common.quick_scifact): seconds per part.
@@ -239,13 +242,96 @@ def subset(corpus: dict[str, str], judged: set[str], size: int, seed: int) -> li
     return sorted(judged & set(corpus)) + others[: max(0, size - len(judged))]
 
 
+class Chain:
+    """One dynamic chain, run by the library's :class:`DynamicPolicy` as the miner runs it: every
+    ``--dynamic-every`` steps re-encode the landmarks (and, for a ``+recent`` chain, up to
+    ``--recent`` positives of the batches since its last update), residual-Nyström-correct the
+    other targets, write the re-encoded ones exactly (no held-out rows: the bench measures on
+    every target)."""
+
+    def __init__(self, v0: np.ndarray, fraction: float, recent: int, every: int) -> None:
+        drift = DriftParams(landmarks=fraction, holdout=0, recent=recent, **FIT)
+        self.policy = DynamicPolicy(every, TreeParams(16, 64, 0), drift)
+        self.targets = TargetVectors.empty(len(v0))
+        self.policy.refresh(0, self.targets, lambda rows: v0 if rows is None else v0[rows])
+
+    def update(self, step: int, encode: Any) -> None:
+        """One Nyström update at ``step``."""
+        self.policy.refresh(step, self.targets, encode)
+        self.targets.last_refresh = step
+
+    def vectors(self) -> np.ndarray:
+        """The chain's current estimate of every target."""
+        out = self.targets.current()
+        assert out is not None
+        return out
+
+    def last_rows(self) -> np.ndarray:
+        """Rows re-encoded at the last update (exact there, so left out of the error)."""
+        if self.targets.last_refresh == 0:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(self.targets.last_encoded == self.targets.last_refresh)
+
+
+@dataclass
+class CdRun:
+    """What part (c)/(d) measures against, and what it has measured so far."""
+
+    args: argparse.Namespace
+    p: Any
+    row: dict[str, int]
+    encode: Any
+    v0: np.ndarray
+    exs: list[Any]
+    pos: torch.Tensor
+    known: torch.Tensor
+    chains: dict[str, Chain]
+    tick: float
+    refresh: np.ndarray | None = None  # the last full re-encode, every --refresh-every steps
+    results: list[dict[str, Any]] = field(default_factory=list)
+    saved: dict[str, Any] = field(default_factory=dict)
+
+    def after_step(self, _: Any, state: TrainerState, info: StepInfo) -> None:
+        """A training-loop hook: feed the chains, re-encode and measure when due."""
+        args, step = self.args, state.step
+        seen = np.array([self.row[d] for d in info.batch.positive_ids if d in self.row], np.int64)
+        for chain in self.chains.values():
+            chain.policy.observe(seen)
+        if step % 5 == 0:
+            print(f"step {step} loss {info.loss:.4f} at {time.perf_counter() - self.tick:.0f} s", flush=True)  # fmt: skip
+        due = step in args.measure or step % args.refresh_every == 0
+        fresh = self.encode() if due else None
+        if step % args.dynamic_every == 0:
+            for chain in self.chains.values():
+                chain.update(step, lambda rows: fresh[rows] if fresh is not None else self.encode(rows))  # fmt: skip
+        if step in args.measure:
+            assert fresh is not None
+            self.record(step, info.loss, fresh)
+        if fresh is not None and step % args.refresh_every == 0:
+            self.refresh = fresh
+
+    def record(self, step: int, loss: float, fresh: np.ndarray) -> None:
+        """Measure drift and gradient errors at ``step``; keep vectors when saving."""
+        dyn = {k: c.vectors() for k, c in self.chains.items()}
+        last_rows = {k: c.last_rows() for k, c in self.chains.items()}
+        refresh = self.v0 if self.refresh is None else self.refresh
+        point = measure(step, loss, self.v0, refresh, dyn, last_rows, fresh, self.p, self.exs, self.pos, self.known, self.args)  # fmt: skip
+        queries = point.pop("queries")
+        if self.args.save_vectors:
+            self.saved.update({f"step{step}": fresh, f"refresh_step{step}": refresh, f"queries{step}": queries})  # fmt: skip
+            self.saved.update({f"dynamic_{k}_step{step}": v for k, v in dyn.items()})
+        self.results.append(point)
+        print(json.dumps(point), flush=True)
+
+
 def part_cd(args: argparse.Namespace) -> dict[str, Any]:
-    """Train with in-batch negatives; measure drift and gradient error at ``args.measure``."""
+    """Train with in-batch negatives (the library loop); measure drift and gradient error at
+    ``args.measure`` from a hook."""
     overrides = [
         "mining.strategy=in_batch", f"optim.batch_size={args.batch}", f"optim.lr={args.lr}",
         f"optim.max_steps={args.steps}", f"model.doc_max_length={args.doc_len}",
         "gradcache.precision=fp32", f"run.output_dir={args.workdir}", "run.name=bench-cd",
-        "run.progress=false", f"run.threads={args.threads}", *args.set,
+        "run.progress=false", f"run.threads={args.threads}", "run.save_every=0", *args.set,
     ]  # fmt: skip
     p = build_parts(load_config(CONFIG, overrides))
     assert p.data.corpus is not None
@@ -269,67 +355,16 @@ def part_cd(args: argparse.Namespace) -> dict[str, Any]:
     tick = time.perf_counter()
     v0 = encode()
     print(f"full encode of {len(ids)} targets: {time.perf_counter() - tick:.1f} s", flush=True)
-    refresh = v0
-    # Dynamic chains by label: "<fraction>" (landmarks only) and "<fraction>+recent".
-    dyn: dict[str, np.ndarray] = {f"{f:g}": v0.copy() for f in args.landmarks}
-    last_rows: dict[str, np.ndarray] = {}
-    stream, results = batches(p.sampler), []
-    saved: dict[str, Any] = {"step0": v0}
-    recent: dict[int, None] = {}  # positives of the batches since the last dynamic update
-    for step in range(1, args.steps + 1):
-        batch = next(stream)
-        loss = training_step(p, batch, step)
-        optimizer_step(p)
-        for d in batch.positive_ids:
-            if d in row:
-                recent.pop(row[d], None)
-                recent[row[d]] = None
-        if step % 5 == 0:
-            print(f"step {step} loss {loss:.4f} at {time.perf_counter() - tick:.0f} s", flush=True)
-        fresh = encode() if step in args.measure or step % args.refresh_every == 0 else None
-        if step % args.dynamic_every == 0:
-            for f in args.landmarks:
-                rows = choose_landmarks(len(ids), max(1, round(f * len(ids))), seed=step)
-                dyn[f"{f:g}"], last_rows[f"{f:g}"] = dynamic_update(dyn[f"{f:g}"], rows, [], fresh, encode)  # fmt: skip
-                if args.recent:
-                    key = f"{f:g}+recent"
-                    extra = [r for r in reversed(recent) if r not in set(rows.tolist())]
-                    dyn[key], last_rows[key] = dynamic_update(
-                        dyn.get(key, v0.copy()), rows, extra[: args.recent], fresh, encode
-                    )
-            recent.clear()
-        if step in args.measure:
-            assert fresh is not None
-            if args.save_vectors:
-                saved[f"step{step}"] = fresh
-                saved[f"refresh_step{step}"] = refresh
-            point = measure(step, loss, v0, refresh, dyn, last_rows, fresh, p, exs, pos, known, args)  # fmt: skip
-            if args.save_vectors:
-                saved[f"queries{step}"] = point.pop("queries")
-                saved.update({f"dynamic_{k}_step{step}": v for k, v in dyn.items()})
-            point.pop("queries", None)
-            results.append(point)
-            print(json.dumps(results[-1]), flush=True)
-        if fresh is not None and step % args.refresh_every == 0:
-            refresh = fresh
+    chains = {f"{f:g}": Chain(v0, f, 0, args.dynamic_every) for f in args.landmarks}
+    if args.recent:
+        chains.update({f"{f:g}+recent": Chain(v0, f, args.recent, args.dynamic_every) for f in args.landmarks})  # fmt: skip
+    run = CdRun(args, p, row, encode, v0, exs, pos, known, chains, tick, saved={"step0": v0})
+    train_steps(p, resume_or_start(p), hooks=[run.after_step])
+    p.log.close()
     if args.save_vectors:
-        saved.update(positives=pos.numpy(), known=known.numpy())
-        np.savez(args.save_vectors, **saved)
-    return {"steps": args.steps, "targets": len(ids), "queries": len(exs), "points": results}
-
-
-def dynamic_update(
-    vectors: np.ndarray, landmarks: np.ndarray, extra: list[int], fresh: np.ndarray | None,
-    encode: Any,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """One step of the dynamic chain, as the miner does it: re-encode ``landmarks`` and the
-    ``extra`` (recent) rows, residual-Nyström-correct every target from the landmarks, write the
-    re-encoded rows exactly. Returns the new vectors and the re-encoded rows."""
-    rows = np.concatenate([landmarks, np.asarray(extra, np.int64)])
-    new = fresh[rows] if fresh is not None else encode(rows)
-    out = nystrom(vectors, landmarks, new[: len(landmarks)], residual=True)
-    out[rows] = new
-    return out, rows
+        run.saved.update(positives=pos.numpy(), known=known.numpy())
+        np.savez(args.save_vectors, **run.saved)
+    return {"steps": args.steps, "targets": len(ids), "queries": len(exs), "points": run.results}
 
 
 def measure(
@@ -388,6 +423,22 @@ def part_sweep(args: argparse.Namespace) -> dict[str, Any]:
 # ---- (e) end to end ------------------------------------------------------------------------------
 
 
+def train_for(p: Any, budget: float) -> tuple[int, dict[str, Any]]:
+    """Drive the library loop for ``budget`` seconds (mining included); the steps run and the
+    last step's miner telemetry."""
+    fields: dict[str, Any] = {}
+
+    def keep_telemetry(_: Any, __: TrainerState, info: StepInfo) -> None:
+        fields.update(info.mining)
+
+    start = time.perf_counter()
+    state = train_steps(
+        p, resume_or_start(p), stop=lambda _: time.perf_counter() - start >= budget,
+        hooks=[keep_telemetry],
+    )  # fmt: skip
+    return state.step, fields
+
+
 def part_e(args: argparse.Namespace) -> dict[str, Any]:
     """Train each strategy for ``args.budget`` seconds, then evaluate on SciFact test."""
     out: dict[str, Any] = {"budget_s": args.budget, "runs": {}}
@@ -399,7 +450,7 @@ def part_e(args: argparse.Namespace) -> dict[str, Any]:
             f"mining.refresh_every={args.dynamic_every if strategy == 'dynamic' else args.refresh_every}",
             "gradcache.precision=fp32", "eval.dims=[]", f"run.output_dir={args.workdir}",
             f"run.name=bench-e-{strategy}", "run.progress=false", f"run.threads={args.threads}",
-            *args.set,
+            "run.save_every=0", *args.set,
         ]  # fmt: skip
         p = build_parts(load_config(CONFIG, overrides))
         assert p.data.test is not None
@@ -408,17 +459,8 @@ def part_e(args: argparse.Namespace) -> dict[str, Any]:
             before = evaluate_split(p.model, p.data.test, p.cfg.eval, False).metrics
             out["before"] = before
             print("before", json.dumps(before), flush=True)
-        start, step, stream = time.perf_counter(), 0, batches(p.sampler)
-        fields: dict[str, Any] = {}
-        while time.perf_counter() - start < args.budget:
-            tick, step = time.perf_counter(), step + 1
-            batch = next(stream)
-            if p.miner is not None:
-                batch = p.miner.prepare(batch, step)
-            training_step(p, batch, step)
-            optimizer_step(p)
-            if p.miner is not None:
-                fields = p.miner.telemetry(step, time.perf_counter() - tick)
+        start = time.perf_counter()
+        step, fields = train_for(p, args.budget)
         seconds = time.perf_counter() - start
         p.model.max_seq_length = args.doc_len  # evaluate at the training truncation (CPU time)
         metrics = evaluate_split(p.model, p.data.test, p.cfg.eval, False).metrics

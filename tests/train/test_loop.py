@@ -107,7 +107,8 @@ def test_sigkill_then_resume_gives_identical_weights(
     ]
     straight = train(load_config(None, [*base, "run.name=straight"]))
     killed_args = [*base, "run.name=killed"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    root = Path(__file__).resolve().parents[2]  # this checkout's sources first, then its tests
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_TRAIN, *killed_args], stderr=subprocess.PIPE, env=env
     )

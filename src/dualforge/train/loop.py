@@ -114,10 +114,11 @@ class StepInfo:
         loss: Its loss.
         parts: The loss's named parts (e.g. ``{"loss_by_dim": {...}}``).
         grad_norm: Gradient norm before clipping.
-        lr: Learning rate after the scheduler step.
+        lr: Learning rate the step trained at.
         examples: Queries in the batch.
         seconds: Wall time of the step, mining included.
         mining: Miner telemetry and the run's mining/training seconds (empty without a miner).
+        batch: The batch the step trained on (mined negatives filled in).
     """
 
     step: int
@@ -128,6 +129,7 @@ class StepInfo:
     examples: int
     seconds: float
     mining: dict[str, Any]
+    batch: Batch
 
     def record(self, epoch: int) -> dict[str, Any]:
         """Fields of the step's ``train`` event."""
@@ -280,9 +282,10 @@ def train_steps(
         tick = time.perf_counter()
         batch, mining_seconds = mine(p, next(stream), state.step + 1)
         result = training_step(p, batch, state.step + 1)
+        lr = float(p.scheduler.get_last_lr()[0])  # the rate this step trains at
         grad_norm = optimizer_step(p)
         state = replace(state, step=state.step + 1)
-        info = step_info(p, state.step, result, grad_norm, len(batch.queries), tick, mining_seconds)
+        info = step_info(p, state.step, result, grad_norm, lr, batch, tick, mining_seconds)
         bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
         bar.update(1)
         last = done(state)
@@ -306,8 +309,8 @@ def mine(p: Parts, batch: Batch, step: int) -> tuple[Batch, float]:
 
 
 def step_info(
-    p: Parts, step: int, result: StepResult, grad_norm: float, examples: int, tick: float,
-    mining_seconds: float,
+    p: Parts, step: int, result: StepResult, grad_norm: float, lr: float, batch: Batch,
+    tick: float, mining_seconds: float,
 ) -> StepInfo:  # fmt: skip
     """What the step did, with the miner's telemetry and the run clock updated."""
     seconds = time.perf_counter() - tick
@@ -315,9 +318,10 @@ def step_info(
     if p.miner is not None:
         p.clock.add(seconds, mining_seconds)
         mining = {**p.clock.fields(), **p.miner.telemetry(step)}
-    lr = float(p.scheduler.get_last_lr()[0])
-    loss = float(result.loss)
-    return StepInfo(step, loss, result.parts, grad_norm, lr, examples, seconds, mining)
+    examples = len(batch.queries)
+    return StepInfo(
+        step, float(result.loss), result.parts, grad_norm, lr, examples, seconds, mining, batch
+    )
 
 
 def bookkeeping(p: Parts, state: TrainerState, info: StepInfo, last: bool) -> TrainerState:
