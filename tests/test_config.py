@@ -20,11 +20,9 @@ from dualforge.config import (
     MatryoshkaConfig,
     MiningConfig,
     ModelConfig,
-    NystromKernel,
     OptimConfig,
     Precision,
     Projection,
-    SamplerBackend,
     Strategy,
     load_config,
     save_config,
@@ -32,6 +30,7 @@ from dualforge.config import (
 from dualforge.data.sampler import PositiveMode
 from dualforge.errors import UserError
 from dualforge.losses.contrastive import Similarity
+from dualforge.mining import NystromKernel, SamplerBackend
 from dualforge.mining.negatives import MODES, MiningMode
 from dualforge.modeling.pooling import Pooling
 from dualforge.train.components import PRECISIONS

@@ -1,4 +1,4 @@
-"""Frozen dataclass configs, loaded from YAML with ``key.sub=value`` overrides.
+"""The config sections: frozen dataclasses, one a part of a run (loading is in ``loading.py``).
 
 Every section is a frozen dataclass that checks its own values in ``__post_init__``: choices are
 ``Literal`` types (each defined once, next to the code that uses it, or here when only the
@@ -11,24 +11,17 @@ Classes of the library never see a config: the training loop reads it and passes
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-
+from dualforge.config.checks import ConfigError, _optional_at_least, _validate
 from dualforge.data.sampler import PositiveMode
-from dualforge.errors import UserError
 from dualforge.losses.contrastive import Similarity
 from dualforge.matryoshka import check_dims
 from dualforge.mining import NystromKernel, SamplerBackend
 from dualforge.mining.negatives import MiningMode
 from dualforge.modeling.pooling import Pooling
-
-T = TypeVar("T")
 
 Projection = Literal["identity", "pca"]
 DataFormat = Literal["beir", "jsonl", "tsv"]
@@ -36,67 +29,6 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Strategy = Literal["in_batch", "static", "refresh", "oracle", "dynamic"]
 Correction = Literal["residual", "plain"]
 SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override is invalid; the message names the key."""
-
-
-Check = tuple[bool, str, str]
-"""``(ok, field, what it must be)``, one rule of a section."""
-
-
-def _check_choice(value: Any, allowed: tuple[Any, ...], key: str) -> None:
-    """Raise naming ``key`` unless ``value`` is one of ``allowed`` (same type, not ``1 == True``)."""
-    if not any(value == a and type(value) is type(a) for a in allowed):
-        raise ConfigError(f"{key}={value!r}: must be one of {list(allowed)}")
-
-
-_CHOICES: dict[type, dict[str, tuple[Any, ...]]] = {}
-
-
-def _literal_values(hint: Any) -> tuple[Any, ...] | None:
-    """The values a ``Literal`` (or ``Literal | None``) hint allows, else None."""
-    if typing.get_origin(hint) is Literal:
-        return typing.get_args(hint)
-    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
-        return None
-    args = typing.get_args(hint)
-    inner = [a for a in args if a is not type(None)]
-    if len(inner) != 1 or typing.get_origin(inner[0]) is not Literal:
-        return None
-    return (*typing.get_args(inner[0]), *((None,) if type(None) in args else ()))
-
-
-def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
-    """``{field: allowed values}`` of the ``Literal`` fields of dataclass ``cls`` (cached)."""
-    if cls not in _CHOICES:
-        hints = typing.get_type_hints(cls)
-        found = {f.name: _literal_values(hints[f.name]) for f in dataclasses.fields(cls)}
-        _CHOICES[cls] = {name: values for name, values in found.items() if values is not None}
-    return _CHOICES[cls]
-
-
-def _validate(section: Any, name: str, checks: Sequence[Check] = ()) -> None:
-    """Check a section's ``Literal`` fields, then ``checks``; raise naming the first bad key.
-
-    Args:
-        section: The dataclass instance.
-        name: Its key path, e.g. ``"loss.matryoshka"``.
-        checks: Rules beyond the choices.
-
-    Raises:
-        ConfigError: ``name.field=value: must be ...``.
-    """
-    for key, allowed in _choices(type(section)).items():
-        _check_choice(getattr(section, key), allowed, f"{name}.{key}")
-    for ok, key, want in checks:
-        if not ok:
-            raise ConfigError(f"{name}.{key}={getattr(section, key)!r}: must be {want}")
-
-
-def _optional_at_least(value: int | None, low: int) -> bool:
-    return value is None or value >= low
 
 
 @dataclass(frozen=True)
@@ -475,117 +407,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config (or defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
-
-    Relative paths in the config are relative to the working directory.
-
-    Raises:
-        ConfigError: For a missing file, invalid YAML (``file:line:column``), a malformed
-            override, an unknown key, a wrong type or a bad value; the message names the key.
-    """
-    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
-    for item in overrides:
-        apply_override(raw, item)
-    return from_dict(Config, raw)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML config file."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(err, "problem", None) or "cannot be parsed"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from err
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return loaded
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``raw[a][b] = value`` for ``"a.b=value"`` (value parsed as YAML)."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
-
-
-def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, checking keys, types and choices recursively.
-
-    Args:
-        cls: The dataclass.
-        data: Its keys and values.
-        where: Key path of ``data`` (``""`` for a whole :class:`Config`), named in errors.
-
-    Raises:
-        ConfigError: Naming the key (``optim.lr: expected a number, got 'abc'``).
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    prefix = f"{where}." if where else ""
-    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, where)  # type: ignore[arg-type]
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Literal:
-        _check_choice(value, args, where)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    return _scalar(hint, value, where)
-
-
-def _scalar(hint: Any, value: Any, where: str) -> Any:
-    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)  # YAML reads 3e-5 (no dot) as a string
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hint in (float, str) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write ``cfg`` as YAML that :func:`load_config` reads back to an equal config."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
