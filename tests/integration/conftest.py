@@ -1,9 +1,4 @@
-"""The real-model tests run on every core torch would use by default.
-
-Training runs with ``run.threads=1`` (the tiny-model tests' setting) leave torch at one thread
-(``train`` does not restore it), so without this fixture the full-corpus SciFact encoding ran
-on one core of two whenever ``tests/cli`` or ``tests/train`` had run first.
-"""
+"""The real-model tests run on every thread torch would use by default (OMP_NUM_THREADS)."""
 
 from __future__ import annotations
 
@@ -12,13 +7,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-# Read while conftest files are imported, before any test has changed it (honours OMP_NUM_THREADS).
-DEFAULT_THREADS = torch.get_num_threads()
 
-
-@pytest.fixture(autouse=True, scope="package")
-def _default_threads() -> Iterator[None]:
+@pytest.fixture(autouse=True)
+def _default_threads(torch_default_threads: int) -> Iterator[None]:
+    """MiniLM's matmuls (e.g. 8192 x 384 x 1536 when encoding SciFact) do use them; per test, so
+    a tiny run's ``run.threads=1`` that ``train`` leaves set cannot leak into the next test."""
     before = torch.get_num_threads()
-    torch.set_num_threads(DEFAULT_THREADS)
+    torch.set_num_threads(torch_default_threads)
     yield
     torch.set_num_threads(before)
