@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,23 @@ SHARED_DATA = Path(
         "DUALFORGE_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
     )
 ).resolve()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_default_threads() -> Iterator[int]:
+    """One torch thread for the run; yields the count torch started with (for the real model).
+
+    The tiny models' matmuls are too small to share: two threads only add synchronisation, and
+    on a busy 2-core machine they made a tiny ``check-grad`` 100x slower. Before this fixture
+    the count depended on test order (``train`` leaves ``run.threads`` set), so tests before
+    the first training run used two threads and tests after it one.
+    """
+    import torch
+
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield default
+    torch.set_num_threads(default)
 
 
 @pytest.fixture(scope="session")
