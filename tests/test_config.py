@@ -29,6 +29,7 @@ from dualforge.config import (
 )
 from dualforge.data.sampler import PositiveMode
 from dualforge.errors import UserError
+from dualforge.hardware import Resolved
 from dualforge.losses.contrastive import Similarity
 from dualforge.mining import NystromKernel, SamplerBackend
 from dualforge.mining.negatives import MODES, MiningMode
@@ -240,7 +241,25 @@ def test_choices_have_one_definition() -> None:
     assert typing.get_type_hints(LossConfig)["similarity"] is Similarity
     assert typing.get_type_hints(DataConfig)["positives"] is PositiveMode
     assert typing.get_type_hints(ModelConfig)["pooling"] == Pooling | None
-    assert set(PRECISIONS) == set(get_args(Precision))
+    assert set(PRECISIONS) == set(get_args(Resolved))
+    assert set(get_args(Precision)) == {"auto", *get_args(Resolved)}
+
+
+def test_hardware_keys_default_to_auto_and_check_their_values() -> None:
+    cfg = load_config(None, [])
+    assert (cfg.run.device, cfg.gradcache.precision, cfg.gradcache.keep_graphs) == (
+        "auto",
+        "auto",
+        1,
+    )
+    assert load_config(None, ["run.device=cuda:3"]).run.device == "cuda:3"
+    for bad in ("gpu", "cuda:x", "mps"):
+        with pytest.raises(ConfigError, match=rf"^run\.device='{bad}': must be auto, cpu"):
+            load_config(None, [f"run.device={bad}"])
+    with pytest.raises(ConfigError, match=r"^gradcache\.keep_graphs=-1: must be >= 0"):
+        load_config(None, ["gradcache.keep_graphs=-1"])
+    with pytest.raises(ConfigError, match=r"^run\.strategy='zero3': must be one of \['ddp'\]"):
+        load_config(None, ["run.strategy=zero3"])
 
 
 def test_save_and_reload_round_trip(tmp_path: Path) -> None:

@@ -112,9 +112,25 @@ def test_length_sorted_trimmed_chunks(tokenizer) -> None:  # type: ignore[no-unt
     diff.check()
 
 
-def test_without_keeping_last_graph(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    diff = cached_vs_plain(tokenizer, n_q=6, chunk=4, gc_kwargs={"keep_last_graph": False})
+@pytest.mark.parametrize("keep", [0, 2, 3, 10])
+def test_any_number_of_kept_graphs_is_exact(tokenizer, keep: int) -> None:  # type: ignore[no-untyped-def]
+    """K=0 replays every chunk; 10 >= the 3 chunks per tower is plain backprop."""
+    diff = cached_vs_plain(tokenizer, n_q=7, k=1, chunk=3, gc_kwargs={"keep_graphs": keep})
     diff.check()
+
+
+def test_kept_graphs_skip_their_replays(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """With K kept graphs a tower of n chunks runs n + (n - K) forwards, not 2n."""
+    q_enc, _ = make_towers(tokenizer, tied=True, dropout=0.0)
+    calls = [0]
+    q_enc.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    q_batch, d_batch = tokenize(tokenizer, texts(8, seed=3)), tokenize(tokenizer, texts(8, seed=4))
+    for keep, expected in [(0, 16), (1, 14), (3, 10), (4, 8)]:
+        calls[0] = 0
+        GradCache([q_enc, q_enc], loss_fn, chunk_size=2, keep_graphs=keep).step(q_batch, d_batch)
+        assert calls[0] == expected, keep
+    with pytest.raises(ValueError, match="keep_graphs must be >= 0"):
+        GradCache([q_enc], loss_fn, keep_graphs=-1)
 
 
 class LearnedTemperature(nn.Module):
@@ -280,11 +296,12 @@ def test_no_sync_wraps_all_but_final_backward(tokenizer) -> None:  # type: ignor
     )
     gc = GradCache([q_enc, q_enc], loss_fn, chunk_size=2, no_sync=no_sync)
     gc.step(q_batch, d_batch)
-    # q: 3 chunks, the last kept from phase 1 (1 kept forward + backward, 2 replays); d: 3 replays
-    # (the last tower keeps no graph under no_sync, so the final backward is a replay).
+    # q: 3 chunks, the last kept from phase 1 (1 kept forward + backward, 2 replays); d: 3 chunks,
+    # the second kept (under no_sync the very last chunk is replayed, so the final backward is a
+    # replay outside no_sync). 2 kept forwards + 6 backwards, all but the last inside no_sync.
     assert forwards == [True] * 5 + [False]
     assert backwards == [True] * 5 + [False]
-    assert events == ["enter", "exit"] * 6
+    assert events == ["enter", "exit"] * 7
     plain_full_batch([ref, ref], loss_fn, q_batch, d_batch)
     assert compare_grads(snapshot_grads([q_enc]), snapshot_grads([ref])).max_rel <= FP32_TOL
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dualforge.data import Batch
+from dualforge.errors import UserError
 from dualforge.losses import info_nce
 from dualforge.modeling import DualEncoder, Encoder
 from dualforge.train.collate import collate
@@ -96,3 +97,21 @@ def test_loss_drops_masked_rows_and_keeps_each_own_positive(model: DualEncoder) 
     loss = info_nce(q, d, temperature=0.05, false_negatives=mask)
     assert torch.isfinite(loss) and torch.allclose(loss, by_hand)
     assert not torch.allclose(loss, info_nce(q, d, temperature=0.05))  # the mask mattered
+
+
+def test_a_shard_tokenizes_its_rows_and_masks_over_the_global_batch(model: DualEncoder) -> None:
+    """Rank 1 of 2 tokenizes queries 2-3 and their documents; its mask still spans the global
+    batch, so a known positive on rank 0 is masked for rank 1's queries too."""
+    global_batch = batch(["d0", "d1", "d2", "d3"], ["n0", "n1", "n2", "n3"])
+    known = {"q3": {"d3", "d0"}}  # d0 sits on rank 0
+    full = collate(model, global_batch, 16, 16, known)
+    local = collate(model, global_batch, 16, 16, known, shard=(1, 2))
+    expected = model.tokenize(["query 2", "query 3"], "query", 16)
+    assert torch.equal(local.queries["input_ids"], expected["input_ids"])
+    docs = model.tokenize(["d2", "n2", "d3", "n3"], "document", 16)
+    assert torch.equal(local.documents["input_ids"], docs["input_ids"])
+    assert local.false_negatives is not None and full.false_negatives is not None
+    assert torch.equal(local.false_negatives, full.false_negatives)
+    assert (3, 0) in masked(local.false_negatives)
+    with pytest.raises(UserError, match="does not divide between 3 processes"):
+        collate(model, global_batch, 16, 16, known, shard=(0, 3))

@@ -9,6 +9,7 @@ import numpy as np
 
 from dualforge.data import DataError, read_texts
 from dualforge.errors import UsageError
+from dualforge.hardware import resolve_device
 from dualforge.modeling import load_model
 
 
@@ -23,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--output", required=True, help="output .npy; ids go to <output>.ids.txt")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
+    p.add_argument(
         "--dim", type=int, default=None, help="keep only the first DIM dims (Matryoshka)"
     )
     p.set_defaults(func=run)
@@ -30,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Encode and save."""
-    model = load_model(args.model)
+    model = load_model(args.model).to(resolve_device(args.device, "--device"))
     try:
         ids, texts = read_texts(args.input)
     except DataError as err:

@@ -28,6 +28,7 @@ from dualforge.eval.reports import (
     funnel_report,
 )
 from dualforge.eval.retrieval import Stage, parse_funnel_spec
+from dualforge.hardware import resolve_device
 from dualforge.modeling import DualEncoder, load_model
 
 
@@ -41,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--split", default="test")
     p.add_argument("--dims", default="", help="comma-separated prefix dims, e.g. 32,64,128")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
     p.add_argument("--max-length", type=int, default=None, help="override max_seq_length")
     p.add_argument("--k", type=int, default=100, help="retrieve this many documents per query")
     p.add_argument("--output", default=None, help="write the JSON report here")
@@ -100,7 +104,9 @@ def _evaluate(
     name: str, args: argparse.Namespace, data: EvalSet, dims: tuple[int, ...]
 ) -> tuple[dict[str, Any], EncodedSplit, DualEncoder]:
     """Load, encode and evaluate one model: its report dict, embeddings and the model."""
-    model = load_model(name, max_seq_length=args.max_length)
+    model = load_model(name, max_seq_length=args.max_length).to(
+        resolve_device(args.device, "--device")
+    )
     with usage_errors():
         enc = encode_split(model, data, args.batch_size)
     report = evaluate_encoded(enc, data.qrels, k=args.k, metrics=DEFAULT_METRICS, dims=dims)

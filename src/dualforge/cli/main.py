@@ -9,6 +9,7 @@ traceback of every error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,9 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as err:
         if args.debug:
             raise
-        print(f"error: {error_line(err)}", file=sys.stderr)
+        print(f"error{rank_tag()}: {error_line(err)}", file=sys.stderr)
         return USER_ERROR_STATUS
     return status
+
+
+def rank_tag() -> str:
+    """`` (rank R of W)`` under torchrun with several processes, else empty."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f" (rank {rank} of {world})" if world not in ("", "1") else ""
 
 
 def error_line(err: BaseException) -> str:

@@ -19,6 +19,7 @@ from dualforge.data import Document, load_corpus
 from dualforge.errors import UsageError
 from dualforge.eval.reports import search_metric
 from dualforge.eval.retrieval.search import corpus_embeddings, make_search
+from dualforge.hardware import resolve_device
 from dualforge.modeling import load_model
 
 
@@ -40,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--cache", default=None, help="corpus embeddings .npy: read if present, else written"
     )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
     p.add_argument("--max-length", type=int, default=None, help="override max_seq_length")
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed records")
     p.set_defaults(func=run)
@@ -97,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     """Encode (or read) the corpus, then answer each query."""
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
-    model = load_model(args.model, max_seq_length=args.max_length)
+    model = load_model(args.model, max_seq_length=args.max_length).to(
+        resolve_device(args.device, "--device")
+    )
     docs = load_documents(Path(args.corpus), args.skip_bad)
     cache = Path(args.cache) if args.cache else None
 

@@ -11,23 +11,21 @@ and passes plain values.
 
 from dualforge.config.checks import ConfigError
 from dualforge.config.loading import apply_override, from_dict, load_config, save_config
+from dualforge.config.mining import Correction, MiningConfig, Strategy
 from dualforge.config.sections import (
     Config,
-    Correction,
     DataConfig,
     DataFormat,
     EvalConfig,
     GradCacheConfig,
     LossConfig,
     MatryoshkaConfig,
-    MiningConfig,
     ModelConfig,
     OptimConfig,
-    Precision,
     Projection,
     RunConfig,
-    Strategy,
 )
+from dualforge.hardware import Precision
 
 __all__ = [
     "Config",

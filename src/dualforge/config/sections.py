@@ -16,18 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dualforge.config.checks import ConfigError, _optional_at_least, _validate
+from dualforge.config.mining import MiningConfig
 from dualforge.data.sampler import PositiveMode
+from dualforge.hardware import Precision
 from dualforge.losses.contrastive import Similarity
 from dualforge.matryoshka import check_dims
-from dualforge.mining import NystromKernel, SamplerBackend
-from dualforge.mining.negatives import MiningMode
 from dualforge.modeling.pooling import Pooling
 
 Projection = Literal["identity", "pca"]
 DataFormat = Literal["beir", "jsonl", "tsv"]
-Precision = Literal["fp32", "bf16", "fp16"]
-Strategy = Literal["in_batch", "static", "refresh", "oracle", "dynamic"]
-Correction = Literal["residual", "plain"]
+DistStrategy = Literal["ddp"]
 SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
 
 
@@ -168,13 +166,19 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class GradCacheConfig:
-    """Gradient Cache settings (it is always on)."""
+    """Gradient Cache settings (it is always on).
+
+    ``keep_graphs``: the last K chunks of each tower keep their phase-1 graphs instead of being
+    re-encoded (exact; 0 replays every chunk; more costs memory, saves forwards).
+    ``precision``: autocast dtype of the encoders; ``auto`` is bf16 where the device runs it
+    natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32 (:mod:`dualforge.hardware`).
+    """
 
     chunk_size: int | None = 16
     token_budget: int | None = None
     sort_by_length: bool = True
-    keep_last_graph: bool = True
-    precision: Precision = "fp32"
+    keep_graphs: int = 1
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -186,6 +190,7 @@ class GradCacheConfig:
                 (_optional_at_least(self.chunk_size, 1), "chunk_size", ">= 1 or null"),
                 (_optional_at_least(self.token_budget, 1), "token_budget", ">= 1 or null"),
                 (bounded, "chunk_size", "set when gradcache.token_budget is null"),
+                (self.keep_graphs >= 0, "keep_graphs", ">= 0 (0: replay every chunk)"),
             ],
         )
 
@@ -253,6 +258,15 @@ class EvalConfig:
         )
 
 
+def _device_name(spec: str) -> bool:
+    """Whether ``spec`` names a device kind ``run.device`` accepts (availability is checked when
+    the run starts)."""
+    if spec in ("auto", "cpu", "cuda"):
+        return True
+    kind, _, index = spec.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
 def _check_metric_names(metrics: Sequence[str]) -> None:
     """Raise naming ``eval.metrics[i]`` unless every name parses (and there is one at least)."""
     from dualforge.eval.metrics import MetricName  # dualforge.eval loads the retrieval stack
@@ -268,7 +282,13 @@ def _check_metric_names(metrics: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Run bookkeeping: name, folder, seed, checkpoints, logging."""
+    """Run bookkeeping: name, folder, seed, checkpoints, logging, device.
+
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; under
+    torchrun each process takes ``cuda:LOCAL_RANK``. ``threads`` 0: the machine's cores, split
+    between the processes that share it. ``strategy``: how several processes train one model
+    (``ddp``: replicated weights, one gradient all-reduce per step).
+    """
 
     name: str = "run"
     output_dir: str = "runs"
@@ -279,6 +299,8 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     threads: int = 0
+    device: str = "auto"
+    strategy: DistStrategy = "ddp"
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -291,82 +313,10 @@ class RunConfig:
                 (self.save_every >= 0, "save_every", ">= 0 (0: no checkpoints)"),
                 (self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1"),
                 (self.log_every >= 1, "log_every", ">= 1"),
-                (self.threads >= 0, "threads", ">= 0 (0: torch's default)"),
+                (self.threads >= 0, "threads", ">= 0 (0: all cores, shared between processes)"),
+                (_device_name(self.device), "device", "auto, cpu, cuda or cuda:N"),
             ],
         )
-
-
-@dataclass(frozen=True)
-class MiningConfig:
-    """Mined hard negatives (see docs/mining.md, "Training with mined negatives").
-
-    ``strategy``: ``in_batch`` (no mining), ``static`` (index of the initial model's target
-    embeddings, never refreshed), ``refresh`` (re-encode every target and rebuild the index every
-    ``refresh_every`` steps), ``oracle`` (re-encode every target every step, brute force; at most
-    ``oracle_max_targets`` targets), ``dynamic`` (tree index; every ``refresh_every`` steps
-    re-encode ``landmarks`` targets, Nyström-correct all others, update the tree in place).
-    ``mode``: ``softmax`` draws ``num_negatives`` per query from softmax(q·t / ``temperature``);
-    ``topk`` takes ranks ``skip_first`` .. ``skip_first + num_negatives - 1``. Known positives
-    (qrels) are never returned. ``landmarks`` below 1 is a fraction of the targets, otherwise a
-    count. ``holdout`` non-landmark targets are re-encoded at each refresh to measure drift error
-    (0: off); ``recent`` caps how many targets seen in batches since the last refresh are
-    re-encoded with the landmarks (dynamic only). ``correction``: ``residual`` fits the linear
-    Nyström map to the drift and adds it to the stale vectors (keeps the directions the
-    landmarks do not span); ``plain`` maps the stale vectors themselves. ``kernel``: the Nyström
-    kernel, ``rbf`` by default (the lowest drift error in the bench sweeps, docs/mining.md;
-    ``rbf`` / ``poly`` cost O(m³ + N m d): a few thousand landmarks at most).
-    ``ridge`` 0.1 (not ``fit_nystrom``'s 1e-3): with the landmark count near the dimension a
-    lightly regularised linear fit extrapolates noise (docs/mining.md, bench sweep).
-    ``backend``: the tree sampler, ``auto`` (numba when installed, else torch), ``torch`` or
-    ``numba``; resolved once per run and logged (the two draw different negatives for one seed).
-    """
-
-    strategy: Strategy = "in_batch"
-    mode: MiningMode = "softmax"
-    num_negatives: int = 4
-    temperature: float = 0.05
-    skip_first: int = 0
-    refresh_every: int = 100
-    landmarks: float = 0.05
-    holdout: int = 256
-    recent: int = 256
-    oracle_max_targets: int = 20_000
-    encode_batch_size: int = 64
-    doc_max_length: int | None = None
-    branching: int = 16
-    leaf_size: int = 64
-    looseness: float = 1.5
-    eta: float = 0.25
-    ridge: float = 0.1
-    correction: Correction = "residual"
-    kernel: NystromKernel = "rbf"
-    backend: SamplerBackend = "auto"
-
-    def __post_init__(self) -> None:
-        """Check values; errors name the key."""
-        checks = [
-            (self.num_negatives >= 1, "num_negatives", ">= 1"),
-            (self.temperature > 0, "temperature", "> 0"),
-            (self.skip_first >= 0, "skip_first", ">= 0"),
-            (self.refresh_every >= 1, "refresh_every", ">= 1"),
-            (self.landmarks > 0, "landmarks", "> 0 (a fraction below 1, else a count)"),
-            (self.holdout >= 0, "holdout", ">= 0"),
-            (self.recent >= 0, "recent", ">= 0"),
-            (self.oracle_max_targets >= 1, "oracle_max_targets", ">= 1"),
-            (self.encode_batch_size >= 1, "encode_batch_size", ">= 1"),
-            (self.doc_max_length is None or self.doc_max_length >= 1, "doc_max_length", ">= 1"),
-            (self.branching >= 2, "branching", ">= 2"),
-            (self.leaf_size >= 1, "leaf_size", ">= 1"),
-            (self.looseness > 1, "looseness", "> 1"),
-            (0 < self.eta < 1, "eta", "in (0, 1)"),
-            (self.ridge >= 0, "ridge", ">= 0"),
-        ]
-        _validate(self, "mining", checks)
-
-    @property
-    def active(self) -> bool:
-        """Whether negatives are mined."""
-        return self.strategy != "in_batch"
 
 
 @dataclass(frozen=True)

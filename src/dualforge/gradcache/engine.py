@@ -9,7 +9,10 @@ The four phases, one method each:
    and backprop its slice of the cached gradient.
 4. The optimizer step stays with the caller.
 
-The last chunk of each tower keeps its graph from phase 1, so it is not recomputed.
+The last ``keep_graphs`` chunks of each tower keep their graphs from phase 1, so they are not
+recomputed. Under several processes (an :class:`~dualforge.gradcache.exchange.Exchange`), phase 2
+gathers every process's representations, computes this process's queries' share of the loss and
+hands each process the gradient of its own rows (section 3.4 of the paper).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 
 import torch
 
-from dualforge.gradcache.chunking import Chunk, scatter_rows, split_batch
+from dualforge.gradcache.chunking import Chunk, scatter_rows, split_batch, take_rows
+from dualforge.gradcache.exchange import Exchange, LocalExchange
 from dualforge.gradcache.replay import ContextFactory, Encoder, no_context, replay_backward
-from dualforge.gradcache.rng import RngState, cuda_devices
-from dualforge.losses.output import LossOutput, plain_parts, split_output
+from dualforge.gradcache.rng import RngState, cuda_devices, replay_rng
+from dualforge.losses.output import LossOutput, Parts, plain_parts, split_output
 
 LossFn = Callable[..., torch.Tensor | LossOutput]
 
@@ -53,7 +57,7 @@ class TowerPass:
     chunks: list[Chunk]
     states: list[RngState]
     reps: torch.Tensor  # (B, ...) detached, original row order
-    kept: torch.Tensor | None  # last chunk's output with its graph, or None
+    kept: dict[int, torch.Tensor]  # chunk index -> its output with the phase-1 graph
 
 
 class GradCache:
@@ -73,14 +77,22 @@ class GradCache:
         sort_by_length: Chunk rows longest-first, so each chunk pads only to its own longest row
             (exact; on variable-length text it saves most of the padding work). Default on.
         trim: Cut each chunk's padding columns beyond its longest row (exact under masking).
-        keep_last_graph: Run each tower's last chunk with a graph in phase 1 and reuse it, instead
-            of recomputing it. Exact: it is the same forward. With ``no_sync`` the very last chunk
-            is still replayed so that DDP synchronises on exactly one backward.
+        keep_graphs: Run each tower's last K chunks with a graph in phase 1 and reuse them instead
+            of recomputing them (exact: the same forward; each kept chunk holds its activations
+            until phase 3). 0 replays every chunk. With ``no_sync`` the very last chunk is still
+            replayed so that DDP synchronises on exactly one backward.
         autocast_dtype: Run the encoders under ``torch.autocast`` with this dtype (bf16 or fp16).
             The loss always runs in fp32.
         scaler: A ``torch.amp.GradScaler`` for fp16: the loss is scaled before caching gradients.
         no_sync: Factory of a context that suspends gradient all-reduce (``ddp_model.no_sync``);
             every backward but the final one runs inside it.
+        exchange: The processes this engine runs in (default: one). With several, each process
+            passes its own rows; the loss gets ``query_rows=slice(...)`` (its queries' rows of
+            the gathered first tower) and must return that share of the full-batch loss
+            (``info_nce`` does); each share of the gradient is scaled by
+            ``exchange.grad_scale`` for the averaging reduction that follows. Parameters owned
+            by the loss get the summed gradient directly. All processes run the same number of
+            backward passes (empty one-row replays pad the shorter ones).
     """
 
     def __init__(
@@ -92,25 +104,29 @@ class GradCache:
         token_budget: int | None = None,
         sort_by_length: bool = True,
         trim: bool = True,
-        keep_last_graph: bool = True,
+        keep_graphs: int = 1,
         autocast_dtype: torch.dtype | None = None,
         scaler: torch.amp.GradScaler | None = None,
         no_sync: ContextFactory | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         if not encoders:
             raise ValueError("GradCache needs at least one encoder")
         if chunk_size is None and token_budget is None:
             raise ValueError("set chunk_size, token_budget or both")
+        if keep_graphs < 0:
+            raise ValueError(f"keep_graphs must be >= 0, got {keep_graphs}")
         self.encoders = list(encoders)
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
         self.token_budget = token_budget
         self.sort_by_length = sort_by_length
         self.trim = trim
-        self.keep_last_graph = keep_last_graph
+        self.keep_graphs = keep_graphs
         self.autocast_dtype = autocast_dtype
         self.scaler = scaler
         self.no_sync = no_sync
+        self.exchange: Exchange = exchange if exchange is not None else LocalExchange()
 
     def split(self, batch: Mapping[str, Any]) -> list[Chunk]:
         """Chunks of one tower's batch, as the engine will run them."""
@@ -132,23 +148,33 @@ class GradCache:
             raise ValueError(f"got {len(batches)} batches for {len(self.encoders)} encoders")
         passes = []
         for t, (encoder, batch) in enumerate(zip(self.encoders, batches)):
-            keep = self.keep_last_graph and not (self.no_sync and t == len(batches) - 1)
-            passes.append(self.forward_no_grad(encoder, self.split(batch), keep))
+            chunks = self.split(batch)
+            passes.append(self.forward_no_grad(encoder, chunks, self._kept(t, len(chunks))))
         loss, parts, grads = self.build_cache([p.reps for p in passes], loss_kwargs)
         self.forward_backward(passes, grads)
         return StepResult(loss, plain_parts(parts))
 
-    def forward_no_grad(self, encoder: Encoder, chunks: list[Chunk], keep_last: bool) -> TowerPass:
-        """Phase 1: encode every chunk, recording RNG state; keep the last graph if asked."""
+    def _kept(self, tower: int, n: int) -> range:
+        """Indices of the chunks of ``tower`` that keep their phase-1 graph."""
+        last = n - 1 if self.no_sync is not None and tower == len(self.encoders) - 1 else n
+        return range(max(last - self.keep_graphs, 0), last)
+
+    def forward_no_grad(
+        self, encoder: Encoder, chunks: list[Chunk], keep: range | bool = range(0)
+    ) -> TowerPass:
+        """Phase 1: encode every chunk, recording RNG state; chunks in ``keep`` keep their graph
+        (``True``: the last chunk)."""
+        if isinstance(keep, bool):
+            keep = range(len(chunks) - 1, len(chunks)) if keep else range(0)
         states: list[RngState] = []
         parts: list[torch.Tensor] = []
-        kept: torch.Tensor | None = None
+        kept: dict[int, torch.Tensor] = {}
         for i, chunk in enumerate(chunks):
             states.append(RngState.capture(cuda_devices(chunk.inputs)))
-            if keep_last and i == len(chunks) - 1:
+            if i in keep:
                 with self._sync_off(), torch.enable_grad(), self._autocast(chunk)():
-                    kept = encoder(chunk.inputs)
-                parts.append(kept.detach())
+                    kept[i] = encoder(chunk.inputs)
+                parts.append(kept[i].detach())
                 continue
             with torch.no_grad(), self._autocast(chunk)():
                 parts.append(encoder(chunk.inputs))
@@ -156,36 +182,64 @@ class GradCache:
 
     def build_cache(
         self, reps: Sequence[torch.Tensor], loss_kwargs: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, Mapping[str, Any], list[torch.Tensor]]:
-        """Phase 2: loss on detached fp32 representations; return it, its parts and
-        d(loss)/d(reps)."""
-        leaves = [upcast(r).detach().requires_grad_() for r in reps]
+    ) -> tuple[torch.Tensor, Parts, list[torch.Tensor]]:
+        """Phase 2: loss on detached fp32 representations (every process's, gathered); return
+        the full-batch loss, its parts and d(loss)/d(this process's reps)."""
+        ex = self.exchange
+        leaves = [ex.gather(upcast(r).detach()).requires_grad_() for r in reps]
+        kwargs = dict(loss_kwargs)
+        if ex.world > 1:
+            b = reps[0].shape[0]
+            kwargs["query_rows"] = slice(ex.rank * b, (ex.rank + 1) * b)
+        owned = _loss_parameters(self.loss_fn)
         with torch.enable_grad():
-            loss, parts = split_output(self.loss_fn(*leaves, **loss_kwargs))
+            loss, parts = split_output(self.loss_fn(*leaves, **kwargs))
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
-            torch.autograd.backward(scaled)
-        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+            found = torch.autograd.grad(scaled, [*leaves, *owned], allow_unused=True)
+        grads = [g if g is not None else torch.zeros_like(x) for g, x in zip(found, leaves)]
+        for param, grad in zip(owned, found[len(leaves) :]):
+            if grad is not None:
+                grad = ex.total(grad)
+                param.grad = grad if param.grad is None else param.grad + grad
+        grads = [ex.scatter(g) * ex.grad_scale if ex.world > 1 else g for g in grads]
+        if ex.world > 1:
+            loss, parts = _summed(ex, loss.detach(), parts)
         return loss.detach(), parts, grads
 
     def forward_backward(self, passes: Sequence[TowerPass], grads: Sequence[torch.Tensor]) -> None:
-        """Phase 3: backprop the cached gradients, kept graphs first, then chunk replays."""
-        jobs: list[Callable[[], None]] = []
+        """Phase 3: backprop the cached gradients, kept graphs first, then chunk replays; every
+        process runs the same number of backwards (the last one outside ``no_sync``)."""
+        kept: list[Callable[[], None]] = []
+        replays: list[Callable[[], None]] = []
         for tower, grad in zip(passes, grads):
             chunk_grads = [grad[c.rows.to(grad.device)] for c in tower.chunks]  # (B_c, ...)
-            if tower.kept is not None:
-                jobs.insert(0, partial(_backward, tower.kept, chunk_grads[-1]))
-            replayed = len(tower.chunks) - (tower.kept is not None)
-            for chunk, state, g in list(zip(tower.chunks, tower.states, chunk_grads))[:replayed]:
+            for i, (chunk, state, g) in enumerate(zip(tower.chunks, tower.states, chunk_grads)):
+                if i in tower.kept:
+                    kept.append(partial(_backward, tower.kept[i], g))
+                    continue
                 autocast = self._autocast(chunk)
-                jobs.append(
+                replays.append(
                     partial(replay_backward, tower.encoder, chunk.inputs, state, g, autocast)
                 )
+        jobs = kept + replays
+        padding = self.exchange.most(len(jobs)) - len(jobs) if self.exchange.world > 1 else 0
+        filler = [partial(self._empty_replay, passes[0])] * padding
+        jobs = jobs[:-1] + filler + jobs[-1:]
         for job in jobs[:-1]:
             with self._sync_off():
                 job()
         jobs[-1]()
+
+    def _empty_replay(self, tower: TowerPass) -> None:
+        """A backward that changes no gradient: one row of the first chunk, zero gradient (it
+        keeps the processes' backward counts equal, so per-forward collectives line up)."""
+        chunk = tower.chunks[0]
+        inputs = take_rows(chunk.inputs, torch.zeros(1, dtype=torch.long), self.trim)
+        with replay_rng(tower.states[0]), torch.enable_grad(), self._autocast(chunk)():
+            out = tower.encoder(inputs)
+        torch.autograd.backward(out, torch.zeros_like(out))
 
     def _sync_off(self) -> AbstractContextManager[Any]:
         return self.no_sync() if self.no_sync is not None else no_context()
@@ -200,6 +254,44 @@ class GradCache:
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 tensors as fp32 (the loss runs in at least fp32); others unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _loss_parameters(loss_fn: LossFn) -> list[torch.Tensor]:
+    """Trainable parameters the loss owns (a learned temperature, a head), if it is a module."""
+    if isinstance(loss_fn, torch.nn.Module):
+        return [p for p in loss_fn.parameters() if p.requires_grad]
+    return []
+
+
+def _summed(ex: Exchange, loss: torch.Tensor, parts: Parts) -> tuple[torch.Tensor, Parts]:
+    """The loss and its tensor parts summed over processes (the shares add up to the full
+    batch's values), in one collective."""
+    keys: list[tuple[str, ...]] = []
+    values: list[torch.Tensor] = [loss.reshape(())]
+    _flatten(parts, (), keys, values)
+    total = ex.total(torch.stack([v.detach().float().reshape(()) for v in values]))
+    out: dict[str, Any] = _copy_nested(parts)
+    for path, value in zip(keys, total[1:]):
+        node = out
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+    return total[0], out
+
+
+def _flatten(
+    parts: Parts, prefix: tuple[str, ...], keys: list[tuple[str, ...]], values: list[torch.Tensor]
+) -> None:
+    for key, value in parts.items():
+        if isinstance(value, Mapping):
+            _flatten(value, (*prefix, key), keys, values)
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            keys.append((*prefix, key))
+            values.append(value.to(values[0].device))
+
+
+def _copy_nested(parts: Parts) -> dict[str, Any]:
+    return {k: _copy_nested(v) if isinstance(v, Mapping) else v for k, v in parts.items()}
 
 
 def _backward(out: torch.Tensor, grad: torch.Tensor) -> None:

@@ -48,6 +48,7 @@ def info_nce(
     symmetric: bool = False,
     false_negatives: torch.Tensor | None = None,
     sim: str = "dot",
+    query_rows: slice | None = None,
 ) -> torch.Tensor:
     """Contrastive loss of each query against all documents in the batch.
 
@@ -60,28 +61,37 @@ def info_nce(
         false_negatives: ``(B, B * n)`` bool, True where a document must not count as a negative
             for a query (e.g. another query's copy of its positive). The target is never masked.
         sim: ``"dot"`` or ``"cos"``.
+        query_rows: Compute only these queries' terms (and, when symmetric, their positives'
+            terms), still divided by the full ``B``: one process's share of the full-batch loss
+            under several processes, so the shares sum to the full loss. Scores are
+            ``(b, B * n)`` (and ``(B, b)``) for ``b`` rows, never ``(B, B * n)``.
 
     Returns:
-        Scalar mean cross-entropy.
+        Scalar mean cross-entropy (or this share of it).
     """
     n = docs_per_query(q, d)
-    scores = similarity(q, d, sim) / temperature  # (B, B*n)
-    target = torch.arange(q.shape[0], device=q.device) * n  # (B,)
-    mask = _keep_target(false_negatives, target) if false_negatives is not None else None
-    if mask is not None:
-        scores = scores.masked_fill(mask, float("-inf"))
-    loss = F.cross_entropy(scores, target)
+    rows = query_rows if query_rows is not None else slice(0, q.shape[0])
+    mine = torch.arange(q.shape[0], device=q.device)[rows]  # (b,) query indices
+    target = mine * n  # (b,) their positives' rows in d
+    scores = similarity(q[rows], d, sim) / temperature  # (b, B*n)
+    if false_negatives is not None:
+        scores = scores.masked_fill(_keep_target(false_negatives[rows], target), float("-inf"))
+    loss = F.cross_entropy(scores, target, reduction="sum") / q.shape[0]
     if not symmetric:
         return loss
-    d2q = scores[:, target].T  # (B, B): positive doc j against every query i
-    back = F.cross_entropy(d2q, torch.arange(q.shape[0], device=q.device))
+    d2q = similarity(d[target], q, sim) / temperature  # (b, B): positive j against every query
+    if false_negatives is not None:
+        back_mask = _keep_target(false_negatives[:, target].T, mine)  # (b, B)
+        d2q = d2q.masked_fill(back_mask, float("-inf"))
+    back = F.cross_entropy(d2q, mine, reduction="sum") / q.shape[0]
     return (loss + back) / 2
 
 
 def _keep_target(false_negatives: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mask with row ``i``'s target column ``target[i]`` cleared (a target is never masked)."""
     mask = false_negatives.clone().bool()
-    mask[torch.arange(mask.shape[0], device=mask.device), target] = False
-    return mask
+    mask[torch.arange(mask.shape[0], device=mask.device), target.to(mask.device)] = False
+    return mask.to(target.device)
 
 
 def false_negative_mask(

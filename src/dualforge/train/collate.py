@@ -11,6 +11,7 @@ import torch
 
 from dualforge.losses import false_negative_mask
 from dualforge.modeling import DualEncoder
+from dualforge.train.distributed import shard_batch
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,16 @@ class StepInputs:
 
     queries: dict[str, torch.Tensor]  # (B, Lq)
     documents: dict[str, torch.Tensor]  # (B * (1 + K), Ld), grouped by query
-    false_negatives: torch.Tensor | None  # (B, B * (1 + K)) bool
+    false_negatives: torch.Tensor | None  # (B, B * (1 + K)) bool, over the global batch
+
+    def to(self, device: torch.device) -> StepInputs:
+        """The same inputs on ``device``."""
+        mask = self.false_negatives
+        return StepInputs(
+            queries={k: v.to(device) for k, v in self.queries.items()},
+            documents={k: v.to(device) for k, v in self.documents.items()},
+            false_negatives=mask.to(device) if mask is not None else None,
+        )
 
 
 def grouped_documents(positives: Sequence[str], negatives: Sequence[Sequence[str]]) -> list[str]:
@@ -41,8 +51,13 @@ def collate(
     doc_max_length: int,
     known_positives: dict[str, set[str]] | None = None,
     mask_false_negatives: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> StepInputs:
     """Tokenize a sampler batch (``queries``, ``positives``, ``negatives`` and their ids).
+
+    Under several processes, ``batch`` is the global batch and ``shard=(rank, world)``: only
+    this process's rows are tokenized, and the false-negative mask covers the global batch
+    (``(B, B * (1 + K))``), so masking works across processes.
 
     Args:
         model: Supplies the tokenizer and prefixes.
@@ -51,13 +66,15 @@ def collate(
         doc_max_length: Document truncation.
         known_positives: Query id -> ids of all its relevant documents (qrels), for masking.
         mask_false_negatives: Build the mask (needs document ids).
+        shard: ``(rank, world)``: tokenize rows ``[r * b, (r + 1) * b)`` of the batch only.
     """
-    docs = grouped_documents(batch.positives, batch.negatives)
     mask = None
     if mask_false_negatives:
         mask = _mask(batch, known_positives or {})
+    local = shard_batch(batch, *shard) if shard[1] > 1 else batch
+    docs = grouped_documents(local.positives, local.negatives)
     return StepInputs(
-        queries=model.tokenize(batch.queries, "query", query_max_length),
+        queries=model.tokenize(local.queries, "query", query_max_length),
         documents=model.tokenize(docs, "document", doc_max_length),
         false_negatives=mask,
     )

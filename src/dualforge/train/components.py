@@ -9,10 +9,14 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import torch
+from torch import nn
 
-from dualforge.config import GradCacheConfig, LossConfig, ModelConfig, Precision
+from dualforge.config import GradCacheConfig, LossConfig, ModelConfig
 from dualforge.data import TrainingExample
 from dualforge.gradcache import GradCache
+from dualforge.gradcache.exchange import Exchange
+from dualforge.gradcache.replay import ContextFactory, Encoder
+from dualforge.hardware import Resolved
 from dualforge.losses import LossOutput, MatryoshkaLoss, default_dims, info_nce
 from dualforge.modeling import DualEncoder, load_model
 from dualforge.modeling.rotation import add_identity_projection, sample_texts
@@ -20,7 +24,7 @@ from dualforge.modeling.rotation import add_identity_projection, sample_texts
 InnerLoss = Callable[..., torch.Tensor]
 LossFn = Callable[..., torch.Tensor | LossOutput]
 
-PRECISIONS: dict[Precision, torch.dtype | None] = {
+PRECISIONS: dict[Resolved, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
@@ -100,20 +104,45 @@ def projection_texts(
     return sample_texts(pool, n, seed)
 
 
+def tower_encoders(model: nn.Module) -> list[Encoder]:
+    """``[query, document]`` callables over a :class:`DualEncoder` (or its DDP wrapper): each
+    runs ``model(batch, side=...)``, so a wrapper sees every forward."""
+    return [partial(model, side="query"), partial(model, side="document")]
+
+
 def build_gradcache(
-    model: DualEncoder, loss: LossFn, cfg: GradCacheConfig, device: torch.device
+    encoders: Sequence[Encoder],
+    loss: LossFn,
+    cfg: GradCacheConfig,
+    precision: Resolved,
+    device: torch.device,
+    *,
+    no_sync: ContextFactory | None = None,
+    exchange: Exchange | None = None,
 ) -> tuple[GradCache, torch.amp.GradScaler | None]:
-    """The engine over the model's two towers, and a GradScaler when training in fp16."""
-    dtype = PRECISIONS[cfg.precision]
+    """The engine over the two towers, and a GradScaler when training in fp16.
+
+    Args:
+        encoders: ``[query, document]`` callables (:func:`tower_encoders`).
+        loss: The loss function.
+        cfg: Chunking and graph-keeping settings.
+        precision: The resolved precision (``gradcache.precision`` after ``auto``).
+        device: Where the towers run (the GradScaler's device).
+        no_sync: DDP's ``no_sync`` under several processes.
+        exchange: The processes' exchange under several processes.
+    """
+    dtype = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     gc = GradCache(
-        [model.query_encoder, model.doc_encoder],
+        encoders,
         loss,
         cfg.chunk_size,
         token_budget=cfg.token_budget,
         sort_by_length=cfg.sort_by_length,
-        keep_last_graph=cfg.keep_last_graph,
+        keep_graphs=cfg.keep_graphs,
         autocast_dtype=dtype,
         scaler=scaler,
+        no_sync=no_sync,
+        exchange=exchange,
     )
     return gc, scaler

@@ -12,30 +12,57 @@ from dualforge.eval import RetrievalReport, evaluate_retrieval
 from dualforge.eval.reports import search_metric
 from dualforge.modeling import DualEncoder
 from dualforge.modeling.encoder import Side
+from dualforge.train.distributed import ProcessInfo, gather_objects
 
 
 def text_encoder(
-    model: DualEncoder, side: Side, batch_size: int, show_progress: bool
+    model: DualEncoder,
+    side: Side,
+    batch_size: int,
+    show_progress: bool,
+    proc: ProcessInfo | None = None,
 ) -> Callable[[Sequence[str]], np.ndarray]:
-    """``texts -> (N, D)`` embeddings of one side of ``model``."""
+    """``texts -> (N, D)`` embeddings of one side of ``model``.
 
-    def run(texts: Sequence[str]) -> np.ndarray:
-        return model.encode(list(texts), side, batch_size, show_progress)
+    Under several processes (``proc``), every process encodes every W-th text of the
+    length-sorted list (so the shares cost the same) and the embeddings are gathered: every
+    process returns all ``N`` rows.
+    """
+    if proc is None or proc.world == 1:
 
-    return run
+        def run(texts: Sequence[str]) -> np.ndarray:
+            return model.encode(list(texts), side, batch_size, show_progress)
+
+        return run
+
+    def sharded(texts: Sequence[str]) -> np.ndarray:
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        mine = order[proc.rank :: proc.world]
+        emb = model.encode([texts[i] for i in mine], side, batch_size, show_progress)
+        out = np.zeros((len(texts), model.dim), dtype=np.float32)
+        for rows, part in gather_objects((mine, emb), proc):
+            out[rows] = part
+        return out
+
+    return sharded
 
 
 def evaluate_split(
-    model: DualEncoder, data: EvalSet, cfg: EvalConfig, show_progress: bool = True
+    model: DualEncoder,
+    data: EvalSet,
+    cfg: EvalConfig,
+    show_progress: bool = True,
+    proc: ProcessInfo | None = None,
 ) -> RetrievalReport:
     """Encode ``data``'s queries and corpus with ``model`` and compute ``cfg.metrics``.
 
     Scores are cosine when the model L2-normalises its embeddings (truncated prefixes are then
-    renormalised), inner product otherwise.
+    renormalised), inner product otherwise. Under several processes every process must call it:
+    the encoding is sharded and gathered (:func:`text_encoder`), and every process gets the report.
     """
     return evaluate_retrieval(
-        text_encoder(model, "query", cfg.batch_size, show_progress),
-        text_encoder(model, "document", cfg.batch_size, show_progress),
+        text_encoder(model, "query", cfg.batch_size, show_progress, proc),
+        text_encoder(model, "document", cfg.batch_size, show_progress, proc),
         data.corpus,
         data.queries,
         data.qrels,

@@ -13,45 +13,46 @@ loop of your own.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from dualforge.config import Config, save_config
-from dualforge.data import Batch, EpochBatchSampler
-from dualforge.gradcache import GradCache, StepResult
+from dualforge.data import Batch, EpochBatchSampler, EvalSet
+from dualforge.eval import RetrievalReport
+from dualforge.gradcache import StepResult
 from dualforge.modeling import DualEncoder, load_model, save_model
 from dualforge.modeling.rotation import rotate_model
 from dualforge.train.checkpoint import (
-    ModelWeights,
-    Stateful,
     TrainerState,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from dualforge.train.collate import collate
-from dualforge.train.components import (
-    build_gradcache,
-    build_loss,
-    build_model,
-    projection_texts,
-)
+from dualforge.train.components import projection_texts
+from dualforge.train.distributed import barrier, broadcast_object, gather_objects, teardown
 from dualforge.train.evaluation import evaluate_split
-from dualforge.train.metrics_log import MetricsLog
-from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
+from dualforge.train.parts import (
+    Parts,
+    StepInfo,
+    build_parts,
+    mining_encoder,
+    seed_everything,
+)
 from dualforge.train.report import write_report
-from dualforge.train.run_data import RunData, load_run_data
-from dualforge.train.schedule import build_optimizer, build_scheduler
-from dualforge.train.state import GlobalRng, RunClock
+from dualforge.train.state import GlobalRng
+
+__all__ = [
+    "NonFiniteLossError", "Parts", "RunResult", "StepHook", "StepInfo", "StopCondition",
+    "batches", "build_parts", "mining_encoder", "optimizer_step", "resume_or_start",
+    "seed_everything", "train", "train_steps", "training_step",
+]  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,7 +61,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished run produced."""
+    """What a finished run produced (every rank gets the same metrics)."""
 
     run_dir: Path
     steps: int
@@ -69,132 +70,8 @@ class RunResult:
     after: dict[str, Any]
 
 
-@dataclass
-class Parts:
-    """Everything a run holds while it trains."""
-
-    cfg: Config
-    run_dir: Path
-    model: DualEncoder
-    data: RunData
-    sampler: EpochBatchSampler
-    gc: GradCache
-    scaler: torch.amp.GradScaler | None
-    optimizer: torch.optim.Optimizer
-    scheduler: LambdaLR
-    log: MetricsLog
-    steps: int
-    miner: NegativeMiner | None = None
-    clock: RunClock = field(default_factory=RunClock)
-
-    def resolved(self) -> dict[str, Any]:
-        """Choices made from ``auto`` settings on this machine (logged and reported)."""
-        return {} if self.miner is None else {"mining_backend": self.miner.backend}
-
-    def components(self) -> dict[str, Stateful]:
-        """What a checkpoint saves and a resume restores, by name (the RNG last)."""
-        parts: dict[str, Stateful] = {
-            "model": ModelWeights(self.model),
-            "optimizer": self.optimizer,
-            "scheduler": self.scheduler,
-            "sampler": self.sampler,
-        }
-        if self.miner is not None:
-            parts.update(miner=self.miner, clock=self.clock)
-        parts["rng"] = GlobalRng()
-        return parts
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """One finished step, as hooks and the metrics log see it.
-
-    Attributes:
-        step: The step just run (1-based).
-        loss: Its loss.
-        parts: The loss's named parts (e.g. ``{"loss_by_dim": {...}}``).
-        grad_norm: Gradient norm before clipping.
-        lr: Learning rate the step trained at.
-        examples: Queries in the batch.
-        seconds: Wall time of the step, mining included.
-        mining: Miner telemetry and the run's mining/training seconds (empty without a miner).
-        batch: The batch the step trained on (mined negatives filled in).
-    """
-
-    step: int
-    loss: float
-    parts: dict[str, Any]
-    grad_norm: float
-    lr: float
-    examples: int
-    seconds: float
-    mining: dict[str, Any]
-    batch: Batch
-
-    def record(self, epoch: int) -> dict[str, Any]:
-        """Fields of the step's ``train`` event."""
-        return {
-            "step": self.step, "epoch": epoch, "loss": self.loss, "lr": self.lr,
-            "grad_norm": self.grad_norm, "examples_per_s": self.examples / self.seconds,
-            **self.parts, **self.mining,
-        }  # fmt: skip
-
-
 StopCondition = Callable[[TrainerState], bool]
 StepHook = Callable[[Parts, TrainerState, StepInfo], None]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def mining_encoder(model: DualEncoder, cfg: Config) -> Encode:
-    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths."""
-    lengths = {
-        "query": cfg.model.query_max_length,
-        "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
-    }
-
-    def encode(texts: list[str], side: Side) -> np.ndarray:
-        return model.encode(texts, side, cfg.mining.encode_batch_size, max_length=lengths[side])
-
-    return encode
-
-
-def build_parts(cfg: Config) -> Parts:
-    """Load data and model and build sampler, engine, optimizer and schedule (trains nothing)."""
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
-    run_dir = Path(cfg.run.output_dir) / cfg.run.name
-    data = load_run_data(cfg.data, cfg.run.seed)
-    model = build_model(cfg.model)
-    model.train()
-    sampler = EpochBatchSampler(
-        data.examples,
-        batch_size=cfg.optim.batch_size,
-        seed=cfg.run.seed,
-        positives=cfg.data.positives,
-        num_negatives=cfg.data.num_negatives,
-        require_negatives=cfg.data.num_negatives > 0,
-    )
-    steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
-    optimizer = build_optimizer(model.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
-    scheduler = build_scheduler(optimizer, int(cfg.optim.warmup_ratio * steps), steps)
-    normalized = model.query_encoder.normalize
-    loss = build_loss(cfg.loss, model.dim, normalized, cfg.run.seed)
-    gc, scaler = build_gradcache(model, loss, cfg.gradcache, model.device)
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    miner = build_miner(
-        cfg.mining, mining_encoder(model, cfg), data.corpus, data.known_positives,
-        cfg.run.seed, model.doc_encoder.normalize,
-    )  # fmt: skip
-    return Parts(
-        cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner
-    )
 
 
 def train(cfg: Config, *, hooks: Sequence[StepHook] = ()) -> RunResult:
@@ -207,7 +84,18 @@ def train(cfg: Config, *, hooks: Sequence[StepHook] = ()) -> RunResult:
     """
     started = time.perf_counter()
     p = build_parts(cfg)
-    save_config(cfg, p.run_dir / "config.yaml")
+    try:
+        return run_job(p, hooks, started)
+    finally:
+        if p.owns_group:
+            teardown()
+
+
+def run_job(p: Parts, hooks: Sequence[StepHook], started: float) -> RunResult:
+    """:func:`train` after the parts are built: evaluate before, train, finish, report."""
+    cfg = p.cfg
+    if p.proc.main:
+        save_config(cfg, p.run_dir / "config.yaml")
     p.log.write(
         "start", steps=p.steps, examples=len(p.data.examples), config=cfg.to_dict(),
         **p.resolved(),
@@ -215,14 +103,16 @@ def train(cfg: Config, *, hooks: Sequence[StepHook] = ()) -> RunResult:
     state = resume_or_start(p)
     before = None
     if cfg.eval.before and state.step == 0 and p.data.test is not None:
-        before = evaluate_split(p.model, p.data.test, cfg.eval, cfg.run.progress).to_dict()
+        before = evaluate(p, p.model, p.data.test).to_dict()
         p.log.write("eval", step=0, split="test", metrics=before["metrics"])
     state = train_steps(p, state, hooks=hooks)
     after = finish(p, state)
     seconds = time.perf_counter() - started
-    write_report(p.run_dir, cfg, before, after, state.step, seconds, p.resolved())
+    if p.proc.main:
+        write_report(p.run_dir, cfg, before, after, state.step, seconds, p.resolved())
     p.log.write("done", step=state.step, seconds=seconds)
     p.log.close()
+    barrier()
     return RunResult(p.run_dir, state.step, seconds, before, after)
 
 
@@ -232,8 +122,8 @@ def resume_or_start(p: Parts) -> TrainerState:
     if latest is None:
         start_projection(p)
         return TrainerState(step=0)
-    state = load_checkpoint(latest, p.components())
-    p.log.write("resume", step=state.step, checkpoint=str(latest))
+    state = load_checkpoint(latest, p.restore_components())
+    p.log.write("resume", step=state.step, checkpoint=str(latest), processes=p.proc.world)
     return state
 
 
@@ -275,7 +165,8 @@ def train_steps(
     done = stop or (lambda s: s.step >= p.steps)
     if done(state):
         return state
-    bar = tqdm(total=p.steps, initial=state.step, desc="train", disable=not p.cfg.run.progress)
+    show = p.cfg.run.progress and p.proc.main
+    bar = tqdm(total=p.steps, initial=state.step, desc="train", disable=not show)
     stream = batches(p.sampler)
     last = False
     while not last:
@@ -332,8 +223,17 @@ def bookkeeping(p: Parts, state: TrainerState, info: StepInfo, last: bool) -> Tr
     if cfg.eval.every and p.data.dev is not None and (state.step % cfg.eval.every == 0 or last):
         state = dev_eval(p, state)
     if cfg.run.save_every and (state.step % cfg.run.save_every == 0 or last):
-        save_checkpoint(p.run_dir / "checkpoints", state, p.components(), cfg.run.keep_checkpoints)
+        checkpoint(p, state)
     return state
+
+
+def checkpoint(p: Parts, state: TrainerState) -> None:
+    """Rank 0 writes the checkpoint (with every rank's RNG state); the others wait for it."""
+    rngs = gather_objects(GlobalRng().state_dict(), p.proc) if p.proc.world > 1 else None
+    if p.proc.main:
+        folder = p.run_dir / "checkpoints"
+        save_checkpoint(folder, state, p.components(rngs), p.cfg.run.keep_checkpoints)
+    barrier()
 
 
 def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
@@ -351,7 +251,8 @@ def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
         cfg.model.doc_max_length,
         p.data.known_positives,
         cfg.loss.mask_false_negatives,
-    )
+        shard=(p.proc.rank, p.proc.world),
+    ).to(p.device)
     kwargs: dict[str, Any] = {"step": step} if cfg.loss.matryoshka.active else {}
     if inputs.false_negatives is not None:
         kwargs["false_negatives"] = inputs.false_negatives
@@ -382,31 +283,43 @@ def optimizer_step(p: Parts) -> float:
     return float(norm)
 
 
+def evaluate(p: Parts, model: DualEncoder, split: EvalSet) -> RetrievalReport:
+    """``model`` on ``split``, encoded by every process (sharded), progress on rank 0 only."""
+    return evaluate_split(model, split, p.cfg.eval, p.cfg.run.progress and p.proc.main, proc=p.proc)
+
+
 def dev_eval(p: Parts, state: TrainerState) -> TrainerState:
-    """Evaluate on dev; save the model as ``best/`` when the selection metric improves."""
+    """Evaluate on dev (every process, sharded); rank 0 saves the model as ``best/`` when the
+    selection metric improves. Every rank leaves with rank 0's state."""
     if p.data.dev is None:
         return state
-    report = evaluate_split(p.model, p.data.dev, p.cfg.eval, p.cfg.run.progress)
-    score = report.metrics[p.cfg.eval.select_metric]
-    p.log.write("eval", step=state.step, split="dev", metrics=report.metrics)
+    report = evaluate(p, p.model, p.data.dev)
     p.model.train()
-    if state.best_score is not None and score <= state.best_score:
-        return state
-    save_model(p.model, p.run_dir / "best")
-    return replace(state, best_score=score, best_step=state.step)
+    p.log.write("eval", step=state.step, split="dev", metrics=report.metrics)
+    score = report.metrics[p.cfg.eval.select_metric]
+    if state.best_score is None or score > state.best_score:
+        if p.proc.main:
+            save_model(p.model, p.run_dir / "best")
+        state = replace(state, best_score=score, best_step=state.step)
+    state = broadcast_object(state, p.proc)
+    barrier()
+    return state
 
 
 def finish(p: Parts, state: TrainerState) -> dict[str, Any]:
-    """Export the final model, reload the best one if dev selection ran, evaluate on test."""
-    save_model(p.model, p.run_dir / "final")
+    """Export the final model (rank 0), reload the best one if dev selection ran, evaluate on
+    test (every process, sharded)."""
+    if p.proc.main:
+        save_model(p.model, p.run_dir / "final")
+    barrier()
     model = p.model
     if state.best_step is not None and (p.run_dir / "best").is_dir():
-        model = load_model(str(p.run_dir / "best"))
+        model = load_model(str(p.run_dir / "best")).to(p.device)
         p.log.write(
             "select", step=state.best_step, metric=p.cfg.eval.select_metric, score=state.best_score
         )
     if p.data.test is None:
         return {}
-    after = evaluate_split(model, p.data.test, p.cfg.eval, p.cfg.run.progress).to_dict()
+    after = evaluate(p, model, p.data.test).to_dict()
     p.log.write("eval", step=state.step, split="test", metrics=after["metrics"])
     return after

@@ -14,15 +14,19 @@ class MetricsLog:
 
     Args:
         path: File to append to; it and its folder are created at the first write.
+        enabled: False makes every write a no-op (the processes other than rank 0).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
+        self.enabled = enabled
         self._fh: TextIO | None = None
         self._start = time.time()
 
     def write(self, event: str, **fields: Any) -> None:
         """Append one record; non-finite floats are written as strings (valid JSON)."""
+        if not self.enabled:
+            return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115

@@ -1,7 +1,8 @@
 """Checkpoint components the loop owns besides model, optimizer, scheduler and sampler.
 
-* :class:`GlobalRng`: the Python, NumPy and torch random generators (a resumed run draws the
-  same dropout masks and shuffles);
+* :class:`GlobalRng`: the Python, NumPy, torch CPU and CUDA random generators (a resumed run
+  draws the same dropout masks and shuffles);
+* :class:`RankedRng`: every process's :class:`GlobalRng` state under several processes;
 * :class:`RunClock`: seconds spent mining and training so far (the loop times each step).
 """
 
@@ -16,26 +17,79 @@ import torch
 
 
 class GlobalRng:
-    """The process-wide random generators as one checkpoint component."""
+    """The process-wide random generators as one checkpoint component (CUDA ones included when
+    CUDA is in use, so a resume on a GPU replays the same dropout masks)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Python, NumPy (MT19937) and torch CPU generator states."""
+        """Python, NumPy (MT19937), torch CPU and (when initialised) every CUDA generator state."""
         np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
         py = random.getstate()
-        return {
+        state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "python": list(py[1]),
             "python_pos": py[2],
             "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
             "numpy_pos": int(np_state[2]),
         }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Set every generator to ``state``."""
+        """Set every generator to ``state``.
+
+        Raises:
+            ValueError: The state holds CUDA generators this machine does not have.
+        """
         torch.set_rng_state(state["torch"])
         random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
         keys = state["numpy_keys"].numpy().astype(np.uint32)
         np.random.set_state(("MT19937", keys, int(state["numpy_pos"]), 0, 0.0))
+        cuda = state.get("cuda")
+        if cuda is None:
+            return
+        if not torch.cuda.is_available() or torch.cuda.device_count() < len(cuda):
+            raise ValueError(
+                f"the checkpoint holds the RNG state of {len(cuda)} CUDA device(s); this "
+                "machine has fewer (resume on a GPU machine, or from a CPU checkpoint)"
+            )
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class RankedRng:
+    """Every process's :class:`GlobalRng` state, for a run on several processes.
+
+    Rank 0 saves the list gathered from all ranks (``states``); on resume each rank restores its
+    own entry. A run resumed with a different number of processes restores the entries it has
+    and seeds the others from ``(seed, rank)`` (its dropout masks depend on the rank layout
+    anyway); a single-process checkpoint (a plain :class:`GlobalRng` state) counts as rank 0's.
+
+    Args:
+        rank: This process's rank.
+        seed: The run seed (for ranks the checkpoint has no state for).
+        states: The gathered states to save (None on a component built only to load).
+    """
+
+    def __init__(self, rank: int, seed: int, states: list[dict[str, Any]] | None = None) -> None:
+        self.rank = rank
+        self.seed = seed
+        self.states = states
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"ranks": [state of rank 0, ...]}``."""
+        if self.states is None:
+            raise RuntimeError("RankedRng built without the gathered states cannot be saved")
+        return {"ranks": self.states}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore this rank's entry (see the class docstring)."""
+        ranks = state.get("ranks", [state])
+        if self.rank < len(ranks):
+            GlobalRng().load_state_dict(ranks[self.rank])
+            return
+        random.seed(self.seed + self.rank)
+        np.random.seed((self.seed + self.rank) % 2**32)
+        torch.manual_seed(self.seed + self.rank)
 
 
 class RunClock:

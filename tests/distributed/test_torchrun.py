@@ -1,0 +1,140 @@
+"""End to end: ``torchrun -m dualforge train`` on 2 CPU processes (gloo) trains the model that one
+process trains, and resumes from a checkpoint whatever the process count.
+
+The global batch is the same for every world size, so a dropout-free tiny BERT must end within
+1e-4 of the one-process weights (float reduction order is all that differs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dualforge.modeling import DualEncoder, Encoder, save_model
+from dualforge.train.checkpoint import LATEST
+from dualforge.train.metrics_log import read_metrics_log
+from tests.conftest import make_tiny_bert
+from tests.distributed.launch import ROOT
+
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny random BERT without dropout, in sentence-transformers format."""
+    folder = tmp_path_factory.mktemp("still-model")
+    bert = make_tiny_bert(len(tokenizer), dropout=0.0)
+    save_model(DualEncoder(tokenizer, Encoder(bert, "mean", True), max_seq_length=32), folder)
+    return folder
+
+
+def overrides(model: Path, data: Path, out: Path, name: str, steps: int = 3) -> list[str]:
+    return [
+        f"model.name={model}", "model.query_max_length=16", "model.doc_max_length=32",
+        f"data.path={data}", "data.dev_fraction=0.0", "optim.batch_size=16", "optim.lr=1e-3",
+        f"optim.max_steps={steps}", "optim.warmup_ratio=0.0", "gradcache.chunk_size=4",
+        "gradcache.precision=fp32", "eval.before=true", "eval.batch_size=4",
+        f"run.output_dir={out}", f"run.name={name}", "run.progress=false", "run.device=cpu",
+        "run.save_every=1", "run.keep_checkpoints=10",
+    ]  # fmt: skip
+
+
+def launch(world: int, args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node=world -m dualforge train`` (killed on timeout)."""
+    config = tmp / "empty.yaml"
+    config.write_text("{}\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={world}", "-m", "dualforge", "train", str(config), *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def weights(run: Path, folder: str = "final") -> dict[str, torch.Tensor]:
+    """Every tensor of an exported model folder (``run/final`` by default)."""
+    root = run / folder if folder else run
+    files = sorted(root.rglob("*.safetensors"))
+    assert files, f"no exported weights under {root}"
+    return {f"{f.relative_to(root)}:{k}": v for f in files for k, v in load_file(str(f)).items()}
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def rewind(run: Path, step: int) -> None:
+    """Make ``run`` look killed right after its step-``step`` checkpoint: later checkpoints and
+    the exported model removed, the latest-pointer set back."""
+    root = run / "checkpoints"
+    for folder in root.glob("step-*"):
+        if int(folder.name.split("-")[1]) > step:
+            subprocess.run(["rm", "-r", str(folder)], check=True)
+    (root / LATEST).write_text(f"step-{step:07d}")
+    subprocess.run(["rm", "-r", str(run / "final")], check=True)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, still_model: Path, tiny_beir: Path
+) -> dict[str, Path]:
+    """One process (W=1) and two processes (W=2) of the same config, uninterrupted."""
+    out = tmp_path_factory.mktemp("torchrun")
+    for world in (1, 2):
+        launch(world, overrides(still_model, tiny_beir, out, f"w{world}"), out)
+    return {"w1": out / "w1", "w2": out / "w2", "out": out}
+
+
+def test_two_processes_train_the_one_process_model(
+    runs: dict[str, Path], still_model: Path
+) -> None:
+    w1, w2 = weights(runs["w1"]), weights(runs["w2"])
+    assert max_diff(w1, w2) <= 1e-4
+    assert max_diff(w1, weights(still_model, "")) > 1e-3  # 3 Adam steps moved them 10x more
+    losses = {
+        n: [r["loss"] for r in read_metrics_log(runs[n] / "metrics.jsonl") if r["event"] == "train"]
+        for n in ("w1", "w2")
+    }
+    assert losses["w1"] == pytest.approx(losses["w2"], rel=1e-5)
+    start_event = next(
+        r for r in read_metrics_log(runs["w2"] / "metrics.jsonl") if r["event"] == "start"
+    )
+    assert start_event["processes"] == 2 and start_event["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("world", [2, 1])
+def test_a_two_process_run_resumes_with_any_process_count(
+    runs: dict[str, Path], still_model: Path, tiny_beir: Path, world: int
+) -> None:
+    """Resumed after step 1 with W processes, the W=2 run ends where it ended uninterrupted."""
+    out = runs["out"] / f"resume-{world}"
+    subprocess.run(["cp", "-r", str(runs["w2"]), str(out)], check=True)
+    rewind(out, 1)
+    launch(
+        world,
+        [*overrides(still_model, tiny_beir, runs["out"], out.name), "run.resume=true"],
+        runs["out"],
+    )
+    assert max_diff(weights(out), weights(runs["w2"])) <= (0.0 if world == 2 else 1e-4)
+    resumed = [r for r in read_metrics_log(out / "metrics.jsonl") if r["event"] == "resume"]
+    assert resumed[-1]["step"] == 1 and resumed[-1]["processes"] == world
+
+
+def test_sharded_evaluation_equals_one_process(runs: dict[str, Path]) -> None:
+    """Both ranks encode half the test corpus each (gathered); the metrics of the same start model
+    are the one-process metrics, and every rank got them (rank 0 wrote them)."""
+    reports = {n: json.loads((runs[n] / "report.json").read_text()) for n in ("w1", "w2")}
+    before = {n: r["before"] for n, r in reports.items()}
+    assert before["w1"].keys() == before["w2"].keys() and before["w1"]
+    for name, value in before["w1"].items():
+        assert before["w2"][name] == pytest.approx(value, abs=1e-9), name
+    for name, value in reports["w1"]["metrics"].items():
+        assert reports["w2"]["metrics"][name] == pytest.approx(value, abs=1e-6), name
