@@ -165,3 +165,12 @@ def loss_grads(loss: Any) -> dict[str, torch.Tensor]:
     if not isinstance(loss, torch.nn.Module):
         return {}
     return {f"loss.{k}": v for k, v in grads(loss).items()}
+
+
+def full_grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """:func:`grads`, with FSDP2's sharded gradients gathered into full tensors."""
+    out = {}
+    for name, g in grads(m).items():
+        full = getattr(g, "full_tensor", None)
+        out[name] = full() if full is not None else g
+    return out

@@ -76,6 +76,23 @@ def test_uneven_chunk_counts_neither_hang_nor_change_the_gradient(tmp_path: Path
         assert sorted(out["reduced"]) == sorted(set(out["reduced"]))
 
 
+def test_fsdp2_with_uneven_chunk_counts_gives_the_full_batch_gradient(tmp_path: Path) -> None:
+    """Under FSDP2 every forward all-gathers parameters, so the ranks must run as many forwards
+    and backwards per tower: the one with fewer chunks pads with one-row passes."""
+    changes = {
+        "uneven": True,
+        "chunk": None,
+        "token_budget": 96,
+        "dropout": 0.1,
+        "strategy": "fsdp",
+    }
+    ranks, oracle, loss = run_case(tmp_path, **changes)
+    assert ranks[0]["chunks"][1] > ranks[1]["chunks"][1]
+    for out in ranks:
+        assert compare_grads(out["grads"], oracle).max_rel <= TOL
+        assert out["loss"] == pytest.approx(loss, rel=1e-6)
+
+
 def test_matryoshka_parts_are_the_full_batch_values(tmp_path: Path) -> None:
     """Both ranks draw the same dims from the step number, and log the full batch's values."""
     ranks, oracle, loss = run_case(tmp_path, matryoshka=True, sample=True)

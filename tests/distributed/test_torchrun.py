@@ -138,3 +138,42 @@ def test_sharded_evaluation_equals_one_process(runs: dict[str, Path]) -> None:
         assert before["w2"][name] == pytest.approx(value, abs=1e-9), name
     for name, value in reports["w1"]["metrics"].items():
         assert reports["w2"]["metrics"][name] == pytest.approx(value, abs=1e-6), name
+
+
+@pytest.mark.parametrize(("strategy", "holder"), [("refresh", "ddp"), ("dynamic", "fsdp")])
+def test_mined_negatives_under_two_processes_are_the_one_process_ones(
+    tmp_path: Path, still_model: Path, tiny_beir: Path, strategy: str, holder: str
+) -> None:
+    """Re-encoding is sharded and gathered, so every rank's miner holds the same vectors and
+    draws the one-process negatives: losses and weights match the one-process run."""
+    mining = [f"mining.strategy={strategy}", "mining.num_negatives=2", "mining.refresh_every=2",
+              "mining.landmarks=0.5", "mining.holdout=4", "mining.recent=4",
+              "mining.backend=torch", "eval.before=false", "data.test_split=null",
+              f"run.strategy={holder}"]  # fmt: skip
+    for world in (1, 2):
+        args = [*overrides(still_model, tiny_beir, tmp_path, f"w{world}", steps=4), *mining]
+        launch(world, args, tmp_path)
+    logs = {w: read_metrics_log(tmp_path / f"w{w}" / "metrics.jsonl") for w in (1, 2)}
+    losses = {w: [r["loss"] for r in log if r["event"] == "train"] for w, log in logs.items()}
+    assert len(losses[1]) == 4 and losses[2] == pytest.approx(losses[1], rel=1e-5)
+    refreshes = {w: [r["step"] for r in log if r["event"] == "mining"] for w, log in logs.items()}
+    assert refreshes[1] == refreshes[2] and refreshes[1]
+    assert max_diff(weights(tmp_path / "w1"), weights(tmp_path / "w2")) <= 1e-4
+
+
+def test_fsdp2_trains_the_one_process_model_and_its_checkpoints_resume_anywhere(
+    runs: dict[str, Path], still_model: Path, tiny_beir: Path
+) -> None:
+    """``run.strategy=fsdp``: FSDP2 shards on CPU/gloo, gradient reduce-scatter deferred across
+    the replays; same weights as one process; a full-state checkpoint that W=1 resumes."""
+    out = runs["out"]
+    launch(2, [*overrides(still_model, tiny_beir, out, "fsdp"), "run.strategy=fsdp"], out)
+    fsdp = out / "fsdp"
+    assert max_diff(weights(fsdp), weights(runs["w1"])) <= 1e-4
+    start = next(r for r in read_metrics_log(fsdp / "metrics.jsonl") if r["event"] == "start")
+    assert start["strategy"] == "fsdp" and start["processes"] == 2
+    again = out / "fsdp-resumed"
+    subprocess.run(["cp", "-r", str(fsdp), str(again)], check=True)
+    rewind(again, 1)
+    launch(1, [*overrides(still_model, tiny_beir, out, again.name), "run.resume=true"], out)
+    assert max_diff(weights(again), weights(fsdp)) <= 1e-4

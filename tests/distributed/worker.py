@@ -18,7 +18,8 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 
 from dualforge.gradcache.exchange import ProcessGroupExchange
 from dualforge.train.components import tower_encoders
-from dualforge.train.distributed import ProcessInfo, setup, wrap
+from dualforge.train.distributed import ProcessInfo, setup
+from dualforge.train.replicas import Ddp, Fsdp
 from tests.distributed import scenario
 
 
@@ -28,23 +29,30 @@ def main(spec: dict[str, Any], out: Path) -> None:
     setup("cpu", proc)
     tok = scenario.tokenizer()
     model = scenario.model(spec, tok)
-    ddp = wrap(model, torch.device("cpu"))
     reduced: list[int] = []
+    if spec.get("strategy") == "fsdp":
+        holder = Fsdp(model)
+        gc = scenario.engine(
+            spec, tower_encoders(model), no_sync=holder.no_sync, keep_graphs=0,
+            exchange=ProcessGroupExchange(),
+        )  # fmt: skip
+    else:
+        ddp = Ddp(model, torch.device("cpu")).ddp
 
-    def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks real annotations
-        reduced.append(bucket.index())
-        return allreduce_hook(state, bucket)
+        def counting_hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP checks annotations
+            reduced.append(bucket.index())
+            return allreduce_hook(state, bucket)
 
-    ddp.register_comm_hook(None, counting_hook)
-    gc = scenario.engine(
-        spec, tower_encoders(ddp), no_sync=ddp.no_sync, exchange=ProcessGroupExchange()
-    )
+        ddp.register_comm_hook(None, counting_hook)
+        gc = scenario.engine(
+            spec, tower_encoders(ddp), no_sync=ddp.no_sync, exchange=ProcessGroupExchange()
+        )
     q, d = scenario.local_batches(spec, tok, proc.rank)
     chunks = [len(gc.split(q)), len(gc.split(d))]
     torch.manual_seed(scenario.RANK_SEED + proc.rank)
     result = gc.step(q, d, **scenario.loss_kwargs(spec))
     torch.save(
-        {"grads": {**scenario.grads(model), **scenario.loss_grads(gc.loss_fn)}, "loss": float(result.loss), "parts": result.parts,
+        {"grads": {**scenario.full_grads(model), **scenario.loss_grads(gc.loss_fn)}, "loss": float(result.loss), "parts": result.parts,
          "reduced": reduced, "chunks": chunks},
         out / f"rank{proc.rank}.pt",
     )  # fmt: skip

@@ -25,7 +25,7 @@ from dualforge.modeling.pooling import Pooling
 
 Projection = Literal["identity", "pca"]
 DataFormat = Literal["beir", "jsonl", "tsv"]
-DistStrategy = Literal["ddp"]
+DistStrategy = Literal["ddp", "fsdp"]
 SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
 
 
@@ -287,7 +287,9 @@ class RunConfig:
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; under
     torchrun each process takes ``cuda:LOCAL_RANK``. ``threads`` 0: the machine's cores, split
     between the processes that share it. ``strategy``: how several processes train one model
-    (``ddp``: replicated weights, one gradient all-reduce per step).
+    (``ddp``: replicated weights, one gradient all-reduce per step; ``fsdp``: FSDP2 shards of
+    weights, gradients and optimizer state; chunks are all replayed, ``gradcache.keep_graphs`` is
+    not used).
     """
 
     name: str = "run"

@@ -147,9 +147,13 @@ class GradCache:
         if len(batches) != len(self.encoders):
             raise ValueError(f"got {len(batches)} batches for {len(self.encoders)} encoders")
         passes = []
-        for t, (encoder, batch) in enumerate(zip(self.encoders, batches)):
-            chunks = self.split(batch)
-            passes.append(self.forward_no_grad(encoder, chunks, self._kept(t, len(chunks))))
+        split = [self.split(batch) for batch in batches]
+        missing = [self._missing(len(chunks)) for chunks in split]  # agreed before any forward
+        for t, (encoder, chunks) in enumerate(zip(self.encoders, split)):
+            tower = self.forward_no_grad(encoder, chunks, self._kept(t, len(chunks)))
+            for _ in range(missing[t]):
+                self._empty_forward(tower)
+            passes.append(tower)
         loss, parts, grads = self.build_cache([p.reps for p in passes], loss_kwargs)
         self.forward_backward(passes, grads)
         return StepResult(loss, plain_parts(parts))
@@ -209,36 +213,49 @@ class GradCache:
         return loss.detach(), parts, grads
 
     def forward_backward(self, passes: Sequence[TowerPass], grads: Sequence[torch.Tensor]) -> None:
-        """Phase 3: backprop the cached gradients, kept graphs first, then chunk replays; every
-        process runs the same number of backwards (the last one outside ``no_sync``)."""
+        """Phase 3: backprop the cached gradients, kept graphs first, then each tower's chunk
+        replays; under several processes every tower runs as many replays as on the process
+        with the most (the last backward runs outside ``no_sync``)."""
         kept: list[Callable[[], None]] = []
         replays: list[Callable[[], None]] = []
         for tower, grad in zip(passes, grads):
             chunk_grads = [grad[c.rows.to(grad.device)] for c in tower.chunks]  # (B_c, ...)
+            own: list[Callable[[], None]] = []
             for i, (chunk, state, g) in enumerate(zip(tower.chunks, tower.states, chunk_grads)):
                 if i in tower.kept:
                     kept.append(partial(_backward, tower.kept[i], g))
                     continue
                 autocast = self._autocast(chunk)
-                replays.append(
+                own.append(
                     partial(replay_backward, tower.encoder, chunk.inputs, state, g, autocast)
                 )
+            replays += own + [partial(self._empty_replay, tower)] * self._missing(len(own))
         jobs = kept + replays
-        padding = self.exchange.most(len(jobs)) - len(jobs) if self.exchange.world > 1 else 0
-        filler = [partial(self._empty_replay, passes[0])] * padding
-        jobs = jobs[:-1] + filler + jobs[-1:]
         for job in jobs[:-1]:
             with self._sync_off():
                 job()
         jobs[-1]()
 
+    def _missing(self, count: int) -> int:
+        """How many passes this process lacks against the process with the most (0 alone)."""
+        return self.exchange.most(count) - count if self.exchange.world > 1 else 0
+
+    def _one_row(self, tower: TowerPass) -> dict[str, Any]:
+        return take_rows(tower.chunks[0].inputs, torch.zeros(1, dtype=torch.long), self.trim)
+
+    def _empty_forward(self, tower: TowerPass) -> None:
+        """A no-grad forward of one row whose output is dropped (RNG left untouched): keeps
+        the processes' forward counts equal when a forward runs a collective (FSDP)."""
+        chunk = tower.chunks[0]
+        with replay_rng(tower.states[0]), torch.no_grad(), self._autocast(chunk)():
+            tower.encoder(self._one_row(tower))
+
     def _empty_replay(self, tower: TowerPass) -> None:
         """A backward that changes no gradient: one row of the first chunk, zero gradient (it
-        keeps the processes' backward counts equal, so per-forward collectives line up)."""
+        keeps the processes' backward counts equal, so per-pass collectives line up)."""
         chunk = tower.chunks[0]
-        inputs = take_rows(chunk.inputs, torch.zeros(1, dtype=torch.long), self.trim)
         with replay_rng(tower.states[0]), torch.enable_grad(), self._autocast(chunk)():
-            out = tower.encoder(inputs)
+            out = tower.encoder(self._one_row(tower))
         torch.autograd.backward(out, torch.zeros_like(out))
 
     def _sync_off(self) -> AbstractContextManager[Any]:

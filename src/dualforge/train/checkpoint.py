@@ -62,6 +62,27 @@ class ModelWeights:
         """``model.state_dict()`` without duplicate names for shared (tied) tensors, on CPU."""
         return unique_state_dict(self.model)
 
+    def aliases(self) -> dict[str, str]:
+        """Second names of shared parameters and buffers -> their first name (by identity, so
+        it holds for sharded parameters too)."""
+        first: dict[int, str] = {}
+        out: dict[str, str] = {}
+        named = [
+            *self.model.named_parameters(remove_duplicate=False),
+            *self.model.named_buffers(remove_duplicate=False),
+        ]
+        for name, tensor in named:
+            if id(tensor) in first:
+                out[name] = first[id(tensor)]
+            else:
+                first[id(tensor)] = name
+        return out
+
+    def names(self) -> set[str]:
+        """State-dict names without the aliases."""
+        aliases = self.aliases()
+        return {k for k in self.model.state_dict() if k not in aliases}
+
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load ``state``, checking every name (tied aliases count as present).
 

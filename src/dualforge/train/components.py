@@ -119,6 +119,7 @@ def build_gradcache(
     *,
     no_sync: ContextFactory | None = None,
     exchange: Exchange | None = None,
+    keep_graphs: int | None = None,
 ) -> tuple[GradCache, torch.amp.GradScaler | None]:
     """The engine over the two towers, and a GradScaler when training in fp16.
 
@@ -130,6 +131,8 @@ def build_gradcache(
         device: Where the towers run (the GradScaler's device).
         no_sync: DDP's ``no_sync`` under several processes.
         exchange: The processes' exchange under several processes.
+        keep_graphs: Overrides ``cfg.keep_graphs`` (0 under FSDP2, where the processes must run
+            the same passes in the same order).
     """
     dtype = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
@@ -139,7 +142,7 @@ def build_gradcache(
         cfg.chunk_size,
         token_budget=cfg.token_budget,
         sort_by_length=cfg.sort_by_length,
-        keep_graphs=cfg.keep_graphs,
+        keep_graphs=cfg.keep_graphs if keep_graphs is None else keep_graphs,
         autocast_dtype=dtype,
         scaler=scaler,
         no_sync=no_sync,

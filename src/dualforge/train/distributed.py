@@ -6,15 +6,13 @@ The rules a run follows (docs/distributed.md):
   sampler is seeded, its position is one number) and encodes rows ``[r * b, (r + 1) * b)`` of
   each batch, ``b = B / W``; the Gradient Cache engine gathers representations across processes
   (:class:`~dualforge.gradcache.exchange.ProcessGroupExchange`).
-* The model is wrapped in DDP; every backward but the last of a step runs inside ``no_sync``, so
-  one gradient all-reduce happens per optimizer step. Buffers are not broadcast per forward (the
-  encoders' buffers are constants), so no collective runs inside a chunk forward.
+* The model is held by DDP or FSDP2 (``train/replicas.py``); every backward but the last of a
+  step runs with gradient reduction suspended, so it happens once per optimizer step.
 * Rank 0 writes logs, checkpoints, exports and reports; the others wait at a barrier.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -22,12 +20,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dualforge.data import Batch
 from dualforge.errors import UserError
 from dualforge.hardware import resolve_device
+from dualforge.modeling import DualEncoder
 
 TIMEOUT = timedelta(minutes=30)
 
@@ -97,22 +95,6 @@ def setup(device_spec: str, info: ProcessInfo) -> torch.device:
     return device
 
 
-def wrap(model: nn.Module, device: torch.device) -> DistributedDataParallel:
-    """DDP over the model: buffers synced once at start, never per forward; unused parameters
-    found (the step's one synchronised backward is a single chunk of one tower, and a model may
-    hold layers no tower uses, such as BERT's pooler)."""
-    ids = [device.index] if device.type == "cuda" else None
-    params = inspect.signature(DistributedDataParallel).parameters
-    no_forward_sync: dict[str, Any] = (
-        {"forward_sync_buffers": False}  # torch >= 2.13 (syncs once at init, never per forward)
-        if "forward_sync_buffers" in params
-        else {"broadcast_buffers": False}
-    )
-    return DistributedDataParallel(
-        model, device_ids=ids, find_unused_parameters=True, **no_forward_sync
-    )
-
-
 def shard_batch(batch: Batch, rank: int, world: int) -> Batch:
     """This process's rows ``[r * b, (r + 1) * b)`` of a global batch, ``b = B / W``.
 
@@ -162,3 +144,11 @@ def teardown() -> None:
     """End the process group if this module started one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap(model: DualEncoder, device: torch.device) -> DistributedDataParallel:
+    """DDP over ``model`` exactly as the training loop builds it (:class:`~dualforge.train.
+    replicas.Ddp`), for code that drives the engine itself."""
+    from dualforge.train.replicas import Ddp
+
+    return Ddp(model, device).ddp

@@ -15,6 +15,32 @@ from dualforge.modeling.encoder import Side
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
 
+def encode_texts(
+    model: DualEncoder,
+    texts: Sequence[str],
+    side: Side,
+    batch_size: int,
+    *,
+    proc: ProcessInfo | None = None,
+    show_progress: bool = False,
+    max_length: int | None = None,
+) -> np.ndarray:
+    """``(N, D)`` float32 embeddings of ``texts``; under several processes (``proc``) every
+    process encodes every W-th text of the length-sorted list (equal shares of work) and every
+    process returns all ``N`` rows (gathered). Every process must call it."""
+    if proc is None or proc.world == 1:
+        return model.encode(list(texts), side, batch_size, show_progress, max_length)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    mine = order[proc.rank :: proc.world]
+    share = -(-len(texts) // proc.world)  # every rank encodes as many texts (FSDP: as many
+    padded = [texts[i] for i in mine] + [texts[order[0]]] * (share - len(mine))  # forwards)
+    emb = model.encode(padded, side, batch_size, show_progress, max_length)[: len(mine)]
+    out = np.zeros((len(texts), model.dim), dtype=np.float32)
+    for rows, part in gather_objects((mine, emb), proc):
+        out[rows] = part
+    return out
+
+
 def text_encoder(
     model: DualEncoder,
     side: Side,
@@ -22,29 +48,13 @@ def text_encoder(
     show_progress: bool,
     proc: ProcessInfo | None = None,
 ) -> Callable[[Sequence[str]], np.ndarray]:
-    """``texts -> (N, D)`` embeddings of one side of ``model``.
+    """``texts -> (N, D)`` embeddings of one side of ``model`` (sharded under several
+    processes, see :func:`encode_texts`)."""
 
-    Under several processes (``proc``), every process encodes every W-th text of the
-    length-sorted list (so the shares cost the same) and the embeddings are gathered: every
-    process returns all ``N`` rows.
-    """
-    if proc is None or proc.world == 1:
+    def run(texts: Sequence[str]) -> np.ndarray:
+        return encode_texts(model, texts, side, batch_size, proc=proc, show_progress=show_progress)
 
-        def run(texts: Sequence[str]) -> np.ndarray:
-            return model.encode(list(texts), side, batch_size, show_progress)
-
-        return run
-
-    def sharded(texts: Sequence[str]) -> np.ndarray:
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        mine = order[proc.rank :: proc.world]
-        emb = model.encode([texts[i] for i in mine], side, batch_size, show_progress)
-        out = np.zeros((len(texts), model.dim), dtype=np.float32)
-        for rows, part in gather_objects((mine, emb), proc):
-            out[rows] = part
-        return out
-
-    return sharded
+    return run
 
 
 def evaluate_split(

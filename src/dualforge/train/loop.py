@@ -29,13 +29,14 @@ from dualforge.gradcache import StepResult
 from dualforge.modeling import DualEncoder, load_model, save_model
 from dualforge.modeling.rotation import rotate_model
 from dualforge.train.checkpoint import (
+    ModelWeights,
     TrainerState,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from dualforge.train.collate import collate
-from dualforge.train.components import projection_texts
+from dualforge.train.components import build_model, projection_texts
 from dualforge.train.distributed import barrier, broadcast_object, gather_objects, teardown
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.parts import (
@@ -228,12 +229,42 @@ def bookkeeping(p: Parts, state: TrainerState, info: StepInfo, last: bool) -> Tr
 
 
 def checkpoint(p: Parts, state: TrainerState) -> None:
-    """Rank 0 writes the checkpoint (with every rank's RNG state); the others wait for it."""
+    """Every rank reads its share of the states (full states are gathered under FSDP2, and
+    every rank's RNG state); rank 0 writes the checkpoint; the others wait for it."""
     rngs = gather_objects(GlobalRng().state_dict(), p.proc) if p.proc.world > 1 else None
+    states = {name: Captured(c.state_dict()) for name, c in p.components(rngs).items()}
     if p.proc.main:
-        folder = p.run_dir / "checkpoints"
-        save_checkpoint(folder, state, p.components(rngs), p.cfg.run.keep_checkpoints)
+        save_checkpoint(p.run_dir / "checkpoints", state, states, p.cfg.run.keep_checkpoints)
     barrier()
+
+
+class Captured:
+    """A state read already, handed to :func:`save_checkpoint` as a component."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def state_dict(self) -> Any:
+        """The captured state."""
+        return self.state
+
+    def load_state_dict(self, state: Any) -> None:
+        """Never loaded (it only carries a state to be written)."""
+        raise TypeError("a captured state is only written")
+
+
+def export(p: Parts, folder: Path) -> None:
+    """Save the model as a sentence-transformers folder (rank 0). Sharded weights are gathered
+    first (every rank must call this) and written through a fresh copy of the model."""
+    if not p.holder.sharded:
+        if p.proc.main:
+            save_model(p.model, folder)
+        return
+    state = p.holder.model_state()
+    if p.proc.main:
+        full = build_model(p.cfg.model)
+        ModelWeights(full).load_state_dict(state)
+        save_model(full, folder)
 
 
 def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
@@ -298,8 +329,7 @@ def dev_eval(p: Parts, state: TrainerState) -> TrainerState:
     p.log.write("eval", step=state.step, split="dev", metrics=report.metrics)
     score = report.metrics[p.cfg.eval.select_metric]
     if state.best_score is None or score > state.best_score:
-        if p.proc.main:
-            save_model(p.model, p.run_dir / "best")
+        export(p, p.run_dir / "best")
         state = replace(state, best_score=score, best_step=state.step)
     state = broadcast_object(state, p.proc)
     barrier()
@@ -309,8 +339,7 @@ def dev_eval(p: Parts, state: TrainerState) -> TrainerState:
 def finish(p: Parts, state: TrainerState) -> dict[str, Any]:
     """Export the final model (rank 0), reload the best one if dev selection ran, evaluate on
     test (every process, sharded)."""
-    if p.proc.main:
-        save_model(p.model, p.run_dir / "final")
+    export(p, p.run_dir / "final")
     barrier()
     model = p.model
     if state.best_step is not None and (p.run_dir / "best").is_dir():

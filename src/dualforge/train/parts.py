@@ -15,23 +15,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from dualforge.config import Config
 from dualforge.data import Batch, EpochBatchSampler
+from dualforge.errors import UserError
 from dualforge.gradcache import GradCache
-from dualforge.gradcache.exchange import Exchange, ProcessGroupExchange
+from dualforge.gradcache.exchange import ProcessGroupExchange
 from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, thread_share
 from dualforge.modeling import DualEncoder
-from dualforge.train.checkpoint import ModelWeights, Stateful
+from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_loss, build_model, tower_encoders
-from dualforge.train.distributed import ProcessInfo, setup, wrap
+from dualforge.train.distributed import ProcessInfo, setup
+from dualforge.train.evaluation import encode_texts
 from dualforge.train.metrics_log import MetricsLog
 from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
+from dualforge.train.replicas import STRATEGIES, Replicas, Single
 from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
-from dualforge.train.state import GlobalRng, RankedRng, RunClock
+from dualforge.train.state import GlobalRng, RankedRng, ReplicaModel, ReplicaOptimizer, RunClock
 
 
 @dataclass
@@ -39,8 +41,8 @@ class Parts:
     """Everything a run holds while it trains.
 
     ``device`` is where model, batches and loss live; ``proc`` is this process's place in the
-    job (one process without torchrun); ``ddp`` is the DDP wrapper under several processes;
-    ``precision`` the resolved autocast choice.
+    job (one process without torchrun); ``replicas`` how the processes hold the model (one
+    process, DDP or FSDP2); ``precision`` the resolved autocast choice.
     """
 
     cfg: Config
@@ -61,8 +63,15 @@ class Parts:
     precision: PrecisionChoice = field(
         default_factory=lambda: PrecisionChoice("fp32", "as configured")
     )
-    ddp: DistributedDataParallel | None = None
+    replicas: Replicas | None = None
     owns_group: bool = False
+
+    @property
+    def holder(self) -> Replicas:
+        """How the model is held (:class:`Single` when nothing was set)."""
+        if self.replicas is None:
+            self.replicas = Single(self.model)
+        return self.replicas
 
     def resolved(self) -> dict[str, Any]:
         """Choices made from ``auto`` settings on this machine (logged and reported)."""
@@ -71,6 +80,7 @@ class Parts:
             "precision": self.precision.precision,
             "precision_reason": self.precision.reason,
             "processes": self.proc.world,
+            "strategy": self.cfg.run.strategy if self.proc.world > 1 else "single",
             "threads": torch.get_num_threads(),
         }
         if self.miner is not None:
@@ -84,8 +94,8 @@ class Parts:
             rng_states: Every rank's RNG state (gathered) when saving under several processes.
         """
         parts: dict[str, Stateful] = {
-            "model": ModelWeights(self.model),
-            "optimizer": self.optimizer,
+            "model": ReplicaModel(self.holder),
+            "optimizer": ReplicaOptimizer(self.holder, self.optimizer),
             "scheduler": self.scheduler,
             "sampler": self.sampler,
         }
@@ -146,15 +156,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def mining_encoder(model: DualEncoder, cfg: Config) -> Encode:
-    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths."""
+def mining_encoder(model: DualEncoder, cfg: Config, proc: ProcessInfo | None = None) -> Encode:
+    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths;
+    under several processes each encodes a share and all get every row (so every rank's miner
+    holds the same vectors and draws the same negatives)."""
     lengths = {
         "query": cfg.model.query_max_length,
         "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
     }
 
     def encode(texts: list[str], side: Side) -> np.ndarray:
-        return model.encode(texts, side, cfg.mining.encode_batch_size, max_length=lengths[side])
+        return encode_texts(
+            model, texts, side, cfg.mining.encode_batch_size, proc=proc,
+            max_length=lengths[side],
+        )  # fmt: skip
 
     return encode
 
@@ -200,23 +215,30 @@ def build_parts(cfg: Config) -> Parts:
         require_negatives=cfg.data.num_negatives > 0,
     )  # fmt: skip
     steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
-    optimizer = build_optimizer(model.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
-    scheduler = build_scheduler(optimizer, int(cfg.optim.warmup_ratio * steps), steps)
     loss = build_loss(cfg.loss, model.dim, model.query_encoder.normalize, cfg.run.seed)
     precision = choose_precision(cfg, device, proc)
-    ddp = wrap(model, device) if proc.world > 1 else None
-    exchange: Exchange | None = ProcessGroupExchange() if ddp is not None else None
+    several = proc.world > 1
+    if several and cfg.run.strategy == "fsdp" and cfg.model.projection == "pca":
+        raise UserError(
+            "model.projection='pca' with run.strategy='fsdp': the rotation is fitted on a full "
+            "model; fit it first (dualforge rotate) and train the rotated folder, or use ddp"
+        )
+    replicas = STRATEGIES[cfg.run.strategy](model, device) if several else Single(model)
+    # after the strategy: FSDP2 replaces the parameters by their shards
+    optimizer = build_optimizer(model.named_parameters(), cfg.optim.lr, cfg.optim.weight_decay)
+    scheduler = build_scheduler(optimizer, int(cfg.optim.warmup_ratio * steps), steps)
     gc, scaler = build_gradcache(
-        tower_encoders(ddp if ddp is not None else model), loss, cfg.gradcache,
-        precision.precision, device, no_sync=ddp.no_sync if ddp is not None else None,
-        exchange=exchange,
+        tower_encoders(replicas.module), loss, cfg.gradcache, precision.precision, device,
+        no_sync=replicas.no_sync if several else None,
+        exchange=ProcessGroupExchange() if several else None,
+        keep_graphs=0 if replicas.gathers_per_forward else None,
     )  # fmt: skip
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=proc.main)
     miner = build_miner(
-        cfg.mining, mining_encoder(model, cfg), data.corpus, data.known_positives,
+        cfg.mining, mining_encoder(model, cfg, proc), data.corpus, data.known_positives,
         cfg.run.seed, model.doc_encoder.normalize,
     )  # fmt: skip
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner,
-        device=device, proc=proc, precision=precision, ddp=ddp, owns_group=started,
+        device=device, proc=proc, precision=precision, replicas=replicas, owns_group=started,
     )  # fmt: skip

@@ -3,7 +3,9 @@
 * :class:`GlobalRng`: the Python, NumPy, torch CPU and CUDA random generators (a resumed run
   draws the same dropout masks and shuffles);
 * :class:`RankedRng`: every process's :class:`GlobalRng` state under several processes;
-* :class:`RunClock`: seconds spent mining and training so far (the loop times each step).
+* :class:`RunClock`: seconds spent mining and training so far (the loop times each step);
+* :class:`ReplicaModel`, :class:`ReplicaOptimizer`: model and optimizer states read through
+  how the processes hold them (``train/replicas.py``), full even when sharded.
 """
 
 from __future__ import annotations
@@ -115,3 +117,37 @@ class RunClock:
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         """Restore the totals."""
         self.mining, self.training = float(state["mining"]), float(state["training"])
+
+
+class ReplicaModel:
+    """The model as a checkpoint component, read and written through its holder (a full state
+    even when the processes hold shards; a collective then, so every rank calls it)."""
+
+    def __init__(self, holder: Any) -> None:
+        self.holder = holder
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The full state (tied tensors once)."""
+        out: dict[str, torch.Tensor] = self.holder.model_state()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load a full state (strictly)."""
+        self.holder.load_model_state(state)
+
+
+class ReplicaOptimizer:
+    """The optimizer as a checkpoint component, through the model's holder (see
+    :class:`ReplicaModel`)."""
+
+    def __init__(self, holder: Any, optimizer: torch.optim.Optimizer) -> None:
+        self.holder, self.optimizer = holder, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full optimizer state."""
+        out: dict[str, Any] = self.holder.optimizer_state(self.optimizer)
+        return out
+
+    def load_state_dict(self, state: Any) -> None:
+        """Load a full optimizer state."""
+        self.holder.load_optimizer_state(self.optimizer, state)
