@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,41 @@ def test_fsdp2_trains_the_one_process_model_and_its_checkpoints_resume_anywhere(
     rewind(again, 1)
     launch(1, [*overrides(still_model, tiny_beir, out, again.name), "run.resume=true"], out)
     assert max_diff(weights(again), weights(fsdp)) <= 1e-4
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid``."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_a_killed_rank_is_restarted_by_torchrun_and_resumes(
+    tmp_path: Path, still_model: Path, tiny_beir: Path
+) -> None:
+    """SIGKILL rank 1 after the 3rd checkpoint: ``torchrun --max-restarts=1`` restarts the job,
+    ``run.resume=true`` continues from the newest checkpoint, and the run ends where an
+    uninterrupted one does."""
+    steps = 24
+    base = [*overrides(still_model, tiny_beir, tmp_path, "plain", steps=steps), "eval.before=false"]
+    launch(2, base, tmp_path)
+    args = [*overrides(still_model, tiny_beir, tmp_path, "killed", steps=steps),
+            "eval.before=false", "run.resume=true"]  # fmt: skip
+    config = tmp_path / "empty.yaml"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--max-restarts=1", "-m", "dualforge", "train", str(config), *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip  # restarts: pytorch#135712
+    job = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    third = tmp_path / "killed" / "checkpoints" / "step-0000003"
+    deadline = time.monotonic() + TIMEOUT
+    while not third.is_dir() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    agent_children = _children(job.pid)
+    assert third.is_dir() and agent_children, "the run ended before it could be killed"
+    os.kill(max(agent_children), signal.SIGKILL)  # the last-started worker: rank 1
+    _, err = job.communicate(timeout=TIMEOUT)
+    assert job.returncode == 0, err[-3000:]
+    events = read_metrics_log(tmp_path / "killed" / "metrics.jsonl")
+    resumed = [r["step"] for r in events if r["event"] == "resume"]
+    assert len(resumed) == 1 and 3 <= resumed[0] < steps
+    assert max_diff(weights(tmp_path / "killed"), weights(tmp_path / "plain")) == 0.0

@@ -58,6 +58,8 @@ def check_gradients(
     max_len: int = 32,
     sort_by_length: bool = False,
     seed: int = 0,
+    device: str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> GradCheck:
     """Run one batch cached and plain from the same weights and compare parameter gradients.
 
@@ -73,18 +75,22 @@ def check_gradients(
         max_len: Longest random sequence.
         sort_by_length: Use length-sorted chunks.
         seed: Seed for the batch and for dropout.
+        device: Where both runs happen (``cuda`` replays the CUDA RNG state too).
+        autocast_dtype: Encoders under autocast in this dtype (both runs; bf16 / fp16).
     """
-    cached = load_model(model) if isinstance(model, str) else model
+    cached = (load_model(model) if isinstance(model, str) else model).to(device)
     plain = copy.deepcopy(cached)
     for m in (cached, plain):
         m.train(dropout)
         m.zero_grad(set_to_none=True)
-    q_batch = random_batch(cached, batch, max_len, seed)
-    d_batch = random_batch(cached, batch, max_len, seed + 1)
+    q_batch = {k: v.to(device) for k, v in random_batch(cached, batch, max_len, seed).items()}
+    d_batch = {k: v.to(device) for k, v in random_batch(cached, batch, max_len, seed + 1).items()}
 
     def engine(m: DualEncoder) -> GradCache:
         towers = [m.query_encoder, m.doc_encoder]
-        return GradCache(towers, info_nce, chunk, sort_by_length=sort_by_length)
+        return GradCache(
+            towers, info_nce, chunk, sort_by_length=sort_by_length, autocast_dtype=autocast_dtype
+        )
 
     gc = engine(cached)
     torch.manual_seed(seed)
@@ -96,7 +102,11 @@ def check_gradients(
         loss_p = float(plain_chunked_step(engine(plain), q_batch, d_batch))
         reference = "plain backward over the same chunks, same RNG stream"
     else:
-        loss = info_nce(plain(q_batch, "query"), plain(d_batch, "document"))
+        with torch.autocast(
+            torch.device(device).type, autocast_dtype, enabled=bool(autocast_dtype)
+        ):
+            q, d = plain(q_batch, "query"), plain(d_batch, "document")
+        loss = info_nce(q.float(), d.float())
         torch.autograd.backward(loss)
         loss_p, reference = float(loss.detach()), "plain full-batch backward"
     end = time.perf_counter()

@@ -1,0 +1,152 @@
+"""GPU check (one CUDA device, at most ~8 minutes): exactness, speed and memory of the cached step.
+
+Parts, each printed as soon as it is measured and written to the JSON output:
+
+1. exactness on CUDA with dropout on (the replay restores the CUDA RNG state): cached vs plain
+   over the same chunks (``check_gradients``), MiniLM, batch 64, chunk 8, in fp32 (tolerance
+   1e-5 relative) and bf16 autocast (stated tolerance 5e-2: bf16 has an 8-bit mantissa);
+2. MiniLM step time and peak GPU memory (``torch.cuda.max_memory_allocated``), plain full-batch vs
+   GradCache (chunk 64), SciFact (query, title + abstract) pairs, documents cut at 256 tokens, bf16
+   autocast: at batch 512, then doubling batches until each method runs out of memory (capped at
+   16384 pairs);
+3. the main job's steps per second: ``dualforge train configs/scifact-minilm.yaml`` for 20 steps
+   (no evaluation), from its metrics.jsonl.
+
+Run on the GPU machine (the device tool; see bench/gpu_check.sh):
+
+    bash bench/gpu_check.sh            # writes $OUT/gpu_check.json (or bench/out/gpu_check.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from _common import OUT, ROOT, load_pairs
+
+CAP = 16384
+
+
+def exactness(report: dict[str, Any]) -> None:
+    from dualforge.train.check_grad import check_gradients
+
+    for name, dtype, tol in (("fp32", None, 1e-5), ("bf16", torch.bfloat16, 5e-2)):
+        check = check_gradients("minilm", 64, 8, dropout=True, device="cuda", autocast_dtype=dtype)
+        report[f"exactness_{name}"] = {
+            "max_rel": check.diff.max_rel, "max_abs": check.diff.max_abs,
+            "tolerance": tol, "passed": check.diff.max_rel <= tol,
+        }  # fmt: skip
+        print(f"exactness {name}: max_rel {check.diff.max_rel:.2e} (tolerance {tol:g})", flush=True)
+
+
+def one_step(
+    model: Any, method: str, batch: int, pairs: tuple[list[str], list[str]]
+) -> dict[str, float]:
+    """Time one training step (after a warm-up step) and its peak GPU memory."""
+    from dualforge import GradCache
+    from dualforge.losses import info_nce
+
+    queries, docs = pairs[0][:batch], pairs[1][:batch]
+    q = {k: v.cuda() for k, v in model.tokenize(queries, "query", 64).items()}
+    d = {k: v.cuda() for k, v in model.tokenize(docs, "document", 256).items()}
+    gc = GradCache(
+        [model.query_encoder, model.doc_encoder], info_nce, 64, autocast_dtype=torch.bfloat16
+    )
+
+    def step() -> None:
+        if method == "cached":
+            gc.step(q, d)
+        else:
+            with torch.autocast("cuda", torch.bfloat16):
+                qr, dr = model(q, "query"), model(d, "document")
+            info_nce(qr.float(), dr.float()).backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def memory(report: dict[str, Any]) -> None:
+    from dualforge.modeling import load_model
+
+    pairs = load_pairs(809, seed=0)
+    reps = max(1, -(-CAP // len(pairs[0])))
+    pairs = (pairs[0] * reps, pairs[1] * reps)  # repeated pairs beyond 809 (timing only)
+    model = load_model("minilm").cuda().train()
+    rows: list[dict[str, Any]] = []
+    for method in ("plain", "cached"):
+        batch = 512
+        while batch <= CAP:
+            try:
+                row = {"method": method, "batch": batch, **one_step(model, method, batch, pairs)}
+            except torch.OutOfMemoryError:
+                rows.append({"method": method, "batch": batch, "oom": True})
+                print(f"{method} batch {batch}: out of memory", flush=True)
+                break
+            finally:
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+            rows.append(row)
+            print(
+                f"{method} batch {batch}: {row['seconds']:.3f} s, {row['peak_gib']:.2f} GiB",
+                flush=True,
+            )
+            batch *= 2
+    report["memory"] = rows
+    at512 = {r["method"]: r for r in rows if r["batch"] == 512 and "seconds" in r}
+    if len(at512) == 2:
+        report["cached_over_plain_at_512"] = at512["cached"]["seconds"] / at512["plain"]["seconds"]
+
+
+def main_job(report: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "dualforge", "train", str(ROOT / "configs" / "scifact-minilm.yaml"),
+               "optim.max_steps=20", "eval.before=false", "data.test_split=null", "run.save_every=0",
+               f"run.output_dir={tmp}", "run.name=gpu", "run.progress=false"]  # fmt: skip
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT, timeout=300)
+        log = [json.loads(line) for line in (Path(tmp) / "gpu" / "metrics.jsonl").open()]
+    steps = [r for r in log if r["event"] == "train"]
+    first = next(r for r in log if r["event"] == "start")
+    seconds = steps[-1]["time"] - steps[0]["time"]
+    report["main_job"] = {
+        "steps_per_s": (len(steps) - 1) / seconds, "wall_s": time.perf_counter() - start,
+        "device": first["device"], "precision": first["precision"],
+    }  # fmt: skip
+    print(f"main job: {report['main_job']}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--output", type=Path, default=Path(os.environ.get("OUT", OUT)) / "gpu_check.json"
+    )
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("error: no CUDA device: run bench/gpu_check.sh on the GPU machine")
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    for part in (exactness, memory, main_job):
+        part(report)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
