@@ -23,7 +23,7 @@ from dualforge.modeling import DualEncoder, Encoder, save_model
 from dualforge.train.checkpoint import LATEST
 from dualforge.train.metrics_log import read_metrics_log
 from tests.conftest import make_tiny_bert
-from tests.distributed.launch import ROOT
+from tests.distributed.launch import ROOT, run_workers
 
 TIMEOUT = 300
 
@@ -217,3 +217,15 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_resumes(
     resumed = [r["step"] for r in events if r["event"] == "resume"]
     assert len(resumed) == 1 and 3 <= resumed[0] < steps
     assert max_diff(weights(tmp_path / "killed"), weights(tmp_path / "plain")) == 0.0
+
+
+def test_the_index_is_held_once_per_job(tmp_path: Path, still_model: Path, tiny_beir: Path) -> None:
+    """Under 2 processes only rank 0 builds the miner; rank 1 encodes its share of what rank 0
+    asks for and receives rank 0's mined batch."""
+    args = [*overrides(still_model, tiny_beir, tmp_path, "parts"), "mining.strategy=dynamic",
+            "mining.num_negatives=2", "mining.landmarks=0.5", "mining.backend=torch"]  # fmt: skip
+    run_workers([json.dumps({"mode": "parts", "overrides": args}), str(tmp_path)], 2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [r["miner"] for r in ranks] == ["NegativeMiner", None]
+    assert ranks[0]["negatives"] == ranks[1]["negatives"]
+    assert all(len(n) == 2 for n in ranks[0]["negatives"])

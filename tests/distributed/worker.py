@@ -23,7 +23,22 @@ from dualforge.train.replicas import Ddp, Fsdp
 from tests.distributed import scenario
 
 
+def parts_case(spec: dict[str, Any], out: Path) -> None:
+    """Build a run's parts from config overrides and mine one batch; save who holds what."""
+    from dualforge.config import load_config
+    from dualforge.train.loop import batches, build_parts, mine
+
+    p = build_parts(load_config(None, spec["overrides"]))
+    batch, _ = mine(p, next(batches(p.sampler)), 1)
+    held = type(p.miner).__name__ if p.miner is not None else None
+    torch.save({"miner": held, "negatives": batch.negative_ids}, out / f"rank{p.proc.rank}.pt")
+    dist.destroy_process_group()
+
+
 def main(spec: dict[str, Any], out: Path) -> None:
+    if spec.get("mode") == "parts":
+        parts_case(spec, out)
+        return
     torch.set_num_threads(1)
     proc = ProcessInfo.from_env()
     setup("cpu", proc)

@@ -191,10 +191,10 @@ def train_steps(
 def mine(p: Parts, batch: Batch, step: int) -> tuple[Batch, float]:
     """The batch with mined negatives (unchanged without a miner), and the seconds it took;
     a refresh of the miner's index is logged as a ``mining`` event."""
-    if p.miner is None:
+    if p.mine_batch is None:
         return batch, 0.0
     tick = time.perf_counter()
-    batch, report = p.miner.prepare(batch, step)
+    batch, report = p.mine_batch(batch, step)
     if report is not None:
         p.log.write("mining", strategy=p.cfg.mining.strategy, **report.record())
     return batch, time.perf_counter() - tick

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from dualforge.errors import UserError
 from dualforge.gradcache import GradCache
 from dualforge.gradcache.exchange import ProcessGroupExchange
 from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, thread_share
+from dualforge.mining.policies import RefreshReport
 from dualforge.modeling import DualEncoder
 from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_loss, build_model, tower_encoders
@@ -33,14 +35,19 @@ from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
 from dualforge.train.replicas import STRATEGIES, Replicas, Single
 from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
+from dualforge.train.shared_mining import FollowingMiner, LeadingMiner, announcing
 from dualforge.train.state import GlobalRng, RankedRng, ReplicaModel, ReplicaOptimizer, RunClock
+
+MineBatch = Callable[[Batch, int], tuple[Batch, RefreshReport | None]]
 
 
 @dataclass
 class Parts:
     """Everything a run holds while it trains.
 
-    ``device`` is where model, batches and loss live; ``proc`` is this process's place in the
+    ``miner`` is the index holder (rank 0 only under several processes); ``mine_batch`` fills a
+    batch with negatives on this rank (``train/shared_mining.py``). ``device`` is where model,
+    batches and loss live; ``proc`` is this process's place in the
     job (one process without torchrun); ``replicas`` how the processes hold the model (one
     process, DDP or FSDP2); ``precision`` the resolved autocast choice.
     """
@@ -65,6 +72,7 @@ class Parts:
     )
     replicas: Replicas | None = None
     owns_group: bool = False
+    mine_batch: MineBatch | None = None
 
     @property
     def holder(self) -> Replicas:
@@ -234,11 +242,28 @@ def build_parts(cfg: Config) -> Parts:
         keep_graphs=0 if replicas.gathers_per_forward else None,
     )  # fmt: skip
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=proc.main)
-    miner = build_miner(
-        cfg.mining, mining_encoder(model, cfg, proc), data.corpus, data.known_positives,
-        cfg.run.seed, model.doc_encoder.normalize,
-    )  # fmt: skip
+    miner, mine_batch = build_mining(cfg, model, data, proc)
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner,
         device=device, proc=proc, precision=precision, replicas=replicas, owns_group=started,
+        mine_batch=mine_batch,
     )  # fmt: skip
+
+
+def build_mining(
+    cfg: Config, model: DualEncoder, data: RunData, proc: ProcessInfo
+) -> tuple[NegativeMiner | None, MineBatch | None]:
+    """The miner (None without mining, and on every rank but 0 under several processes: the
+    index is held once per job) and what fills a batch with negatives on this rank."""
+    encode = mining_encoder(model, cfg, proc)
+    if not cfg.mining.active:
+        return None, None
+    if proc.world > 1 and not proc.main:
+        return None, FollowingMiner(encode, proc).prepare
+    miner = build_miner(
+        cfg.mining, announcing(encode, proc) if proc.world > 1 else encode, data.corpus,
+        data.known_positives, cfg.run.seed, model.doc_encoder.normalize,
+    )  # fmt: skip
+    if miner is None:
+        return None, None
+    return miner, LeadingMiner(miner, proc).prepare if proc.world > 1 else miner.prepare
