@@ -229,3 +229,48 @@ def test_the_index_is_held_once_per_job(tmp_path: Path, still_model: Path, tiny_
     assert [r["miner"] for r in ranks] == ["NegativeMiner", None]
     assert ranks[0]["negatives"] == ranks[1]["negatives"]
     assert all(len(n) == 2 for n in ranks[0]["negatives"])
+
+
+def test_two_nodes_with_c10d_rendezvous_train_the_one_process_model(
+    runs: dict[str, Path], still_model: Path, tiny_beir: Path
+) -> None:
+    """Two torchrun agents (two "nodes" on localhost, one process each) meet through c10d
+    rendezvous, as on a cluster; they train what one process trains."""
+    from tests.distributed.launch import free_port
+
+    out = runs["out"]
+    config = out / "empty.yaml"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=dualforge-test",
+                "-m",
+                "dualforge",
+                "train",
+                str(config),
+                *overrides(still_model, tiny_beir, out, "nodes"),
+                "run.threads=1",
+            ],
+            env=env,
+            cwd=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [a.communicate(timeout=TIMEOUT)[1] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert max_diff(weights(out / "nodes"), weights(runs["w1"])) <= 1e-4
+    start = next(
+        r for r in read_metrics_log(out / "nodes" / "metrics.jsonl") if r["event"] == "start"
+    )
+    assert start["processes"] == 2

@@ -91,6 +91,8 @@ class Parts:
             "strategy": self.cfg.run.strategy if self.proc.world > 1 else "single",
             "threads": torch.get_num_threads(),
         }
+        if self.precision.warning:
+            out["precision_warning"] = self.precision.warning
         if self.miner is not None:
             out["mining_backend"] = self.miner.backend
         return out
