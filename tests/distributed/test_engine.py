@@ -43,6 +43,8 @@ CASES = {
     "matryoshka": {"matryoshka": True, "symmetric": True},
     "untied": {"tied": False, "dropout": 0.1},
     "learned-temperature": {"learned": True, "symmetric": True, "masked": True},
+    "late-interaction": {"late": True, "dropout": 0.1, "symmetric": True, "masked": True},
+    "late-interaction-uneven": {"late": True, "uneven": True, "chunk": None, "token_budget": 96},
 }
 
 

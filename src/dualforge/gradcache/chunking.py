@@ -23,10 +23,23 @@ class Chunk:
     Attributes:
         inputs: The chunk's tensors, each with a leading batch dim ``(B_c, ...)``.
         rows: ``(B_c,)`` positions of the chunk's rows in the original batch.
+        columns: The batch's sequence columns the chunk kept after trimming (None: all of
+            them), so token-level outputs ``(B_c, T_c, ...)`` go back to their batch columns.
+        seq_len: The batch's sequence length (None without an attention mask).
     """
 
     inputs: dict[str, Any]
     rows: torch.Tensor
+    columns: slice | None = None
+    seq_len: int | None = None
+
+    def place(self, grad: torch.Tensor) -> torch.Tensor:
+        """This chunk's slice of a full-batch tensor ``(B, ...)``: its rows, and for token-level
+        ``(B, L, ...)`` tensors its columns."""
+        out = grad[self.rows.to(grad.device)]
+        if self.columns is not None and out.dim() >= 3 and out.shape[1] == self.seq_len:
+            out = out[:, self.columns]
+        return out
 
 
 def batch_size_of(inputs: Inputs) -> int:
@@ -45,17 +58,42 @@ def batch_size_of(inputs: Inputs) -> int:
     return next(iter(sizes.values()))
 
 
-def sequence_lengths(inputs: Inputs) -> torch.Tensor | None:
-    """``(B,)`` number of real tokens per row, from ``attention_mask``; None if there is no mask."""
+def used_mask(inputs: Inputs) -> torch.Tensor | None:
+    """``(B, L)`` positions a row uses: its ``attention_mask``, or with it its ``token_mask``
+    (positions that produce scored token vectors without being attended, such as ColBERT's
+    query expansion tokens); None without an attention mask."""
     mask = inputs.get("attention_mask")
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         return None
-    return mask.sum(dim=1)
+    tokens = inputs.get("token_mask")
+    if isinstance(tokens, torch.Tensor) and tokens.shape == mask.shape:
+        return ((mask > 0) | (tokens > 0)).long()
+    return mask
+
+
+def sequence_lengths(inputs: Inputs) -> torch.Tensor | None:
+    """``(B,)`` number of used positions per row (:func:`used_mask`); None if there is no mask."""
+    mask = used_mask(inputs)
+    return None if mask is None else mask.sum(dim=1)
 
 
 def _left_padded(mask: torch.Tensor) -> bool:
     """True when padding sits at the start of the rows (a zero in the first column)."""
     return bool((mask[:, 0] == 0).any())
+
+
+def kept_columns(
+    inputs: Inputs, rows: torch.Tensor, trim: bool = True
+) -> tuple[slice | None, int | None]:
+    """The sequence columns ``rows`` need (their longest row, at the padded side's other end),
+    and the batch's sequence length; ``(None, None)`` without trimming or a mask."""
+    mask = used_mask(inputs)
+    if not trim or mask is None:
+        return None, None
+    seq_len = mask.shape[1]
+    longest = max(int(mask[rows.to(mask.device)].sum(dim=1).max()), 1)
+    keep = slice(seq_len - longest, seq_len) if _left_padded(mask) else slice(0, longest)
+    return keep, seq_len
 
 
 def take_rows(inputs: Inputs, rows: torch.Tensor, trim: bool = True) -> dict[str, Any]:
@@ -66,13 +104,7 @@ def take_rows(inputs: Inputs, rows: torch.Tensor, trim: bool = True) -> dict[str
         rows: ``(B_c,)`` indices to keep.
         trim: Cut sequence-dim columns beyond the chunk's longest row (exact under masking).
     """
-    mask = inputs.get("attention_mask")
-    seq_len: int | None = None
-    keep: slice | None = None
-    if trim and isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        seq_len = mask.shape[1]
-        longest = max(int(mask[rows.to(mask.device)].sum(dim=1).max()), 1)
-        keep = slice(seq_len - longest, seq_len) if _left_padded(mask) else slice(0, longest)
+    keep, seq_len = kept_columns(inputs, rows, trim)
     out: dict[str, Any] = {}
     for key, value in inputs.items():
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
@@ -150,13 +182,31 @@ def split_batch(
 ) -> list[Chunk]:
     """Split a batch into :class:`Chunk` s (see :func:`plan_chunks` for the arguments)."""
     plan = plan_chunks(inputs, chunk_size, token_budget, sort_by_length)
-    return [Chunk(inputs=take_rows(inputs, rows, trim), rows=rows) for rows in plan]
+    chunks = []
+    for rows in plan:
+        columns, seq_len = kept_columns(inputs, rows, trim)
+        chunks.append(Chunk(take_rows(inputs, rows, trim), rows, columns, seq_len))
+    return chunks
 
 
 def scatter_rows(parts: list[torch.Tensor], chunks: list[Chunk]) -> torch.Tensor:
-    """Concatenate per-chunk outputs and put their rows back in the original batch order."""
-    cat = torch.cat(parts, dim=0)  # (B, ...) in chunk order
-    rows = torch.cat([c.rows for c in chunks]).to(cat.device)
-    out = torch.empty_like(cat)
-    out[rows] = cat
+    """Put per-chunk outputs back in the original batch order.
+
+    Pooled outputs ``(B_c, D)`` are concatenated. Token-level outputs ``(B_c, T_c, ...)`` of
+    trimmed chunks go back to their batch columns in a zero-filled ``(B, L, ...)`` tensor (``L``
+    the batch's sequence length): a padded position is all zeros, whatever the chunk.
+    """
+    token_level = parts[0].dim() >= 3 and chunks[0].seq_len is not None
+    if not token_level or all(p.shape[1] == chunks[0].seq_len for p in parts):
+        cat = torch.cat(parts, dim=0)  # (B, ...) in chunk order
+        rows = torch.cat([c.rows for c in chunks]).to(cat.device)
+        out = torch.empty_like(cat)
+        out[rows] = cat
+        return out
+    first = parts[0]
+    n = sum(p.shape[0] for p in parts)
+    out = first.new_zeros((n, int(chunks[0].seq_len or 0), *first.shape[2:]))  # (B, L, ...)
+    for part, chunk in zip(parts, chunks):
+        cols = chunk.columns if chunk.columns is not None else slice(0, part.shape[1])
+        out[chunk.rows.to(out.device), cols] = part
     return out

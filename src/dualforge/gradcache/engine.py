@@ -207,7 +207,11 @@ class GradCache:
             if grad is not None:
                 grad = ex.total(grad)
                 param.grad = grad if param.grad is None else param.grad + grad
-        grads = [ex.scatter(g) * ex.grad_scale if ex.world > 1 else g for g in grads]
+        grads = [
+            ex.scatter(g, r.shape[1] if r.dim() >= 3 else None) * ex.grad_scale
+            if ex.world > 1 else g
+            for g, r in zip(grads, reps)
+        ]  # fmt: skip
         if ex.world > 1:
             loss, parts = _summed(ex, loss.detach(), parts)
         return loss.detach(), parts, grads
@@ -219,7 +223,7 @@ class GradCache:
         kept: list[Callable[[], None]] = []
         replays: list[Callable[[], None]] = []
         for tower, grad in zip(passes, grads):
-            chunk_grads = [grad[c.rows.to(grad.device)] for c in tower.chunks]  # (B_c, ...)
+            chunk_grads = [c.place(grad) for c in tower.chunks]  # (B_c, ...) or (B_c, T_c, ...)
             own: list[Callable[[], None]] = []
             for i, (chunk, state, g) in enumerate(zip(tower.chunks, tower.states, chunk_grads)):
                 if i in tower.kept:

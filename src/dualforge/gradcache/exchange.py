@@ -35,11 +35,13 @@ class Exchange(Protocol):
     grad_scale: float
 
     def gather(self, local: torch.Tensor) -> torch.Tensor:
-        """``(W * b, ...)`` every process's ``(b, ...)`` rows, in rank order."""
+        """``(W * b, ...)`` every process's ``(b, ...)`` rows, in rank order; token-level
+        ``(b, T_r, ...)`` rows are zero-padded at the end to the longest ``T`` of any process."""
         ...
 
-    def scatter(self, full: torch.Tensor) -> torch.Tensor:
-        """This process's ``(b, ...)`` rows of the sum over processes of ``full``."""
+    def scatter(self, full: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """This process's ``(b, ...)`` rows of the sum over processes of ``full`` (cut back to
+        ``length`` columns for token-level rows)."""
         ...
 
     def total(self, values: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ class LocalExchange:
         """``local`` itself."""
         return local
 
-    def scatter(self, full: torch.Tensor) -> torch.Tensor:
+    def scatter(self, full: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """``full`` itself."""
         return full
 
@@ -96,18 +98,25 @@ class ProcessGroupExchange:
 
     def gather(self, local: torch.Tensor) -> torch.Tensor:
         """All-gather ``(b, ...)`` rows into ``(W * b, ...)``; every process must send the same
-        shape (the training loop checks that the global batch divides by the world size)."""
+        number of rows (the training loop checks that the global batch divides by the world
+        size); token-level rows ``(b, T_r, ...)`` are zero-padded to the longest ``T``."""
+        if local.dim() >= 3:
+            longest = self.most(local.shape[1])
+            local = torch.nn.functional.pad(
+                local, (0, 0) * (local.dim() - 2) + (0, longest - local.shape[1])
+            )
         local = local.contiguous()
         out = local.new_empty((self.world * local.shape[0], *local.shape[1:]))
         dist.all_gather_into_tensor(out, local, group=self.group)
         return out
 
-    def scatter(self, full: torch.Tensor) -> torch.Tensor:
-        """Reduce-scatter (sum) ``(W * b, ...)`` into this process's ``(b, ...)`` rows."""
+    def scatter(self, full: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Reduce-scatter (sum) ``(W * b, ...)`` into this process's ``(b, ...)`` rows; token-level
+        rows are cut back to this process's ``length`` columns."""
         full = full.contiguous()
         out = full.new_empty((full.shape[0] // self.world, *full.shape[1:]))
         dist.reduce_scatter_tensor(out, full, op=dist.ReduceOp.SUM, group=self.group)
-        return out
+        return out[:, :length] if length is not None and out.dim() >= 3 else out
 
     def total(self, values: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) a copy of ``values``."""

@@ -7,7 +7,8 @@ negatives. Every document in the batch is a negative for every other query.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Literal, get_args
 
 import torch
@@ -69,17 +70,39 @@ def info_nce(
     Returns:
         Scalar mean cross-entropy (or this share of it).
     """
+    return contrastive_loss(
+        partial(similarity, kind=sim), q, d, temperature=temperature, symmetric=symmetric,
+        false_negatives=false_negatives, query_rows=query_rows,
+    )  # fmt: skip
+
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``score(a, b) -> (len(a), len(b))``: every row of ``a`` against every row of ``b``."""
+
+
+def contrastive_loss(
+    score: Score,
+    q: torch.Tensor,
+    d: torch.Tensor,
+    *,
+    temperature: float | torch.Tensor = 0.05,
+    symmetric: bool = False,
+    false_negatives: torch.Tensor | None = None,
+    query_rows: slice | None = None,
+) -> torch.Tensor:
+    """InfoNCE over any score function (dot / cosine for :func:`info_nce`, MaxSim for late
+    interaction); the arguments are :func:`info_nce`'s, the scores come from ``score``."""
     n = docs_per_query(q, d)
     rows = query_rows if query_rows is not None else slice(0, q.shape[0])
     mine = torch.arange(q.shape[0], device=q.device)[rows]  # (b,) query indices
     target = mine * n  # (b,) their positives' rows in d
-    scores = similarity(q[rows], d, sim) / temperature  # (b, B*n)
+    scores = score(q[rows], d) / temperature  # (b, B*n)
     if false_negatives is not None:
         scores = scores.masked_fill(_keep_target(false_negatives[rows], target), float("-inf"))
     loss = F.cross_entropy(scores, target, reduction="sum") / q.shape[0]
     if not symmetric:
         return loss
-    d2q = similarity(d[target], q, sim) / temperature  # (b, B): positive j against every query
+    d2q = score(q, d[target]).T / temperature  # (b, B): positive j against every query
     if false_negatives is not None:
         back_mask = _keep_target(false_negatives[:, target].T, mine)  # (b, B)
         d2q = d2q.masked_fill(back_mask, float("-inf"))

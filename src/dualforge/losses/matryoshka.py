@@ -21,6 +21,7 @@ from dualforge.losses.output import LossOutput
 from dualforge.matryoshka import check_dims, prefix
 
 InnerLoss = Callable[..., torch.Tensor]
+Truncate = Callable[[torch.Tensor, int, bool], torch.Tensor]
 
 
 def matryoshka_losses(
@@ -29,6 +30,7 @@ def matryoshka_losses(
     dims: Sequence[int],
     *,
     renormalize: bool = False,
+    truncate: Truncate = prefix,
     **inner_kwargs: Any,
 ) -> torch.Tensor:
     """The inner loss at every prefix dim.
@@ -39,12 +41,15 @@ def matryoshka_losses(
         dims: Prefix sizes.
         renormalize: L2-renormalise each prefix (use when the model outputs unit vectors and the
             inner loss scores with a dot product).
+        truncate: ``truncate(rep, dim, renormalize)``, the prefix of one representation
+            (:func:`~dualforge.matryoshka.prefix`; token representations:
+            :func:`~dualforge.losses.maxsim.token_prefix`).
         **inner_kwargs: Passed to ``inner`` at every dim.
 
     Returns:
         ``(M,)`` tensor, the loss at each of the ``M`` dims.
     """
-    values = [inner(*(prefix(r, m, renormalize) for r in reps), **inner_kwargs) for m in dims]
+    values = [inner(*(truncate(r, m, renormalize) for r in reps), **inner_kwargs) for m in dims]
     return torch.stack(values)  # (M,)
 
 
@@ -66,6 +71,9 @@ class MatryoshkaLoss:
             and scales their sum by ``M / sample_dims`` so the loss is an unbiased estimate of the
             full sum. Calls must then pass ``step``.
         seed: Seed of dim sampling.
+        truncate: The prefix of one representation (default
+            :func:`~dualforge.matryoshka.prefix`; token representations:
+            :func:`~dualforge.losses.maxsim.token_prefix`).
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class MatryoshkaLoss:
         renormalize: bool = False,
         sample_dims: int | None = None,
         seed: int = 0,
+        truncate: Truncate = prefix,
     ) -> None:
         check_dims(dims, weights)
         if sample_dims is not None and not 0 < sample_dims <= len(dims):
@@ -87,6 +96,7 @@ class MatryoshkaLoss:
         self.renormalize = renormalize
         self.sample_dims = sample_dims
         self.seed = seed
+        self.truncate = truncate
 
     @property
     def samples(self) -> bool:
@@ -114,7 +124,12 @@ class MatryoshkaLoss:
         chosen = self.pick(step)
         dims = [self.dims[i] for i in chosen]
         values = matryoshka_losses(
-            self.inner, reps, dims, renormalize=self.renormalize, **inner_kwargs
+            self.inner,
+            reps,
+            dims,
+            renormalize=self.renormalize,
+            truncate=self.truncate,
+            **inner_kwargs,
         )  # (m,)
         weights = torch.tensor([self.weights[i] for i in chosen], device=values.device)  # (m,)
         scale = len(self.dims) / len(chosen)
