@@ -76,3 +76,16 @@ def test_encode_returns_the_scored_unit_vectors_of_each_text(model: LateInteract
     reps = model(batch, "document")
     v, m = split_tokens(reps)
     assert torch.allclose(torch.from_numpy(out[1]), v[1][m[1]], atol=1e-5)
+
+
+def test_save_and_load_give_the_same_token_vectors(model: LateInteractionModel, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dualforge.modeling.late_io import build_late_model, load_late_model, save_late_model
+
+    save_late_model(model, tmp_path / "late")
+    again = load_late_model(tmp_path / "late")
+    assert (again.dim, again.query_max_length, again.skiplist) == (16, 12, model.skiplist)
+    texts = ["cell, virus.", "proteins in the brain"]
+    for side in ("query", "document"):
+        for a, b in zip(model.encode(texts, side), again.encode(texts, side)):
+            assert a.shape == b.shape and float(abs(a - b).max()) < 1e-6
+    assert build_late_model(str(tmp_path / "late")).dim == 16  # a saved folder loads as saved

@@ -92,7 +92,7 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -105,12 +105,12 @@ def read_st_settings(folder: Path) -> StSettings:
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
         return StSettings()
-    modules = _read_json(modules_file)["modules"]
+    modules = read_json(modules_file)["modules"]
     pooling, normalize, dense = "mean", False, None
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
-            pooling = _pooling_mode(_read_json(folder / module["path"] / "config.json"))
+            pooling = _pooling_mode(read_json(folder / module["path"] / "config.json"))
         elif kind == "Dense":
             if dense is not None or normalize:
                 raise ValueError(
@@ -119,19 +119,19 @@ def read_st_settings(folder: Path) -> StSettings:
             dense = str(module["path"])
         normalize = normalize or kind == "Normalize"
     bert_cfg = folder / "sentence_bert_config.json"
-    max_len = int(_read_json(bert_cfg).get("max_seq_length", 256)) if bert_cfg.is_file() else 256
+    max_len = int(read_json(bert_cfg).get("max_seq_length", 256)) if bert_cfg.is_file() else 256
     st_cfg = folder / "config_sentence_transformers.json"
-    prompts = _read_json(st_cfg).get("prompts", {}) if st_cfg.is_file() else {}
+    prompts = read_json(st_cfg).get("prompts", {}) if st_cfg.is_file() else {}
     return StSettings(
         pooling, normalize, max_len, prompts.get("query", ""), prompts.get("document", ""), dense
     )
 
 
-def _load_dense(folder: Path, in_features: int) -> nn.Linear:
+def load_dense(folder: Path, in_features: int) -> nn.Linear:
     """The linear layer of a sentence-transformers ``Dense`` folder (identity activation only)."""
     from safetensors.torch import load_file
 
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     missing = [key for key in ("in_features", "out_features") if key not in config]
     if missing:
         raise ValueError(f"{folder / 'config.json'}: missing {', '.join(missing)}")
@@ -200,7 +200,7 @@ def load_encoder(
     transformer = AutoModel.from_pretrained(path, config=config)
     tokenizer = AutoTokenizer.from_pretrained(path)
     hidden = int(getattr(config, "hidden_size", 0))
-    projection = _load_dense(folder / settings.dense_path, hidden) if settings.dense_path else None
+    projection = load_dense(folder / settings.dense_path, hidden) if settings.dense_path else None
     encoder = Encoder(
         transformer,
         pooling=pooling or settings.pooling,
@@ -284,7 +284,7 @@ def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
     ]
     if encoder.projection is not None:
         modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": f"{ST_MODULE}.Dense"})
-        _save_dense(encoder.projection, out / "2_Dense")
+        save_dense(encoder.projection, out / "2_Dense")
     if encoder.normalize:
         idx = len(modules)
         path = f"{idx}_Normalize"
@@ -292,27 +292,27 @@ def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
             {"idx": idx, "name": str(idx), "path": path, "type": f"{ST_MODULE}.Normalize"}
         )
         (out / path).mkdir(exist_ok=True)
-    _write_json(out / "modules.json", modules)
-    _write_json(
+    write_json(out / "modules.json", modules)
+    write_json(
         out / "sentence_bert_config.json",
         {"max_seq_length": model.max_seq_length, "do_lower_case": False},
     )
     pooling = {key: encoder.pooling == mode for mode, key in ST_POOLING_KEYS.items()}
     pooling.update(pooling_mode_max_tokens=False, pooling_mode_mean_sqrt_len_tokens=False)
     (out / "1_Pooling").mkdir(exist_ok=True)
-    _write_json(
+    write_json(
         out / "1_Pooling" / "config.json",
         {"word_embedding_dimension": encoder.hidden_dim, **pooling},
     )
     prompts = {"query": model.query_prefix, "document": model.doc_prefix}
     similarity = "cosine" if encoder.normalize else "dot"
-    _write_json(
+    write_json(
         out / "config_sentence_transformers.json",
         {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": similarity},
     )
 
 
-def _save_dense(layer: nn.Linear, out: Path) -> None:
+def save_dense(layer: nn.Linear, out: Path) -> None:
     """Write ``layer`` as a sentence-transformers ``Dense`` folder with identity activation."""
     from safetensors.torch import save_file
 
@@ -323,10 +323,10 @@ def _save_dense(layer: nn.Linear, out: Path) -> None:
         "bias": layer.bias is not None,
         "activation_function": IDENTITY_ACTIVATION,
     }
-    _write_json(out / "config.json", config)
+    write_json(out / "config.json", config)
     state = {f"linear.{k}": v.detach().cpu().contiguous() for k, v in layer.state_dict().items()}
     save_file(state, str(out / DENSE_WEIGHTS))
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
