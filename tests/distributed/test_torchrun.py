@@ -274,3 +274,18 @@ def test_two_nodes_with_c10d_rendezvous_train_the_one_process_model(
         r for r in read_metrics_log(out / "nodes" / "metrics.jsonl") if r["event"] == "start"
     )
     assert start["processes"] == 2
+
+
+def test_late_interaction_under_two_processes_trains_the_one_process_model(
+    tmp_path: Path, still_model: Path, tiny_beir: Path
+) -> None:
+    """Token representations of different lengths are gathered (padded to the longest of both
+    ranks); the MaxSim shares sum to the full-batch loss; evaluation is sharded."""
+    late = ["model.kind=late_interaction", "model.token_dim=16", "model.query_max_length=12",
+            "eval.dims=[8,16]", "loss.matryoshka.dims=[8,16]"]  # fmt: skip
+    for world in (1, 2):
+        launch(world, [*overrides(still_model, tiny_beir, tmp_path, f"w{world}"), *late], tmp_path)
+    assert max_diff(weights(tmp_path / "w1"), weights(tmp_path / "w2")) <= 1e-4
+    reports = [json.loads((tmp_path / f"w{w}" / "report.json").read_text()) for w in (1, 2)]
+    for name, value in reports[0]["before_by_dim"]["8"].items():
+        assert reports[1]["before_by_dim"]["8"][name] == pytest.approx(value, abs=1e-9)

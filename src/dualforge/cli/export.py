@@ -7,9 +7,9 @@ from pathlib import Path
 
 from dualforge.config import load_config
 from dualforge.errors import UsageError
-from dualforge.modeling import save_model
 from dualforge.train.checkpoint import WEIGHTS, latest_checkpoint, load_weights
 from dualforge.train.components import build_model
+from dualforge.train.kinds import kind_of
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None or not (ckpt / WEIGHTS).is_file():
         raise UsageError(f"no checkpoint with {WEIGHTS} under {run_dir / 'checkpoints'}")
-    model = build_model(load_config(config).model)
+    cfg = load_config(config).model
+    model = build_model(cfg)
     load_weights(ckpt, model)
-    save_model(model, args.output)
+    kind_of(cfg).save(model, Path(args.output))
     print(f"exported {ckpt} to {args.output}")
     return 0

@@ -24,6 +24,7 @@ from dualforge.matryoshka import check_dims
 from dualforge.modeling.pooling import Pooling
 
 Projection = Literal["identity", "pca"]
+ModelKind = Literal["single_vector", "late_interaction"]
 DataFormat = Literal["beir", "jsonl", "tsv"]
 DistStrategy = Literal["ddp", "fsdp"]
 SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
@@ -37,6 +38,10 @@ class ModelConfig:
     ``(D, D)`` linear layer after pooling; ``"pca"`` adds it initialised to the principal axes of
     ``projection_docs`` sampled training documents (an orthogonal rotation: full-dim scores are
     unchanged at step 0, and the leading coordinates hold the most; the start Matryoshka wants).
+    ``kind``: ``single_vector`` (one pooled vector per text) or ``late_interaction`` (ColBERT:
+    ``token_dim`` vectors per token, MaxSim; queries padded with scored ``[MASK]`` tokens to
+    ``query_max_length`` when ``augment_queries``; ``skiplist`` null skips punctuation in
+    documents; docs/late_interaction.md).
     """
 
     name: str = "minilm"
@@ -50,9 +55,21 @@ class ModelConfig:
     attention_dropout: float | None = None
     projection: Projection | None = None
     projection_docs: int = 2048
+    kind: ModelKind = "single_vector"
+    token_dim: int = 128
+    augment_queries: bool = True
+    attend_to_expansion: bool = False
+    skiplist: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
+        late = self.kind == "late_interaction"
+        if late and (not self.tied or self.projection or self.pooling):
+            raise ConfigError(
+                "model.kind='late_interaction' has one tied tower, its own token projection "
+                "(model.token_dim) and no pooling: leave model.tied, model.projection and "
+                "model.pooling at their defaults"
+            )
         dropout = self.attention_dropout
         _validate(
             self,
@@ -63,6 +80,7 @@ class ModelConfig:
                 (self.doc_max_length >= 1, "doc_max_length", ">= 1"),
                 (dropout is None or 0 <= dropout < 1, "attention_dropout", "in [0, 1) or null"),
                 (self.projection_docs >= 2, "projection_docs", ">= 2"),
+                (self.token_dim >= 1, "token_dim", ">= 1"),
             ],
         )
 
@@ -340,6 +358,11 @@ class Config:
             raise ConfigError(
                 f"mining.strategy={self.mining.strategy!r} mines the hard negatives itself; "
                 f"set data.num_negatives=0 (got {self.data.num_negatives})"
+            )
+        if self.mining.active and self.model.kind == "late_interaction":
+            raise ConfigError(
+                f"mining.strategy={self.mining.strategy!r} mines with single vectors; it is not "
+                "available with model.kind='late_interaction' yet (use data.num_negatives)"
             )
         if self.mining.active and self.data.format != "beir":
             raise ConfigError(

@@ -52,6 +52,7 @@ class TokenEncoder(nn.Module):
         config: Any = transformer.config
         hidden = int(config.hidden_size)
         self.projection = projection or nn.Linear(hidden, dim, bias=False)
+        self.normalize = True  # token vectors are unit vectors (Matryoshka prefixes renormalise)
 
     @property
     def dim(self) -> int:
@@ -107,6 +108,18 @@ class LateInteractionModel(nn.Module):
         """Width of the token vectors."""
         return self.encoder.dim
 
+    tied = True  # one tower reads queries and documents
+
+    @property
+    def query_encoder(self) -> TokenEncoder:
+        """The tower (shared by both sides)."""
+        return self.encoder
+
+    @property
+    def doc_encoder(self) -> TokenEncoder:
+        """The tower (shared by both sides)."""
+        return self.encoder
+
     def _skip_ids(self) -> torch.Tensor:
         ids: Any = self.skip_ids
         return torch.as_tensor(ids).cpu()
@@ -154,6 +167,7 @@ class LateInteractionModel(nn.Module):
         side: Side = "query",
         batch_size: int = 32,
         show_progress: bool = False,
+        max_length: int | None = None,
     ) -> list[np.ndarray]:
         """One ``(T_i, D)`` float32 array of scored token vectors per text, in eval mode."""
         was_training = self.training
@@ -163,7 +177,7 @@ class LateInteractionModel(nn.Module):
         starts = range(0, len(texts), batch_size)
         for start in tqdm(starts, desc=f"encode {side}", disable=not show_progress, unit="batch"):
             rows = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in rows], side)
+            batch = self.tokenize([texts[i] for i in rows], side, max_length)
             vectors, mask = split_tokens(self({k: v.to(self.device) for k, v in batch.items()}))
             for i, v, m in zip(rows, vectors.float().cpu().numpy(), mask.cpu().numpy()):
                 out[i] = v[m]

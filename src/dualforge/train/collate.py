@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dualforge.losses import false_negative_mask
-from dualforge.modeling import DualEncoder
+from dualforge.modeling import Model
 from dualforge.train.distributed import shard_batch
 
 
@@ -45,7 +45,7 @@ def grouped_documents(positives: Sequence[str], negatives: Sequence[Sequence[str
 
 
 def collate(
-    model: DualEncoder,
+    model: Model,
     batch: Any,
     query_max_length: int,
     doc_max_length: int,

@@ -17,9 +17,17 @@ from dualforge.gradcache import GradCache
 from dualforge.gradcache.exchange import Exchange
 from dualforge.gradcache.replay import ContextFactory, Encoder
 from dualforge.hardware import Resolved
-from dualforge.losses import LossOutput, MatryoshkaLoss, default_dims, info_nce
-from dualforge.modeling import DualEncoder, load_model
-from dualforge.modeling.rotation import add_identity_projection, sample_texts
+from dualforge.losses import (
+    LossOutput,
+    MatryoshkaLoss,
+    default_dims,
+    info_nce,
+    maxsim_nce,
+    prefix,
+    token_prefix,
+)
+from dualforge.modeling import Model
+from dualforge.modeling.rotation import sample_texts
 
 InnerLoss = Callable[..., torch.Tensor]
 LossFn = Callable[..., torch.Tensor | LossOutput]
@@ -38,10 +46,17 @@ def build_info_nce(cfg: LossConfig) -> InnerLoss:
     )
 
 
+def build_maxsim_nce(cfg: LossConfig) -> InnerLoss:
+    """InfoNCE over MaxSim scores (late interaction) with the config's temperature and symmetry."""
+    return partial(maxsim_nce, temperature=cfg.temperature, symmetric=cfg.symmetric)
+
+
 LOSSES: dict[str, Callable[[LossConfig], InnerLoss]] = {"info_nce": build_info_nce}
 
 
-def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0) -> LossFn:
+def build_loss(
+    cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0, tokens: bool = False
+) -> LossFn:
     """The loss named by ``cfg.name``, wrapped in Matryoshka nesting when configured.
 
     Args:
@@ -50,10 +65,12 @@ def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0)
         normalized: Whether the model outputs unit vectors (then prefixes are renormalised
             unless ``loss.matryoshka.renormalize`` says otherwise).
         seed: Seed of Matryoshka dim sampling.
+        tokens: Token-level representations (late interaction): the loss scores with MaxSim and
+            Matryoshka truncates every token vector.
     """
     if cfg.name not in LOSSES:
         raise ValueError(f"loss.name={cfg.name!r} is not one of {sorted(LOSSES)}")
-    inner = LOSSES[cfg.name](cfg)
+    inner = LOSSES[cfg.name](cfg) if not tokens else build_maxsim_nce(cfg)
     mrl = cfg.matryoshka
     if not mrl.active:
         return inner
@@ -69,27 +86,18 @@ def build_loss(cfg: LossConfig, model_dim: int, normalized: bool, seed: int = 0)
             renormalize=renormalize,
             sample_dims=mrl.sample_dims or None,
             seed=seed,
+            truncate=token_prefix if tokens else prefix,
         )
     except ValueError as err:
         raise ValueError(f"loss.matryoshka: {err}") from err
 
 
-def build_model(cfg: ModelConfig) -> DualEncoder:
-    """Load the encoder named by the config (with an identity projection if one is asked for;
-    ``"pca"`` is fitted by :func:`fit_projection` when training starts)."""
-    model = load_model(
-        cfg.name,
-        tied=cfg.tied,
-        pooling=cfg.pooling,
-        normalize=cfg.normalize,
-        max_seq_length=cfg.doc_max_length,
-        query_prefix=cfg.query_prefix,
-        doc_prefix=cfg.doc_prefix,
-        attention_dropout=cfg.attention_dropout,
-    )
-    if cfg.projection is not None:
-        add_identity_projection(model)
-    return model
+def build_model(cfg: ModelConfig) -> Model:
+    """The model of ``model.kind`` named by the config (:mod:`dualforge.train.kinds`)."""
+    from dualforge.train.kinds import kind_of
+
+    out: Model = kind_of(cfg).build(cfg)
+    return out
 
 
 def projection_texts(

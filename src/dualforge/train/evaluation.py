@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -10,13 +11,13 @@ from dualforge.config import EvalConfig
 from dualforge.data import EvalSet
 from dualforge.eval import RetrievalReport, evaluate_retrieval
 from dualforge.eval.reports import search_metric
-from dualforge.modeling import DualEncoder
+from dualforge.modeling import DualEncoder, Model
 from dualforge.modeling.encoder import Side
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
 
 def encode_texts(
-    model: DualEncoder,
+    model: Model,
     texts: Sequence[str],
     side: Side,
     batch_size: int,
@@ -24,8 +25,9 @@ def encode_texts(
     proc: ProcessInfo | None = None,
     show_progress: bool = False,
     max_length: int | None = None,
-) -> np.ndarray:
-    """``(N, D)`` float32 embeddings of ``texts``; under several processes (``proc``) every
+) -> Any:
+    """``(N, D)`` float32 embeddings of ``texts`` (a late-interaction model: one ``(T_i, D)``
+    array per text); under several processes (``proc``) every
     process encodes every W-th text of the length-sorted list (equal shares of work) and every
     process returns all ``N`` rows (gathered). Every process must call it."""
     if proc is None or proc.world == 1:
@@ -35,8 +37,15 @@ def encode_texts(
     share = -(-len(texts) // proc.world)  # every rank encodes as many texts (FSDP: as many
     padded = [texts[i] for i in mine] + [texts[order[0]]] * (share - len(mine))  # forwards)
     emb = model.encode(padded, side, batch_size, show_progress, max_length)[: len(mine)]
+    shares = gather_objects((mine, emb), proc)
+    if isinstance(emb, list):  # token vectors: one array per text
+        tokens: list[Any] = [None] * len(texts)
+        for rows, part in shares:
+            for row, array in zip(rows, part):
+                tokens[row] = array
+        return tokens
     out = np.zeros((len(texts), model.dim), dtype=np.float32)
-    for rows, part in gather_objects((mine, emb), proc):
+    for rows, part in shares:
         out[rows] = part
     return out
 
@@ -52,7 +61,10 @@ def text_encoder(
     processes, see :func:`encode_texts`)."""
 
     def run(texts: Sequence[str]) -> np.ndarray:
-        return encode_texts(model, texts, side, batch_size, proc=proc, show_progress=show_progress)
+        out: np.ndarray = encode_texts(
+            model, texts, side, batch_size, proc=proc, show_progress=show_progress
+        )
+        return out
 
     return run
 

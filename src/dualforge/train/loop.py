@@ -26,7 +26,7 @@ from dualforge.config import Config, save_config
 from dualforge.data import Batch, EpochBatchSampler, EvalSet
 from dualforge.eval import RetrievalReport
 from dualforge.gradcache import StepResult
-from dualforge.modeling import DualEncoder, load_model, save_model
+from dualforge.modeling import DualEncoder, Model
 from dualforge.modeling.rotation import rotate_model
 from dualforge.train.checkpoint import (
     ModelWeights,
@@ -38,7 +38,7 @@ from dualforge.train.checkpoint import (
 from dualforge.train.collate import collate
 from dualforge.train.components import build_model, projection_texts
 from dualforge.train.distributed import barrier, broadcast_object, gather_objects, teardown
-from dualforge.train.evaluation import evaluate_split
+from dualforge.train.kinds import reload
 from dualforge.train.parts import (
     Parts,
     StepInfo,
@@ -133,6 +133,8 @@ def start_projection(p: Parts) -> None:
     resumed run gets its projection from the checkpoint)."""
     cfg = p.cfg.model
     if cfg.projection != "pca":
+        return
+    if not isinstance(p.model, DualEncoder):  # late interaction: the config refuses a projection
         return
     texts = projection_texts(p.data.corpus, p.data.examples, cfg.projection_docs, p.cfg.run.seed)
     rotate_model(p.model, texts, max_length=cfg.doc_max_length, show_progress=p.cfg.run.progress)
@@ -258,13 +260,13 @@ def export(p: Parts, folder: Path) -> None:
     first (every rank must call this) and written through a fresh copy of the model."""
     if not p.holder.sharded:
         if p.proc.main:
-            save_model(p.model, folder)
+            p.kind.save(p.model, folder)
         return
     state = p.holder.model_state()
     if p.proc.main:
         full = build_model(p.cfg.model)
         ModelWeights(full).load_state_dict(state)
-        save_model(full, folder)
+        p.kind.save(full, folder)
 
 
 def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
@@ -314,9 +316,12 @@ def optimizer_step(p: Parts) -> float:
     return float(norm)
 
 
-def evaluate(p: Parts, model: DualEncoder, split: EvalSet) -> RetrievalReport:
+def evaluate(p: Parts, model: Model, split: EvalSet) -> RetrievalReport:
     """``model`` on ``split``, encoded by every process (sharded), progress on rank 0 only."""
-    return evaluate_split(model, split, p.cfg.eval, p.cfg.run.progress and p.proc.main, proc=p.proc)
+    report: RetrievalReport = p.kind.evaluate(
+        model, split, p.cfg.eval, p.cfg.run.progress and p.proc.main, p.proc
+    )
+    return report
 
 
 def dev_eval(p: Parts, state: TrainerState) -> TrainerState:
@@ -343,7 +348,7 @@ def finish(p: Parts, state: TrainerState) -> dict[str, Any]:
     barrier()
     model = p.model
     if state.best_step is not None and (p.run_dir / "best").is_dir():
-        model = load_model(str(p.run_dir / "best")).to(p.device)
+        model = reload(p.kind, p.run_dir / "best").to(p.device)
         p.log.write(
             "select", step=state.best_step, metric=p.cfg.eval.select_metric, score=state.best_score
         )

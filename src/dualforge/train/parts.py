@@ -25,11 +25,12 @@ from dualforge.gradcache import GradCache
 from dualforge.gradcache.exchange import ProcessGroupExchange
 from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, thread_share
 from dualforge.mining.policies import RefreshReport
-from dualforge.modeling import DualEncoder
+from dualforge.modeling import Model
 from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_loss, build_model, tower_encoders
 from dualforge.train.distributed import ProcessInfo, setup
 from dualforge.train.evaluation import encode_texts
+from dualforge.train.kinds import KINDS, Kind, kind_of
 from dualforge.train.metrics_log import MetricsLog
 from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
 from dualforge.train.replicas import STRATEGIES, Replicas, Single
@@ -54,7 +55,7 @@ class Parts:
 
     cfg: Config
     run_dir: Path
-    model: DualEncoder
+    model: Model
     data: RunData
     sampler: EpochBatchSampler
     gc: GradCache
@@ -73,6 +74,7 @@ class Parts:
     replicas: Replicas | None = None
     owns_group: bool = False
     mine_batch: MineBatch | None = None
+    kind: Kind = field(default_factory=lambda: KINDS["single_vector"])
 
     @property
     def holder(self) -> Replicas:
@@ -166,7 +168,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def mining_encoder(model: DualEncoder, cfg: Config, proc: ProcessInfo | None = None) -> Encode:
+def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -> Encode:
     """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths;
     under several processes each encodes a share and all get every row (so every rank's miner
     holds the same vectors and draws the same negatives)."""
@@ -176,10 +178,11 @@ def mining_encoder(model: DualEncoder, cfg: Config, proc: ProcessInfo | None = N
     }
 
     def encode(texts: list[str], side: Side) -> np.ndarray:
-        return encode_texts(
+        out: np.ndarray = encode_texts(
             model, texts, side, cfg.mining.encode_batch_size, proc=proc,
             max_length=lengths[side],
         )  # fmt: skip
+        return out
 
     return encode
 
@@ -225,7 +228,10 @@ def build_parts(cfg: Config) -> Parts:
         require_negatives=cfg.data.num_negatives > 0,
     )  # fmt: skip
     steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
-    loss = build_loss(cfg.loss, model.dim, model.query_encoder.normalize, cfg.run.seed)
+    kind = kind_of(cfg.model)
+    loss = build_loss(
+        cfg.loss, model.dim, model.query_encoder.normalize, cfg.run.seed, tokens=kind.tokens
+    )
     precision = choose_precision(cfg, device, proc)
     several = proc.world > 1
     if several and cfg.run.strategy == "fsdp" and cfg.model.projection == "pca":
@@ -248,12 +254,12 @@ def build_parts(cfg: Config) -> Parts:
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner,
         device=device, proc=proc, precision=precision, replicas=replicas, owns_group=started,
-        mine_batch=mine_batch,
+        mine_batch=mine_batch, kind=kind,
     )  # fmt: skip
 
 
 def build_mining(
-    cfg: Config, model: DualEncoder, data: RunData, proc: ProcessInfo
+    cfg: Config, model: Model, data: RunData, proc: ProcessInfo
 ) -> tuple[NegativeMiner | None, MineBatch | None]:
     """The miner (None without mining, and on every rank but 0 under several processes: the
     index is held once per job) and what fills a batch with negatives on this rank."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from dualforge.modeling import DualEncoder
+from dualforge.modeling import Model
 from dualforge.train.checkpoint import ModelWeights
 
 
@@ -69,7 +69,7 @@ class Single:
     sharded = False
     gathers_per_forward = False
 
-    def __init__(self, model: DualEncoder) -> None:
+    def __init__(self, model: Model) -> None:
         self.module: nn.Module = model
         self._weights = ModelWeights(model)
 
@@ -99,7 +99,7 @@ class Ddp(Single):
     (the step's one synchronised backward is one chunk of one tower, and a model may hold layers
     no tower uses, such as BERT's pooler). States are the local model's (all ranks agree)."""
 
-    def __init__(self, model: DualEncoder, device: torch.device) -> None:
+    def __init__(self, model: Model, device: torch.device) -> None:
         super().__init__(model)
         ids = [device.index] if device.type == "cuda" else None
         params = inspect.signature(DistributedDataParallel).parameters
@@ -124,7 +124,7 @@ class Fsdp:
     sharded = True
     gathers_per_forward = True
 
-    def __init__(self, model: DualEncoder) -> None:
+    def __init__(self, model: Model) -> None:
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         towers = [model.query_encoder] if model.tied else [model.query_encoder, model.doc_encoder]
@@ -202,7 +202,7 @@ def _with_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
     return state
 
 
-STRATEGIES: dict[str, Callable[[DualEncoder, torch.device], Replicas]] = {
+STRATEGIES: dict[str, Callable[[Model, torch.device], Replicas]] = {
     "ddp": Ddp,
     "fsdp": lambda model, device: Fsdp(model),
 }

@@ -1,0 +1,115 @@
+"""The two kinds of model a run trains, by ``model.kind``: what differs between them, in one place.
+
+``single_vector`` (a :class:`~dualforge.modeling.DualEncoder`: one pooled vector per text, dot or
+cosine scores) and ``late_interaction`` (a :class:`~dualforge.modeling.LateInteractionModel`: one
+vector per token, MaxSim). The loop asks the run's :class:`Kind` how to build, save, reload and
+evaluate its model and whether its representations are token-level; it never branches on the name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualforge.config import EvalConfig, ModelConfig
+from dualforge.data import EvalSet
+from dualforge.eval import RetrievalReport
+from dualforge.eval.late import evaluate_late
+from dualforge.modeling import DualEncoder, LateInteractionModel, Model, load_model, save_model
+from dualforge.modeling.encoder import Side
+from dualforge.modeling.late_interaction import PUNCTUATION
+from dualforge.modeling.late_io import build_late_model, load_late_model, save_late_model
+from dualforge.modeling.rotation import add_identity_projection
+from dualforge.train.distributed import ProcessInfo
+from dualforge.train.evaluation import encode_texts, evaluate_split
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a run handles its kind of model.
+
+    Attributes:
+        tokens: Representations are token-level ``(B, T, D + 1)`` (the loss scores with MaxSim).
+        build: The model named by a ``model:`` config section.
+        save: Write the model as a folder.
+        load: Read a folder written by ``save``.
+        evaluate: ``evaluate(model, split, eval_cfg, show_progress, proc)``, a retrieval report.
+    """
+
+    tokens: bool
+    build: Callable[[ModelConfig], Any]
+    save: Callable[[Any, Path], Path]
+    load: Callable[[str], Any]
+    evaluate: Callable[[Any, EvalSet, EvalConfig, bool, ProcessInfo | None], RetrievalReport]
+
+
+def build_single(cfg: ModelConfig) -> DualEncoder:
+    """The encoder named by the config (with an identity projection if one is asked for;
+    ``"pca"`` is fitted when training starts)."""
+    model = load_model(
+        cfg.name, tied=cfg.tied, pooling=cfg.pooling, normalize=cfg.normalize,
+        max_seq_length=cfg.doc_max_length, query_prefix=cfg.query_prefix,
+        doc_prefix=cfg.doc_prefix, attention_dropout=cfg.attention_dropout,
+    )  # fmt: skip
+    if cfg.projection is not None:
+        add_identity_projection(model)
+    return model
+
+
+def build_late(cfg: ModelConfig) -> LateInteractionModel:
+    """A late-interaction model over the transformer of ``model.name``."""
+    return build_late_model(
+        cfg.name, dim=cfg.token_dim, query_max_length=cfg.query_max_length,
+        doc_max_length=cfg.doc_max_length, augment_queries=cfg.augment_queries,
+        attend_to_expansion=cfg.attend_to_expansion,
+        skiplist=cfg.skiplist if cfg.skiplist is not None else PUNCTUATION,
+        attention_dropout=cfg.attention_dropout,
+    )  # fmt: skip
+
+
+def evaluate_late_split(
+    model: LateInteractionModel,
+    data: EvalSet,
+    cfg: EvalConfig,
+    show_progress: bool = True,
+    proc: ProcessInfo | None = None,
+) -> RetrievalReport:
+    """Exhaustive MaxSim on ``data`` (encoding sharded under several processes), at every token
+    dim of ``eval.dims``."""
+
+    def encoder(side: Side) -> Callable[[Sequence[str]], list[np.ndarray]]:
+        def run(texts: Sequence[str]) -> list[np.ndarray]:
+            out: list[np.ndarray] = encode_texts(
+                model, texts, side, cfg.batch_size, proc=proc, show_progress=show_progress
+            )
+            return out
+
+        return run
+
+    return evaluate_late(
+        encoder("query"), encoder("document"), data.corpus, data.queries, data.qrels,
+        k=cfg.k, metrics=cfg.metrics, dims=list(cfg.dims) or None,
+    )  # fmt: skip
+
+
+KINDS: dict[str, Kind] = {
+    "single_vector": Kind(False, build_single, save_model, load_model, evaluate_split),
+    "late_interaction": Kind(
+        True, build_late, save_late_model, load_late_model, evaluate_late_split
+    ),
+}
+
+
+def kind_of(cfg: ModelConfig) -> Kind:
+    """The :class:`Kind` of ``model.kind``."""
+    return KINDS[cfg.kind]
+
+
+def reload(kind: Kind, folder: Path) -> Model:
+    """A saved model folder, read back."""
+    out: Model = kind.load(str(folder))
+    return out

@@ -1,0 +1,43 @@
+"""A late-interaction run end to end: train, evaluate by token dim, export, reload, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dualforge.config import ConfigError, load_config
+from dualforge.modeling.late_io import load_late_model
+from dualforge.train.loop import train
+from dualforge.train.metrics_log import read_metrics_log
+from tests.train.helpers import tiny_overrides
+
+LATE = [
+    "model.kind=late_interaction", "model.token_dim=16", "model.query_max_length=12",
+    "model.doc_max_length=24", "eval.dims=[8,16]", "gradcache.precision=fp32",
+    "loss.matryoshka.dims=[8,16]",
+]  # fmt: skip
+
+
+def test_a_late_interaction_run_learns_and_reports_every_token_dim(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    cfg = load_config(None, [*tiny_overrides(tiny_model_dir, tiny_beir, tmp_path), *LATE])
+    result = train(cfg)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert set(report["metrics_by_dim"]) == {"8", "16"}
+    assert report["metrics"]["ndcg@10"] > report["before"]["ndcg@10"]  # it learned
+    losses = [
+        r for r in read_metrics_log(result.run_dir / "metrics.jsonl") if r["event"] == "train"
+    ]
+    assert set(losses[0]["loss_by_dim"]) == {"8", "16"}
+    model = load_late_model(result.run_dir / "final")
+    assert model.dim == 16 and model.query_max_length == 12
+
+
+def test_late_interaction_refuses_what_it_does_not_have() -> None:
+    with pytest.raises(ConfigError, match="one tied tower"):
+        load_config(None, ["model.kind=late_interaction", "model.tied=false"])
+    with pytest.raises(ConfigError, match=r"not available with model\.kind='late_interaction'"):
+        load_config(None, ["model.kind=late_interaction", "mining.strategy=dynamic"])
