@@ -138,3 +138,39 @@ def test_mining_train_e_quick(tmp_path: Path, shared_data: Path) -> None:
     runs = read_finite(out)["runs"]
     assert set(runs) == {"in_batch", "dynamic"}
     assert all(r["steps"] >= 1 and 0 < r["metrics"]["ndcg@10"] <= 1 for r in runs.values())
+
+
+def test_hardware_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "hardware.json"
+    run_bench("hardware.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    report = read_finite(out)
+    assert report["cpu"]["lscpu_model_name"] or report["cpu"]["cores"] > 0
+    envs = report["precision"]["environments"]
+    assert set(envs) == {"native", "avx2"}
+    for e in envs.values():
+        assert e["fp32_s"] > 0 and e["bf16_s"] > 0 and e["ratio_bf16_fp32"] > 0
+        assert e["auto"] in ("fp32", "bf16") and e["auto_s"] in (e["fp32_s"], e["bf16_s"])
+    # The oneDNN cap hides native bf16, so auto must fall back to fp32 under emulation.
+    assert envs["avx2"]["auto"] == "fp32" and not envs["avx2"]["environment"]["native_bf16"]
+    rows = report["keep_graphs"]["rows"]
+    assert [r["point"] for r in rows] == [
+        "plain", "nograd", "gradcache K=0", "gradcache K=1", "gradcache K=2"
+    ]  # fmt: skip
+    assert all(r["median_s"] > 0 and r["peak_mib"] > 0 and r["ratio_vs_plain"] > 0 for r in rows)
+
+
+def test_distributed_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "distributed.json"
+    run_bench("distributed.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    arms = read_finite(out)["arms"]
+    assert [(a["processes"], a["threads_per_process"]) for a in arms] == [(1, 1), (1, 2), (2, 1)]
+    assert [a["threads_seen"] for a in arms] == [[1], [2], [1, 1]]
+    for a in arms:
+        assert a["median_step_s"] > 0 and all(m > 0 for m in a["peak_rss_mib"])
+    single, _, double = arms
+    assert single["comm_per_rank"]["total"]["tensor_bytes"] == 0
+    comm = double["comm_per_rank"]
+    assert double["comm_same_on_every_rank"] and double["comm_same_every_step"]
+    # One all-gather and one reduce-scatter per tower, and DDP reduces at least every parameter.
+    assert comm["reps_all_gather"]["calls"] == 2 and comm["grads_reduce_scatter"]["calls"] == 2
+    assert comm["ddp_all_reduce"]["tensor_bytes"] >= double["parameter_bytes"] > 0
