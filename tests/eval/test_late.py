@@ -62,3 +62,33 @@ def test_prefix_renormalises_each_token() -> None:
     assert short.vectors.shape[1] == 4
     assert torch.allclose(short.vectors.norm(dim=-1), torch.ones(len(short.vectors)), atol=1e-6)
     assert torch.allclose(short.vectors, F.normalize(index.vectors[:, :4], dim=-1))
+
+
+def test_candidates_then_rerank_equal_exhaustive_when_the_candidate_stage_is_exhaustive() -> None:
+    from dualforge.eval.late_search import CandidateIndex, candidate_recall, candidate_search
+
+    queries, docs = unit_tokens(6, 16, seed=4), unit_tokens(40, 16, seed=5)
+    tokens = TokenIndex.build(docs)
+    exact_scores, exact_ids = maxsim_search(queries, tokens, k=10)
+    every = int(tokens.vectors.shape[0])
+    scores, ids, found = candidate_search(queries, CandidateIndex.build(tokens, "Flat"), 10, every)
+    assert np.array_equal(ids, exact_ids) and np.allclose(scores, exact_scores, atol=1e-5)
+    assert candidate_recall(found, exact_ids, 10) == 1.0
+    # a real shortlist: 8-dim token prefixes, 2 nearest tokens per query token
+    short = CandidateIndex.build(tokens, "Flat", dim=8)
+    _, ids8, found8 = candidate_search(queries, short, 10, k_token=2)
+    recall = candidate_recall(found8, exact_ids, 10)
+    assert 0.0 < recall < 1.0 and all(len(f) < 40 for f in found8)
+    kept = [set(f) for f in found8]
+    assert all(set(row[row >= 0]) <= kept[i] for i, row in enumerate(ids8))  # reranked within
+
+
+def test_an_ivf_pq_candidate_stage_is_built_from_a_factory_string() -> None:
+    from dualforge.eval.late_search import CandidateIndex, candidate_recall, candidate_search
+
+    queries, docs = unit_tokens(8, 16, seed=6), unit_tokens(120, 16, seed=7, most=12)
+    tokens = TokenIndex.build(docs)
+    _, exact_ids = maxsim_search(queries, tokens, k=10)
+    index = CandidateIndex.build(tokens, "IVF8,PQ4x4", params="nprobe=8")
+    _, _, found = candidate_search(queries, index, 10, k_token=32)
+    assert index.factory == "IVF8,PQ4x4" and candidate_recall(found, exact_ids, 10) > 0.5

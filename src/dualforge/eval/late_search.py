@@ -1,0 +1,99 @@
+"""Late-interaction search for larger corpora: token-level candidates, then exact MaxSim (PLAID-style).
+
+1. **Candidates.** Every query token searches a token-level index (any faiss factory string, e.g.
+   ``"IVF1024,PQ16"``; ``"Flat"`` is exact) for its ``k_token`` nearest document tokens; the
+   documents owning them are the query's candidates. The index may hold short Matryoshka prefixes
+   of the token vectors (``dim=32``): the shortlist is cheap, the rerank is not affected.
+2. **Rerank.** Exact MaxSim of the query against its candidates' full token vectors
+   (:class:`~dualforge.eval.late.TokenIndex`).
+
+:func:`candidate_recall` measures the first stage against exhaustive MaxSim: the fraction of the
+exhaustive top-k that the candidate stage kept. With an exact index and ``k_token`` covering every
+token the result is the exhaustive one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dualforge.eval.late import TokenIndex, maxsim_scores
+from dualforge.eval.retrieval.index import VectorIndex, build_index
+
+
+@dataclass(frozen=True)
+class CandidateIndex:
+    """A token-level index over (a prefix of) every document token, for the candidate stage.
+
+    Attributes:
+        tokens: The full token vectors (for the rerank) and their owner documents.
+        index: The token-level index (vectors: prefixes of ``dim`` channels, renormalised).
+        dim: Channels the candidate stage uses.
+        factory: The faiss factory string it was built from.
+    """
+
+    tokens: TokenIndex
+    index: VectorIndex
+    dim: int
+    factory: str
+
+    @classmethod
+    def build(
+        cls, tokens: TokenIndex, factory: str = "Flat", dim: int | None = None,
+        params: str | None = None,
+    ) -> CandidateIndex:  # fmt: skip
+        """Index every token of ``tokens`` (``dim``: a Matryoshka prefix of the vectors)."""
+        width = dim or int(tokens.vectors.shape[1])
+        short = tokens.prefix(width) if width < tokens.vectors.shape[1] else tokens
+        index = build_index(short.vectors, factory, "ip", params=params)
+        return cls(tokens, index, width, factory)
+
+    def candidates(self, query: torch.Tensor, k_token: int) -> np.ndarray:
+        """Sorted unique document rows owning the ``k_token`` nearest tokens of each query token."""
+        q = F.normalize(query[:, : self.dim], dim=-1) if self.dim < query.shape[1] else query
+        _, token_ids = self.index.search(q, min(k_token, self.index.ntotal))  # (T, k_token)
+        found = token_ids[token_ids >= 0]
+        return np.unique(self.tokens.owner.numpy()[found])
+
+
+def rerank(
+    query: torch.Tensor, tokens: TokenIndex, docs: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` of the top ``k`` of ``docs`` by exact MaxSim (``-inf`` / ``-1`` pad)."""
+    chosen = torch.from_numpy(docs)
+    keep = torch.isin(tokens.owner, chosen)
+    remap = torch.full((tokens.num_docs,), -1, dtype=torch.long)
+    remap[chosen] = torch.arange(len(chosen))
+    sub = TokenIndex(tokens.vectors[keep], remap[tokens.owner[keep]], len(chosen))
+    scores = maxsim_scores(query, sub)  # (C,)
+    top = min(k, len(chosen))
+    values, order = torch.topk(scores, top)
+    out_scores = np.full(k, -np.inf, dtype=np.float32)
+    out_ids = np.full(k, -1, dtype=np.int64)
+    out_scores[:top], out_ids[:top] = values.numpy(), docs[order.numpy()]
+    return out_scores, out_ids
+
+
+def candidate_search(
+    queries: Sequence[np.ndarray], index: CandidateIndex, k: int, k_token: int = 64
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """``(scores, ids)`` each ``(Q, k)`` after the rerank, and each query's candidate rows."""
+    all_scores, all_ids, found = [], [], []
+    for q in queries:
+        query = torch.from_numpy(np.asarray(q, dtype=np.float32))
+        docs = index.candidates(query, k_token)
+        scores, ids = rerank(query, index.tokens, docs, k)
+        all_scores.append(scores)
+        all_ids.append(ids)
+        found.append(docs)
+    return np.stack(all_scores), np.stack(all_ids), found
+
+
+def candidate_recall(candidates: Sequence[np.ndarray], exhaustive_ids: np.ndarray, k: int) -> float:
+    """Mean fraction of each query's exhaustive top-``k`` documents among its candidates."""
+    hits = [np.isin(exhaustive_ids[i, :k], cands).mean() for i, cands in enumerate(candidates)]
+    return float(np.mean(hits)) if hits else 0.0
