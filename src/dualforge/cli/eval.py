@@ -15,6 +15,7 @@ from typing import Any
 
 from dualforge.data import EvalSet, load_eval_sets
 from dualforge.errors import UsageError
+from dualforge.eval.late_search import late_report
 from dualforge.eval.metrics import DEFAULT_METRICS
 from dualforge.eval.plots import plot_eval_report
 from dualforge.eval.reports import (
@@ -28,8 +29,10 @@ from dualforge.eval.reports import (
     funnel_report,
 )
 from dualforge.eval.retrieval import Stage, parse_funnel_spec
+from dualforge.eval.retrieval_eval import judged_query_ids
 from dualforge.hardware import resolve_device
-from dualforge.modeling import DualEncoder, load_model
+from dualforge.modeling import DualEncoder, load_model, resolve_model_path
+from dualforge.modeling.late_io import is_late_folder, load_late_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,6 +67,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"choose the cheapest cascade within TOL relative {BUDGET_METRIC} loss on the dev split",
     )
     p.add_argument("--dev-split", default="dev", help="split that --budget chooses on")
+    p.add_argument(
+        "--candidates",
+        action="store_true",
+        help="late-interaction models: also search with a token-level --index-factory index, "
+        "then rerank by exact MaxSim (PLAID-style), and report the candidate stage's recall",
+    )
+    p.add_argument("--k-token", type=int, default=64, help="--candidates: tokens per query token")
+    p.add_argument(
+        "--candidate-dim",
+        type=int,
+        default=None,
+        help="--candidates: token dims of the candidate index (a Matryoshka prefix)",
+    )
     p.add_argument(
         "--budget-confidence",
         type=float,
@@ -115,6 +131,8 @@ def _evaluate(
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON report."""
+    if is_late_folder(resolve_model_path(args.model)):
+        return _emit(args, _late(args))
     stages = _parse_funnel(args.funnel)
     if args.plot and not args.dims:
         raise UsageError("--plot needs --dims (the prefix dims to plot)")
@@ -142,6 +160,38 @@ def run(args: argparse.Namespace) -> int:
         report.update(_budget(args, model, enc, data, sets))
     if args.plot:
         plot_eval_report(report, args.plot, args.model, args.compare)
+    return _emit(args, report)
+
+
+def _late(args: argparse.Namespace) -> dict[str, Any]:
+    """The late-interaction report of ``args.model`` (exhaustive MaxSim, optional candidates)."""
+    for option in ("funnel", "budget", "compare", "plot"):
+        if getattr(args, option) is not None:
+            raise UsageError(
+                f"--{option} is for single-vector models; {args.model} is late-interaction"
+            )
+    data = load_eval_sets(Path(args.data), [args.split], args.skip_bad)[args.split]
+    model = load_late_model(resolve_model_path(args.model)).to(
+        resolve_device(args.device, "--device")
+    )
+    qids = judged_query_ids(data.qrels, data.queries)
+    doc_ids = list(data.corpus)
+    q = model.encode([data.queries[i] for i in qids], "query", args.batch_size)
+    d = model.encode(
+        [data.corpus[i] for i in doc_ids], "document", args.batch_size, show_progress=True
+    )
+    with usage_errors():
+        report = late_report(
+            q, d, qids, doc_ids, data.qrels, k=args.k, dims=parse_dims(args.dims),
+            factory=args.index_factory if args.candidates else None, params=args.index_params,
+            k_token=args.k_token, candidate_dim=args.candidate_dim,
+        )  # fmt: skip
+    report.update(model=args.model, data=args.data, split=args.split)
+    return report
+
+
+def _emit(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    """Print the JSON report (and write it to ``--output``)."""
     text = json.dumps(report, indent=2)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

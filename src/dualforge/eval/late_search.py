@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualforge.eval.late import TokenIndex, maxsim_scores
+from dualforge.eval.late import TokenIndex, evaluate_tokens, maxsim_scores, maxsim_search
+from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics
+from dualforge.eval.retrieval.exact import run_from_search
 from dualforge.eval.retrieval.index import VectorIndex, build_index
 
 
@@ -97,3 +100,46 @@ def candidate_recall(candidates: Sequence[np.ndarray], exhaustive_ids: np.ndarra
     """Mean fraction of each query's exhaustive top-``k`` documents among its candidates."""
     hits = [np.isin(exhaustive_ids[i, :k], cands).mean() for i, cands in enumerate(candidates)]
     return float(np.mean(hits)) if hits else 0.0
+
+
+def late_report(
+    query_tokens: Sequence[np.ndarray],
+    doc_tokens: Sequence[np.ndarray],
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: Qrels,
+    *,
+    k: int = 100,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    dims: Sequence[int] | None = None,
+    factory: str | None = None,
+    params: str | None = None,
+    k_token: int = 64,
+    candidate_dim: int | None = None,
+) -> dict[str, Any]:
+    """Exhaustive MaxSim metrics (by token dim), storage per document, and with ``factory`` the
+    candidate-then-rerank metrics and the candidate stage's recall of the exhaustive top-``k``."""
+    report = evaluate_tokens(
+        query_tokens, doc_tokens, query_ids, doc_ids, qrels, k=k, metrics=metrics, dims=dims
+    ).to_dict()
+    tokens = TokenIndex.build(doc_tokens)
+    widths = sorted({int(tokens.vectors.shape[1]), *(int(d) for d in dims or ())})
+    report["tokens_per_doc"] = tokens.vectors.shape[0] / tokens.num_docs
+    report["bytes_per_doc"] = {
+        str(d): {"fp32": tokens.bytes_per_doc(d, 4), "fp16": tokens.bytes_per_doc(d, 2)}
+        for d in widths
+    }  # fmt: skip
+    if factory is None:
+        return report
+    depth = max(k, *(m.k for m in parse_metrics(metrics).values()))
+    _, exact_ids = maxsim_search(query_tokens, tokens, depth)
+    index = CandidateIndex.build(tokens, factory, candidate_dim, params)
+    scores, ids, found = candidate_search(query_tokens, index, depth, k_token)
+    run = run_from_search(list(query_ids), doc_ids, scores, ids)
+    report["candidates"] = {
+        "factory": factory, "params": params, "dim": index.dim, "k_token": k_token,
+        "mean_candidates": float(np.mean([len(f) for f in found])),
+        f"recall_of_exhaustive@{k}": candidate_recall(found, exact_ids, k),
+        "metrics": evaluate(qrels, run, list(parse_metrics(metrics))),
+    }  # fmt: skip
+    return report
