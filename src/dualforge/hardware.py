@@ -134,7 +134,7 @@ def resolve_precision(requested: Precision, device_type: str, bf16_native: bool)
     if requested == "bf16" and not bf16_native:
         warning = (
             f"gradcache.precision='bf16' on {where} without native bf16 "
-            + ("(no AVX512-BF16 or AMX): autocast emulates bf16 and can run ~10x slower "
+            + ("(no AVX512-BF16 or AMX): autocast emulates bf16 and can run 10-40x slower "
                "than fp32" if device_type == "cpu" else "(compute capability below 8.0): "
                "bf16 is emulated and slow")
             + "; gradcache.precision=auto picks fp32 here"
