@@ -258,7 +258,9 @@ def test_hardware_keys_default_to_auto_and_check_their_values() -> None:
             load_config(None, [f"run.device={bad}"])
     with pytest.raises(ConfigError, match=r"^gradcache\.keep_graphs=-1: must be >= 0"):
         load_config(None, ["gradcache.keep_graphs=-1"])
-    with pytest.raises(ConfigError, match=r"^run\.strategy='zero3': must be one of \['ddp', 'fsdp'\]"):
+    with pytest.raises(
+        ConfigError, match=r"^run\.strategy='zero3': must be one of \['ddp', 'fsdp'\]"
+    ):
         load_config(None, ["run.strategy=zero3"])
 
 
