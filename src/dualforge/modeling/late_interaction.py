@@ -5,8 +5,8 @@ states projected to ``D`` (128 by default) by one bias-free linear map and L2-no
 token mask in the last channel (:mod:`dualforge.tokens`). :class:`LateInteractionModel`
 adds what ColBERT's tokenization needs:
 
-* query and document markers (``[Q]``, ``[D]``, added to the tokenizer as tokens and put first in
-  every text, after ``[CLS]``);
+* query and document markers (``"[Q] "``, ``"[D] "``, PyLate's, added to the tokenizer as tokens
+  and put first in every text, after ``[CLS]``);
 * query augmentation: queries padded to ``query_max_length`` with ``[MASK]`` tokens, which are
   scored; they attend (and are attended to) only with ``attend_to_expansion``;
 * a document skiplist: tokens (punctuation by default) that are encoded but never scored;
@@ -32,7 +32,7 @@ from dualforge.modeling.encoder import MODEL_INPUTS, Side
 from dualforge.tokens import join_tokens, split_tokens
 
 PUNCTUATION = tuple(string.punctuation)
-QUERY_MARKER, DOC_MARKER = "[Q]", "[D]"
+QUERY_MARKER, DOC_MARKER = "[Q] ", "[D] "  # PyLate's prefixes (added tokens, space included)
 
 
 class TokenEncoder(nn.Module):
@@ -80,6 +80,8 @@ class LateInteractionModel(nn.Module):
         augment_queries: Pad queries with ``[MASK]`` tokens to ``query_max_length``.
         attend_to_expansion: Let the ``[MASK]`` expansion tokens attend and be attended to.
         skiplist: Document tokens never scored (their token ids are looked up once).
+        query_marker: Text put before every query (an added token).
+        doc_marker: Text put before every document (an added token).
     """
 
     def __init__(
@@ -92,9 +94,12 @@ class LateInteractionModel(nn.Module):
         augment_queries: bool = True,
         attend_to_expansion: bool = False,
         skiplist: Sequence[str] = PUNCTUATION,
+        query_marker: str = QUERY_MARKER,
+        doc_marker: str = DOC_MARKER,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
+        self.query_marker, self.doc_marker = query_marker, doc_marker
         self.encoder = encoder
         self.query_max_length, self.doc_max_length = query_max_length, doc_max_length
         self.augment_queries, self.attend_to_expansion = augment_queries, attend_to_expansion
@@ -134,12 +139,12 @@ class LateInteractionModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Tokenizer batch with markers, ``token_mask`` and (queries) augmentation."""
         query = side == "query"
-        marker = QUERY_MARKER if query else DOC_MARKER
+        marker = self.query_marker if query else self.doc_marker
         length = max_length or (self.query_max_length if query else self.doc_max_length)
         pad = "max_length" if query and self.augment_queries else True
         out = dict(
             self.tokenizer(
-                [f"{marker} {t}" for t in texts], padding=pad, truncation=True,
+                [f"{marker}{t}" for t in texts], padding=pad, truncation=True,
                 max_length=length, return_tensors="pt",
             )
         )  # fmt: skip
@@ -185,10 +190,12 @@ class LateInteractionModel(nn.Module):
         return out
 
 
-def add_markers(tokenizer: Any, transformer: nn.Module) -> None:
-    """Add the ``[Q]`` / ``[D]`` marker tokens to ``tokenizer`` (when missing) and grow the
-    transformer's embeddings to the new vocabulary."""
-    missing = [t for t in (QUERY_MARKER, DOC_MARKER) if t not in tokenizer.get_vocab()]
+def add_markers(
+    tokenizer: Any, transformer: nn.Module, markers: Sequence[str] = (QUERY_MARKER, DOC_MARKER)
+) -> None:
+    """Add the marker tokens to ``tokenizer`` (when missing) and grow the transformer's
+    embeddings to the new vocabulary."""
+    missing = [t for t in markers if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing)
         resize: Any = transformer.resize_token_embeddings
