@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from _common import OUT, SCIFACT, load_pairs, parse_args, quick_scifact
+from _common import OUT, SCIFACT, finish_report, load_pairs, parse_args, quick_scifact
 from gradcache import code_version, peak_rss_mib
 from hardware import build_model, cpu_info, loss_fn
 
@@ -120,16 +120,10 @@ def counting_exchange(counter: Counter) -> Any:
 
 
 def ddp_wrap(model: torch.nn.Module) -> Any:
-    """The DDP wrapper the training loop builds (``dualforge.train.replicas.Ddp``; before it,
-    ``dualforge.train.distributed.wrap``)."""
-    cpu = torch.device("cpu")
-    try:
-        from dualforge.train.replicas import Ddp
-    except ImportError:
-        from dualforge.train.distributed import wrap
+    """The DDP wrapper the training loop builds (``dualforge.train.replicas.Ddp``)."""
+    from dualforge.train.replicas import Ddp
 
-        return wrap(model, cpu)
-    return Ddp(model, cpu).ddp
+    return Ddp(model, torch.device("cpu")).ddp
 
 
 def rank_worker(spec: dict[str, Any], out_dir: Path) -> None:
@@ -340,12 +334,7 @@ def main() -> None:
     base = report["arms"][0]["median_step_s"]
     for arm in report["arms"]:
         arm["ratio_vs_1proc_1thread"] = arm["median_step_s"] / base
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    report["loadavg_end"] = os.getloadavg()
-    print_report(report)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {output}")
+    finish_report(report, output, print_report)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from _common import OUT, ROOT, load_pairs
+from _common import OUT, ROOT, finish_report, load_pairs
 
 CHUNK = 16
 TEMPERATURE = 0.05  # == sentence-transformers scale 20
@@ -321,7 +321,10 @@ def profile_config(bench: Bench, inputs: dict[str, Any]) -> dict[str, float]:
     t0 = time.perf_counter()
     chunks = [gc.split(inputs["q"]), gc.split(inputs["d"])]
     t1 = time.perf_counter()
-    passes = [gc.forward_no_grad(enc, c, True) for enc, c in zip(gc.encoders, chunks)]
+    passes = [
+        gc.forward_no_grad(enc, c, gc.kept_chunks(t, len(c)))
+        for t, (enc, c) in enumerate(zip(gc.encoders, chunks))
+    ]
     t2 = time.perf_counter()
     _, _, grads = gc.build_cache([p.reps for p in passes], {})
     t3 = time.perf_counter()
@@ -582,12 +585,7 @@ def main() -> None:
         print(f"== timing {cfg.name} ==", flush=True)
         report["timing"].append(time_config(bench, cfg, args.repeats))
     report["verdicts"] = verdicts(report)
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    report["loadavg_end"] = os.getloadavg()
-    print_report(report)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {output}")
+    finish_report(report, output, print_report)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class GradCache:
         split = [self.split(batch) for batch in batches]
         missing = [self._missing(len(chunks)) for chunks in split]  # agreed before any forward
         for t, (encoder, chunks) in enumerate(zip(self.encoders, split)):
-            tower = self.forward_no_grad(encoder, chunks, self._kept(t, len(chunks)))
+            tower = self.forward_no_grad(encoder, chunks, self.kept_chunks(t, len(chunks)))
             for _ in range(missing[t]):
                 self._empty_forward(tower)
             passes.append(tower)
@@ -158,18 +158,16 @@ class GradCache:
         self.forward_backward(passes, grads)
         return StepResult(loss, plain_parts(parts))
 
-    def _kept(self, tower: int, n: int) -> range:
-        """Indices of the chunks of ``tower`` that keep their phase-1 graph."""
+    def kept_chunks(self, tower: int, n: int) -> range:
+        """Indices of the ``n`` chunks of tower ``tower`` that keep their phase-1 graph."""
         last = n - 1 if self.no_sync is not None and tower == len(self.encoders) - 1 else n
         return range(max(last - self.keep_graphs, 0), last)
 
     def forward_no_grad(
-        self, encoder: Encoder, chunks: list[Chunk], keep: range | bool = range(0)
+        self, encoder: Encoder, chunks: list[Chunk], keep: range = range(0)
     ) -> TowerPass:
-        """Phase 1: encode every chunk, recording RNG state; chunks in ``keep`` keep their graph
-        (``True``: the last chunk)."""
-        if isinstance(keep, bool):
-            keep = range(len(chunks) - 1, len(chunks)) if keep else range(0)
+        """Phase 1: encode every chunk, recording RNG state; chunks in ``keep`` (see
+        :meth:`kept_chunks`) keep their graph."""
         states: list[RngState] = []
         parts: list[torch.Tensor] = []
         kept: dict[int, torch.Tensor] = {}

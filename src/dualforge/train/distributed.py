@@ -20,12 +20,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from dualforge.data import Batch
 from dualforge.errors import UserError
 from dualforge.hardware import resolve_device
-from dualforge.modeling import DualEncoder
 
 TIMEOUT = timedelta(minutes=30)
 
@@ -144,11 +142,3 @@ def teardown() -> None:
     """End the process group if this module started one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def wrap(model: DualEncoder, device: torch.device) -> DistributedDataParallel:
-    """DDP over ``model`` exactly as the training loop builds it (:class:`~dualforge.train.
-    replicas.Ddp`), for code that drives the engine itself."""
-    from dualforge.train.replicas import Ddp
-
-    return Ddp(model, device).ddp

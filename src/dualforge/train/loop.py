@@ -231,12 +231,13 @@ def bookkeeping(p: Parts, state: TrainerState, info: StepInfo, last: bool) -> Tr
 
 
 def checkpoint(p: Parts, state: TrainerState) -> None:
-    """Every rank reads its share of the states (full states are gathered under FSDP2, and
-    every rank's RNG state); rank 0 writes the checkpoint; the others wait for it."""
+    """Rank 0 writes the checkpoint with every rank's RNG state; under FSDP2 every rank takes
+    part in gathering the full states; the others wait for it."""
     rngs = gather_objects(GlobalRng().state_dict(), p.proc) if p.proc.world > 1 else None
-    states = {name: Captured(c.state_dict()) for name, c in p.components(rngs).items()}
-    if p.proc.main:
-        save_checkpoint(p.run_dir / "checkpoints", state, states, p.cfg.run.keep_checkpoints)
+    if p.proc.main or p.replicas.sharded:  # other DDP ranks hold copies rank 0 already has
+        states = {name: Captured(c.state_dict()) for name, c in p.components(rngs).items()}
+        if p.proc.main:
+            save_checkpoint(p.run_dir / "checkpoints", state, states, p.cfg.run.keep_checkpoints)
     barrier()
 
 
@@ -258,11 +259,11 @@ class Captured:
 def export(p: Parts, folder: Path) -> None:
     """Save the model as a sentence-transformers folder (rank 0). Sharded weights are gathered
     first (every rank must call this) and written through a fresh copy of the model."""
-    if not p.holder.sharded:
+    if not p.replicas.sharded:
         if p.proc.main:
             p.kind.save(p.model, folder)
         return
-    state = p.holder.model_state()
+    state = p.replicas.model_state()
     if p.proc.main:
         full = build_model(p.cfg.model)
         ModelWeights(full).load_state_dict(state)

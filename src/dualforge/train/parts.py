@@ -64,6 +64,7 @@ class Parts:
     scheduler: LambdaLR
     log: MetricsLog
     steps: int
+    replicas: Replicas
     miner: NegativeMiner | None = None
     clock: RunClock = field(default_factory=RunClock)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -71,17 +72,9 @@ class Parts:
     precision: PrecisionChoice = field(
         default_factory=lambda: PrecisionChoice("fp32", "as configured")
     )
-    replicas: Replicas | None = None
     owns_group: bool = False
     mine_batch: MineBatch | None = None
     kind: Kind = field(default_factory=lambda: KINDS["single_vector"])
-
-    @property
-    def holder(self) -> Replicas:
-        """How the model is held (:class:`Single` when nothing was set)."""
-        if self.replicas is None:
-            self.replicas = Single(self.model)
-        return self.replicas
 
     def resolved(self) -> dict[str, Any]:
         """Choices made from ``auto`` settings on this machine (logged and reported)."""
@@ -106,8 +99,8 @@ class Parts:
             rng_states: Every rank's RNG state (gathered) when saving under several processes.
         """
         parts: dict[str, Stateful] = {
-            "model": ReplicaModel(self.holder),
-            "optimizer": ReplicaOptimizer(self.holder, self.optimizer),
+            "model": ReplicaModel(self.replicas),
+            "optimizer": ReplicaOptimizer(self.replicas, self.optimizer),
             "scheduler": self.scheduler,
             "sampler": self.sampler,
         }
@@ -252,8 +245,8 @@ def build_parts(cfg: Config) -> Parts:
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=proc.main)
     miner, mine_batch = build_mining(cfg, model, data, proc)
     return Parts(
-        cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps, miner,
-        device=device, proc=proc, precision=precision, replicas=replicas, owns_group=started,
+        cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps,
+        replicas, miner, device=device, proc=proc, precision=precision, owns_group=started,
         mine_batch=mine_batch, kind=kind,
     )  # fmt: skip
 
