@@ -10,6 +10,7 @@ import argparse
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from dualforge.eval.reports import (
     funnel_report,
 )
 from dualforge.eval.retrieval import Stage, parse_funnel_spec
-from dualforge.eval.retrieval_eval import judged_query_ids
 from dualforge.hardware import resolve_device
 from dualforge.modeling import DualEncoder, load_model, resolve_model_path
 from dualforge.modeling.late_io import is_late_folder, load_late_model
@@ -174,15 +174,11 @@ def _late(args: argparse.Namespace) -> dict[str, Any]:
     model = load_late_model(resolve_model_path(args.model)).to(
         resolve_device(args.device, "--device")
     )
-    qids = judged_query_ids(data.qrels, data.queries)
-    doc_ids = list(data.corpus)
-    q = model.encode([data.queries[i] for i in qids], "query", args.batch_size)
-    d = model.encode(
-        [data.corpus[i] for i in doc_ids], "document", args.batch_size, show_progress=True
-    )
     with usage_errors():
         report = late_report(
-            q, d, qids, doc_ids, data.qrels, k=args.k, dims=parse_dims(args.dims),
+            partial(model.encode, side="query", batch_size=args.batch_size),
+            partial(model.encode, side="document", batch_size=args.batch_size, show_progress=True),
+            data.corpus, data.queries, data.qrels, k=args.k, dims=parse_dims(args.dims),
             factory=args.index_factory if args.candidates else None, params=args.index_params,
             k_token=args.k_token, candidate_dim=args.candidate_dim,
         )  # fmt: skip

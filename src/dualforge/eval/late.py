@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics
+from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics, search_depth
 from dualforge.eval.retrieval.exact import run_from_search
-from dualforge.eval.retrieval_eval import RetrievalReport, judged_query_ids
-from dualforge.matryoshka import check_dim
+from dualforge.eval.retrieval_eval import RetrievalReport, judged_split
+from dualforge.matryoshka import check_dim, distinct_dims
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,63 @@ def maxsim_search(
     return np.stack(top_scores), np.stack(top_ids)
 
 
+TokenEncoder = Callable[[Sequence[str]], Sequence[np.ndarray]]
+"""``texts -> one (T_i, D) array of scored token vectors per text``."""
+
+
+def encode_judged(
+    encode_queries: TokenEncoder,
+    encode_docs: TokenEncoder,
+    corpus: Mapping[str, str],
+    queries: Mapping[str, str],
+    qrels: Qrels,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> tuple[list[str], list[str], Sequence[np.ndarray], Sequence[np.ndarray]]:
+    """``(query_ids, doc_ids, query_tokens, doc_tokens)``: the judged queries and the corpus,
+    encoded to token vectors.
+
+    Raises:
+        ValueError: Bad metrics (before any encoding), an empty corpus, or no judged query
+            with a text.
+    """
+    parse_metrics(metrics)
+    qids, doc_ids = judged_split(corpus, queries, qrels)
+    q_tokens = encode_queries([queries[q] for q in qids])
+    d_tokens = encode_docs([corpus[d] for d in doc_ids])
+    return qids, doc_ids, q_tokens, d_tokens
+
+
+def evaluate_index(
+    query_tokens: Sequence[np.ndarray],
+    index: TokenIndex,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: Qrels,
+    *,
+    k: int = 100,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    dims: Sequence[int] | None = None,
+) -> tuple[RetrievalReport, np.ndarray]:
+    """Exhaustive MaxSim search over ``index`` and ``metrics`` (at every token dim of ``dims``
+    too, and the full dim); the report and the full-dim search's ``(Q, depth)`` document rows."""
+    parsed = parse_metrics(metrics)
+    full_dim = int(index.vectors.shape[1])
+    depth = search_depth(k, parsed)
+
+    def score(scores: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+        return evaluate(qrels, run_from_search(list(query_ids), doc_ids, scores, ids), list(parsed))
+
+    scores, exact_ids = maxsim_search(query_tokens, index, depth)
+    full = score(scores, exact_ids)
+    chosen = distinct_dims([*dims, full_dim], full_dim) if dims else []
+    by_dim = {
+        str(d): dict(full) if d == full_dim else score(*maxsim_search(query_tokens, index.prefix(d), depth))
+        for d in chosen
+    }  # fmt: skip
+    report = RetrievalReport(full, by_dim, len(query_ids), len(doc_ids), chosen, full_dim)
+    return report, exact_ids
+
+
 def evaluate_tokens(
     query_tokens: Sequence[np.ndarray],
     doc_tokens: Sequence[np.ndarray],
@@ -101,25 +158,11 @@ def evaluate_tokens(
     dims: Sequence[int] | None = None,
 ) -> RetrievalReport:
     """Exhaustive MaxSim search and ``metrics`` (at every token dim of ``dims`` too)."""
-    parsed = parse_metrics(metrics)
     index = TokenIndex.build(doc_tokens)
-    full_dim = int(index.vectors.shape[1])
-    depth = max(k, *(m.k for m in parsed.values()))
-
-    def score(at: TokenIndex) -> dict[str, float]:
-        scores, ids = maxsim_search(query_tokens, at, depth)
-        return evaluate(qrels, run_from_search(list(query_ids), doc_ids, scores, ids), list(parsed))
-
-    full = score(index)
-    chosen = sorted(
-        {int(d) for d in dims or () if int(d) <= full_dim} | ({full_dim} if dims else set())
+    report, _ = evaluate_index(
+        query_tokens, index, query_ids, doc_ids, qrels, k=k, metrics=metrics, dims=dims
     )
-    by_dim = {str(d): dict(full) if d == full_dim else score(index.prefix(d)) for d in chosen}
-    return RetrievalReport(full, by_dim, len(query_ids), len(doc_ids), chosen, full_dim)
-
-
-TokenEncoder = Callable[[Sequence[str]], Sequence[np.ndarray]]
-"""``texts -> one (T_i, D) array of scored token vectors per text``."""
+    return report
 
 
 def evaluate_late(
@@ -133,19 +176,11 @@ def evaluate_late(
     metrics: Sequence[str] = DEFAULT_METRICS,
     dims: Sequence[int] | None = None,
 ) -> RetrievalReport:
-    """Encode the judged queries and the corpus to token vectors and run
-    :func:`evaluate_tokens`.
-
-    Raises:
-        ValueError: No judged query with a text, an empty corpus, or bad metrics.
-    """
-    parse_metrics(metrics)  # fail on a bad name before any encoding
-    qids = judged_query_ids(qrels, queries)
-    if not qids:
-        raise ValueError("no query with judgments in the qrels has a text in the queries")
-    doc_ids = list(corpus)
-    q_tokens = encode_queries([queries[q] for q in qids])
-    d_tokens = encode_docs([corpus[d] for d in doc_ids])
+    """Encode the judged queries and the corpus to token vectors (:func:`encode_judged`) and
+    run :func:`evaluate_tokens`."""
+    qids, doc_ids, q_tokens, d_tokens = encode_judged(
+        encode_queries, encode_docs, corpus, queries, qrels, metrics
+    )
     return evaluate_tokens(
         q_tokens, d_tokens, qids, doc_ids, qrels, k=k, metrics=metrics, dims=dims
     )

@@ -14,7 +14,7 @@ token the result is the exhaustive one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dualforge.eval.late import TokenIndex, evaluate_tokens, maxsim_scores, maxsim_search
-from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics
+from dualforge.eval.late import (
+    TokenEncoder,
+    TokenIndex,
+    encode_judged,
+    evaluate_index,
+    maxsim_scores,
+)
+from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics, search_depth
 from dualforge.eval.retrieval.exact import run_from_search
 from dualforge.eval.retrieval.index import VectorIndex, build_index
 
@@ -103,10 +109,10 @@ def candidate_recall(candidates: Sequence[np.ndarray], exhaustive_ids: np.ndarra
 
 
 def late_report(
-    query_tokens: Sequence[np.ndarray],
-    doc_tokens: Sequence[np.ndarray],
-    query_ids: Sequence[str],
-    doc_ids: Sequence[str],
+    encode_queries: TokenEncoder,
+    encode_docs: TokenEncoder,
+    corpus: Mapping[str, str],
+    queries: Mapping[str, str],
     qrels: Qrels,
     *,
     k: int = 100,
@@ -117,29 +123,31 @@ def late_report(
     k_token: int = 64,
     candidate_dim: int | None = None,
 ) -> dict[str, Any]:
-    """Exhaustive MaxSim metrics (by token dim), storage per document, and with ``factory`` the
-    candidate-then-rerank metrics and the candidate stage's recall of the exhaustive top-``k``."""
-    report = evaluate_tokens(
-        query_tokens, doc_tokens, query_ids, doc_ids, qrels, k=k, metrics=metrics, dims=dims
-    ).to_dict()
-    tokens = TokenIndex.build(doc_tokens)
-    widths = sorted({int(tokens.vectors.shape[1]), *(int(d) for d in dims or ())})
+    """Encode the judged queries and the corpus once; exhaustive MaxSim metrics (by token dim),
+    storage per document, and with ``factory`` the candidate-then-rerank metrics and the
+    candidate stage's recall of the exhaustive top-``k``."""
+    qids, doc_ids, q_tokens, d_tokens = encode_judged(
+        encode_queries, encode_docs, corpus, queries, qrels, metrics
+    )
+    tokens = TokenIndex.build(d_tokens)
+    exhaustive, exact_ids = evaluate_index(
+        q_tokens, tokens, qids, doc_ids, qrels, k=k, metrics=metrics, dims=dims
+    )
+    report = exhaustive.to_dict()
     report["tokens_per_doc"] = tokens.vectors.shape[0] / tokens.num_docs
     report["bytes_per_doc"] = {
         str(d): {"fp32": tokens.bytes_per_doc(d, 4), "fp16": tokens.bytes_per_doc(d, 2)}
-        for d in widths
+        for d in sorted({int(tokens.vectors.shape[1]), *(int(d) for d in dims or ())})
     }  # fmt: skip
     if factory is None:
         return report
-    depth = max(k, *(m.k for m in parse_metrics(metrics).values()))
-    _, exact_ids = maxsim_search(query_tokens, tokens, depth)
+    parsed = parse_metrics(metrics)
     index = CandidateIndex.build(tokens, factory, candidate_dim, params)
-    scores, ids, found = candidate_search(query_tokens, index, depth, k_token)
-    run = run_from_search(list(query_ids), doc_ids, scores, ids)
+    scores, ids, found = candidate_search(q_tokens, index, search_depth(k, parsed), k_token)
     report["candidates"] = {
         "factory": factory, "params": params, "dim": index.dim, "k_token": k_token,
         "mean_candidates": float(np.mean([len(f) for f in found])),
         f"recall_of_exhaustive@{k}": candidate_recall(found, exact_ids, k),
-        "metrics": evaluate(qrels, run, list(parse_metrics(metrics))),
+        "metrics": evaluate(qrels, run_from_search(qids, doc_ids, scores, ids), list(parsed)),
     }  # fmt: skip
     return report

@@ -243,6 +243,12 @@ class MetricName:
         return METRICS[self.kind](ranking, judgments, self.k)
 
 
+def search_depth(k: int, parsed: Mapping[str, MetricName]) -> int:
+    """Documents to retrieve per query: ``k``, or more when a metric cuts deeper (so that e.g.
+    ``recall@100`` is exact with ``k=10``)."""
+    return max(k, *(m.k for m in parsed.values()))
+
+
 def parse_metrics(metrics: Iterable[str]) -> dict[str, MetricName]:
     """Parse metric names, keyed by the names as given.
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics
+from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics, search_depth
 from dualforge.eval.retrieval.exact import BACKENDS, exact_search, run_from_search
 from dualforge.eval.retrieval.exact import METRICS as SEARCH_METRICS
 from dualforge.matryoshka import distinct_dims
@@ -85,6 +85,22 @@ def judged_query_ids(qrels: Qrels, queries: Mapping[str, str]) -> list[str]:
     return [qid for qid in judged if qid in queries]
 
 
+def judged_split(
+    corpus: Mapping[str, str], queries: Mapping[str, str], qrels: Qrels
+) -> tuple[list[str], list[str]]:
+    """The query ids to evaluate (:func:`judged_query_ids`) and the corpus's document ids.
+
+    Raises:
+        ValueError: An empty corpus, or no judged query with a text.
+    """
+    if not corpus:
+        raise ValueError("the corpus is empty")
+    qids = judged_query_ids(qrels, queries)
+    if not qids:
+        raise ValueError("no query with judgments in the qrels has a text in the queries")
+    return qids, list(corpus)
+
+
 def _encode(encoder: TextEncoder, texts: Sequence[str], side: str) -> np.ndarray:
     out: Any = encoder(texts)
     emb = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
@@ -142,12 +158,7 @@ def evaluate_retrieval(
         raise ValueError(
             f"metric={metric!r}, backend={backend!r}; use {SEARCH_METRICS}, {BACKENDS}"
         )
-    if not corpus:
-        raise ValueError("the corpus is empty")
-    qids = judged_query_ids(qrels, queries)
-    if not qids:
-        raise ValueError("no query with judgments in the qrels has a text in the queries")
-    doc_ids = list(corpus)
+    qids, doc_ids = judged_split(corpus, queries, qrels)
     q_emb = _encode(encode_queries, [queries[q] for q in qids], "query")  # (Q, D)
     d_emb = _encode(encode_docs, [corpus[d] for d in doc_ids], "document")  # (N, D)
     return evaluate_embeddings(
@@ -212,7 +223,7 @@ def evaluate_embeddings(
         raise ValueError(f"query dim {q_emb.shape[1]} != document dim {d_emb.shape[1]}")
     full_dim = q_emb.shape[1]
     chosen = distinct_dims(dims, full_dim)
-    depth = max(k, *(m.k for m in parsed.values()))
+    depth = search_depth(k, parsed)
 
     def score(dim: int | None) -> dict[str, float]:
         scores, ids = exact_search(

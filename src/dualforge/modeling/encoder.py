@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -141,15 +142,32 @@ class DualEncoder(nn.Module):
         max_length: int | None = None,
     ) -> np.ndarray:
         """``(N, D)`` float32 embeddings, computed in eval mode, longest texts first for speed."""
-        was_training = self.training
-        self.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc=f"encode {side}", disable=not show_progress, unit="batch"):
-            rows = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in rows], side, max_length)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            out[rows] = self.tower(side)(batch).float().cpu().numpy()
-        self.train(was_training)
+        with eval_mode(self):
+            for rows in length_sorted_batches(texts, batch_size, f"encode {side}", show_progress):
+                batch = self.tokenize([texts[i] for i in rows], side, max_length)
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                out[rows] = self.tower(side)(batch).float().cpu().numpy()
         return out
+
+
+def length_sorted_batches(
+    texts: Sequence[str], batch_size: int, desc: str, show_progress: bool = False
+) -> Iterator[np.ndarray]:
+    """Row indices of ``texts`` in batches of ``batch_size``, longest texts first (each batch
+    pads to similar lengths), with a progress bar over the batches."""
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not show_progress, unit="batch"):
+        yield order[start : start + batch_size]
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run the block with ``module`` in eval mode, then restore its training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from dualforge.modeling.encoder import MODEL_INPUTS, Side
+from dualforge.modeling.encoder import MODEL_INPUTS, Side, eval_mode, length_sorted_batches
 from dualforge.tokens import join_tokens, split_tokens
 
 PUNCTUATION = tuple(string.punctuation)
@@ -175,18 +174,14 @@ class LateInteractionModel(nn.Module):
         max_length: int | None = None,
     ) -> list[np.ndarray]:
         """One ``(T_i, D)`` float32 array of scored token vectors per text, in eval mode."""
-        was_training = self.training
-        self.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         out: list[np.ndarray] = [np.zeros((0, self.dim), np.float32)] * len(texts)
-        starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc=f"encode {side}", disable=not show_progress, unit="batch"):
-            rows = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in rows], side, max_length)
-            vectors, mask = split_tokens(self({k: v.to(self.device) for k, v in batch.items()}))
-            for i, v, m in zip(rows, vectors.float().cpu().numpy(), mask.cpu().numpy()):
-                out[i] = v[m]
-        self.train(was_training)
+        with eval_mode(self):
+            for rows in length_sorted_batches(texts, batch_size, f"encode {side}", show_progress):
+                batch = self.tokenize([texts[i] for i in rows], side, max_length)
+                reps = self({k: v.to(self.device) for k, v in batch.items()})
+                vectors, mask = split_tokens(reps)
+                for i, v, m in zip(rows, vectors.float().cpu().numpy(), mask.cpu().numpy()):
+                    out[i] = v[m]
         return out
 
 
