@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,15 @@ def parse_args(
         parser.set_defaults(**quick)
         args = parser.parse_args(argv)
     return args
+
+
+def finish_report(
+    report: dict[str, Any], output: Path, print_report: Callable[[dict[str, Any]], None]
+) -> None:
+    """Stamp the end time and load, print the report's tables, write its JSON to ``output``."""
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    report["loadavg_end"] = os.getloadavg()
+    print_report(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {output}")

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from _common import OUT, SCIFACT, load_pairs, parse_args, quick_scifact
+from _common import OUT, SCIFACT, finish_report, load_pairs, parse_args, quick_scifact
 from gradcache import code_version, peak_rss_mib, rss_now_mib
 
 TEMPERATURE = 0.05
@@ -442,12 +442,7 @@ def main() -> None:
     if args.part in ("all", "keep_graphs"):
         print("== keep_graphs ==", flush=True)
         report["keep_graphs"] = part_keep_graphs(args, data)
-    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    report["loadavg_end"] = os.getloadavg()
-    print_report(report)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {output}")
+    finish_report(report, output, print_report)
 
 
 if __name__ == "__main__":
