@@ -51,20 +51,17 @@ def encode_texts(
 
 
 def text_encoder(
-    model: DualEncoder,
+    model: Model,
     side: Side,
     batch_size: int,
     show_progress: bool,
     proc: ProcessInfo | None = None,
-) -> Callable[[Sequence[str]], np.ndarray]:
-    """``texts -> (N, D)`` embeddings of one side of ``model`` (sharded under several
-    processes, see :func:`encode_texts`)."""
+) -> Callable[[Sequence[str]], Any]:
+    """``texts -> (N, D)`` embeddings of one side of ``model`` (a late-interaction model: one
+    ``(T_i, D)`` array per text), sharded under several processes (:func:`encode_texts`)."""
 
-    def run(texts: Sequence[str]) -> np.ndarray:
-        out: np.ndarray = encode_texts(
-            model, texts, side, batch_size, proc=proc, show_progress=show_progress
-        )
-        return out
+    def run(texts: Sequence[str]) -> Any:
+        return encode_texts(model, texts, side, batch_size, proc=proc, show_progress=show_progress)
 
     return run
 

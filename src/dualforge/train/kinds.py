@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dualforge.config import EvalConfig, ModelConfig
 from dualforge.data import EvalSet
 from dualforge.eval import RetrievalReport
@@ -25,7 +23,7 @@ from dualforge.modeling.late_interaction import PUNCTUATION
 from dualforge.modeling.late_io import build_late_model, load_late_model, save_late_model
 from dualforge.modeling.rotation import add_identity_projection
 from dualforge.train.distributed import ProcessInfo
-from dualforge.train.evaluation import encode_texts, evaluate_split
+from dualforge.train.evaluation import evaluate_split, text_encoder
 
 
 @dataclass(frozen=True)
@@ -81,14 +79,8 @@ def evaluate_late_split(
     """Exhaustive MaxSim on ``data`` (encoding sharded under several processes), at every token
     dim of ``eval.dims``."""
 
-    def encoder(side: Side) -> Callable[[Sequence[str]], list[np.ndarray]]:
-        def run(texts: Sequence[str]) -> list[np.ndarray]:
-            out: list[np.ndarray] = encode_texts(
-                model, texts, side, cfg.batch_size, proc=proc, show_progress=show_progress
-            )
-            return out
-
-        return run
+    def encoder(side: Side) -> Callable[[Sequence[str]], Any]:
+        return text_encoder(model, side, cfg.batch_size, show_progress, proc)
 
     return evaluate_late(
         encoder("query"), encoder("document"), data.corpus, data.queries, data.qrels,
