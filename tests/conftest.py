@@ -137,3 +137,48 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     )
     save_model(model, folder)
     return folder
+
+
+def decoder_tokenizer(minilm_path: Path, padding_side: str = "right", bos: bool = False):  # type: ignore[no-untyped-def]
+    """The MiniLM vocabulary as a decoder tokenizer: no [CLS]/[SEP] added (a BOS ``[CLS]`` when
+    ``bos``), ``[SEP]`` as its EOS, padded on ``padding_side``."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    single = "[CLS] $A" if bos else "$A"
+    specials = [("[CLS]", tok.cls_token_id)] if bos else []
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=f"{single} $B:1", special_tokens=specials
+    )
+    tok.eos_token = "[SEP]"
+    if bos:
+        tok.bos_token = "[CLS]"
+    tok.padding_side = padding_side
+    return tok
+
+
+def make_tiny_decoder(vocab_size: int, family: str = "qwen2", dropout: float = 0.1, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A 2-layer, 64-hidden random decoder (``qwen2`` or ``llama``) with attention dropout."""
+    import torch
+    from transformers import AutoModel, LlamaConfig, Qwen2Config
+
+    torch.manual_seed(seed)
+    shape = {
+        "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 512, "attention_dropout": dropout,
+    }  # fmt: skip
+    config = Qwen2Config(**shape) if family == "qwen2" else LlamaConfig(**shape)
+    config.use_cache = False
+    return AutoModel.from_config(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A tiny random Qwen2 saved as a plain transformers folder with a decoder tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-decoder")
+    tok = decoder_tokenizer(minilm_path)
+    make_tiny_decoder(len(tok)).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder

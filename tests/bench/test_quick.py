@@ -174,3 +174,14 @@ def test_distributed_quick(tmp_path: Path, shared_data: Path) -> None:
     # One all-gather and one reduce-scatter per tower, and DDP reduces at least every parameter.
     assert comm["reps_all_gather"]["calls"] == 2 and comm["grads_reduce_scatter"]["calls"] == 2
     assert comm["ddp_all_reduce"]["tensor_bytes"] >= double["parameter_bytes"] > 0
+
+
+def test_late_interaction_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "late.json"
+    args = ["--quick", "--pylate-python", "none", "--threads", "1", "--output", str(out)]
+    run_bench("late_interaction.py", args, tmp_path, shared_data)
+    arms = read_finite(out)["batch 8"]["arms"]
+    cached, plain = arms["dualforge/cached"], arms["dualforge/plain"]
+    assert cached["step_s"] > 0 and cached["peak_mib"] > cached["after_load_mib"] * 0.5
+    # same model and batch, dropout off: the cached step computes the plain step's loss
+    assert abs(cached["first_loss"] - plain["first_loss"]) < 1e-4 * plain["first_loss"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dualforge.config import load_config
 from dualforge.errors import UsageError
+from dualforge.modeling.model_card import model_card, run_facts, write_model_card
 from dualforge.train.checkpoint import WEIGHTS, latest_checkpoint, load_weights
 from dualforge.train.components import build_model
 from dualforge.train.kinds import kind_of
@@ -18,6 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("run_dir", help="a run folder (holding config.yaml and checkpoints/)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the newest)")
     p.add_argument("--output", required=True, help="folder to write")
+    p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="LoRA runs: write the adapters alone (a peft folder), not the merged model",
+    )
     p.set_defaults(func=run)
 
 
@@ -30,9 +36,15 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None or not (ckpt / WEIGHTS).is_file():
         raise UsageError(f"no checkpoint with {WEIGHTS} under {run_dir / 'checkpoints'}")
-    cfg = load_config(config).model
+    full = load_config(config)
+    cfg = full.model
     model = build_model(cfg)
     load_weights(ckpt, model)
-    kind_of(cfg).save(model, Path(args.output))
+    adapter = args.adapter or (cfg.lora.enabled and cfg.lora.export == "adapter")
+    if adapter and not cfg.lora.enabled:
+        raise UsageError(f"--adapter: the run in {run_dir} trained no LoRA adapters")
+    kind_of(cfg).save(model, Path(args.output), adapter)
+    card = model_card(full.to_dict(), run=run_facts(model), model_path=args.output)
+    write_model_card(args.output, card)
     print(f"exported {ckpt} to {args.output}")
     return 0

@@ -29,9 +29,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"config ok: {args.config}")
     print(f"model: {cfg.model.name} (dim {parts.model.dim}, tied {parts.model.tied})")
     print(f"loss: {parts.gc.loss_fn!r}")
-    print(
-        f"training examples: {len(parts.data.examples)}; batches/epoch: {len(parts.sampler)}; steps: {parts.steps}"
-    )
+    print(f"training examples: {parts.data.size or 'unknown (a stream)'}; steps: {parts.steps}")
     print(
         f"dev queries: {len(parts.data.dev.queries) if parts.data.dev else 0}; test queries: {len(test.queries) if test else 0}"
     )

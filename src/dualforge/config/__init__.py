@@ -12,6 +12,7 @@ and passes plain values.
 from dualforge.config.checks import ConfigError
 from dualforge.config.loading import apply_override, from_dict, load_config, save_config
 from dualforge.config.mining import Correction, MiningConfig, Strategy
+from dualforge.config.model import LoraConfig, ModelConfig, Projection
 from dualforge.config.sections import (
     Config,
     DataConfig,
@@ -20,9 +21,7 @@ from dualforge.config.sections import (
     GradCacheConfig,
     LossConfig,
     MatryoshkaConfig,
-    ModelConfig,
     OptimConfig,
-    Projection,
     RunConfig,
 )
 from dualforge.hardware import Precision
@@ -35,6 +34,7 @@ __all__ = [
     "DataFormat",
     "EvalConfig",
     "GradCacheConfig",
+    "LoraConfig",
     "LossConfig",
     "MatryoshkaConfig",
     "MiningConfig",

@@ -17,82 +17,61 @@ from typing import Any, Literal
 
 from dualforge.config.checks import ConfigError, _optional_at_least, _validate
 from dualforge.config.mining import MiningConfig
+from dualforge.config.model import ModelConfig
 from dualforge.data.sampler import PositiveMode
 from dualforge.hardware import Precision
 from dualforge.losses.contrastive import Similarity
 from dualforge.matryoshka import check_dims
-from dualforge.modeling.pooling import Pooling
 
-Projection = Literal["identity", "pca"]
-ModelKind = Literal["single_vector", "late_interaction"]
-DataFormat = Literal["beir", "jsonl", "tsv"]
+DataFormat = Literal["beir", "jsonl", "tsv", "hf"]
 DistStrategy = Literal["ddp", "fsdp"]
+Logger = Literal["jsonl", "tensorboard"]  # train.tensorboard.LOGGERS builds them
 SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Which encoder to fine-tune and how it reads text.
+class ColumnsConfig:
+    """Which columns of a Hugging Face dataset hold what (null: sentence-transformers' names are
+    detected: ``anchor``/``query``/``question``, ``positive``, ``negative`` or
+    ``negative_1..n``). Once ``query`` is set, detection is off: roles left null are not read."""
 
-    ``projection``: None keeps the model's own output map; ``"identity"`` adds a trainable
-    ``(D, D)`` linear layer after pooling; ``"pca"`` adds it initialised to the principal axes of
-    ``projection_docs`` sampled training documents (an orthogonal rotation: full-dim scores are
-    unchanged at step 0, and the leading coordinates hold the most; the start Matryoshka wants).
-    ``kind``: ``single_vector`` (one pooled vector per text) or ``late_interaction`` (ColBERT:
-    ``token_dim`` vectors per token, MaxSim; queries padded with scored ``[MASK]`` tokens to
-    ``query_max_length`` when ``augment_queries``; ``skiplist`` null skips punctuation in
-    documents; docs/late_interaction.md).
-    """
-
-    name: str = "minilm"
-    tied: bool = True
-    pooling: Pooling | None = None
-    normalize: bool | None = None
-    query_max_length: int = 64
-    doc_max_length: int = 256
-    query_prefix: str | None = None
-    doc_prefix: str | None = None
-    attention_dropout: float | None = None
-    projection: Projection | None = None
-    projection_docs: int = 2048
-    kind: ModelKind = "single_vector"
-    token_dim: int = 128
-    augment_queries: bool = True
-    attend_to_expansion: bool = False
-    skiplist: tuple[str, ...] | None = None
+    query: str | None = None
+    positive: str | None = None
+    negative: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
-        late = self.kind == "late_interaction"
-        if late and (not self.tied or self.projection or self.pooling):
-            raise ConfigError(
-                "model.kind='late_interaction' has one tied tower, its own token projection "
-                "(model.token_dim) and no pooling: leave model.tied, model.projection and "
-                "model.pooling at their defaults"
-            )
-        dropout = self.attention_dropout
+        mapped = self.query is not None or self.positive is not None or bool(self.negative)
+        complete = self.query is not None and self.positive is not None
         _validate(
             self,
-            "model",
-            [
-                (bool(self.name), "name", "a model name or folder"),
-                (self.query_max_length >= 1, "query_max_length", ">= 1"),
-                (self.doc_max_length >= 1, "doc_max_length", ">= 1"),
-                (dropout is None or 0 <= dropout < 1, "attention_dropout", "in [0, 1) or null"),
-                (self.projection_docs >= 2, "projection_docs", ">= 2"),
-                (self.token_dim >= 1, "token_dim", ">= 1"),
-            ],
+            "data.columns",
+            [(complete or not mapped, "query", "set with data.columns.positive (or neither)")],
         )
+
+    def mapping(self) -> dict[str, str | list[str]] | None:
+        """The ``columns=`` mapping of :func:`dualforge.data.load_hf_examples` (None: detect)."""
+        if self.query is None or self.positive is None:
+            return None
+        out: dict[str, str | list[str]] = {"query": self.query, "positive": self.positive}
+        if self.negative:
+            out["negative"] = list(self.negative)
+        return out
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training data: a BEIR folder, or a JSONL / TSV file of training examples.
+    """Training data: a BEIR folder, a JSONL / TSV file of training examples, or a Hugging Face
+    dataset (``hf``).
 
     ``dev_fraction`` (when ``dev_split`` is null) holds out that fraction of the training queries
     as the dev set, 0 for none; ``dev_corpus_size`` 0 keeps the whole corpus for it.
-    ``train_file`` (needed by ``jsonl`` / ``tsv``) is checked with the paths, by
-    :func:`dualforge.train.inputs.check_inputs`.
+    ``train_file`` (needed by ``jsonl`` / ``tsv`` / ``hf``) is checked with the paths, by
+    :func:`dualforge.train.inputs.check_inputs`; for ``hf`` it is a ``save_to_disk`` folder (its
+    ``train_split`` split when it holds several) or parquet / arrow / JSON / CSV files (a file, a
+    folder or a glob), read with ``columns`` (:class:`ColumnsConfig`). ``streaming`` reads it
+    without holding it (a shuffle buffer of ``buffer_size`` examples; ``positives: sample``).
+    With ``jsonl``, ``tsv`` and ``hf``, ``path`` is the BEIR folder of the test split, if any.
     """
 
     path: str = "../shared/data/scifact"
@@ -106,9 +85,13 @@ class DataConfig:
     positives: PositiveMode = "sample"
     num_negatives: int = 0
     skip_bad: bool = False
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    streaming: bool = False
+    buffer_size: int = 10_000
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
+        hf = self.format == "hf"
         _validate(
             self,
             "data",
@@ -116,6 +99,13 @@ class DataConfig:
                 (0 <= self.dev_fraction < 1, "dev_fraction", "in [0, 1)"),
                 (self.dev_corpus_size >= 0, "dev_corpus_size", ">= 0 (0: the whole corpus)"),
                 (self.num_negatives >= 0, "num_negatives", ">= 0"),
+                (self.buffer_size >= 1, "buffer_size", ">= 1"),
+                (hf or not self.streaming, "streaming", "false unless data.format is 'hf'"),
+                (
+                    not self.streaming or self.positives == "sample",
+                    "positives",
+                    "'sample' with data.streaming",
+                ),
             ],
         )
 
@@ -190,6 +180,9 @@ class GradCacheConfig:
     re-encoded (exact; 0 replays every chunk; more costs memory, saves forwards).
     ``precision``: autocast dtype of the encoders; ``auto`` is bf16 where the device runs it
     natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32 (:mod:`dualforge.hardware`).
+    ``checkpointing``: non-reentrant activation checkpointing inside each transformer layer, so a
+    replayed chunk holds one layer's activations instead of all (exact: the recomputation replays
+    the RNG; costs one more forward per chunk).
     """
 
     chunk_size: int | None = 16
@@ -197,6 +190,7 @@ class GradCacheConfig:
     sort_by_length: bool = True
     keep_graphs: int = 1
     precision: Precision = "auto"
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -307,7 +301,8 @@ class RunConfig:
     between the processes that share it. ``strategy``: how several processes train one model
     (``ddp``: replicated weights, one gradient all-reduce per step; ``fsdp``: FSDP2 shards of
     weights, gradients and optimizer state; chunks are all replayed, ``gradcache.keep_graphs`` is
-    not used).
+    not used). ``loggers``: where rank 0 logs the run's events: ``jsonl`` (metrics.jsonl) and
+    ``tensorboard`` (event files under tensorboard/, the ``tensorboard`` extra).
     """
 
     name: str = "run"
@@ -321,6 +316,7 @@ class RunConfig:
     threads: int = 0
     device: str = "auto"
     strategy: DistStrategy = "ddp"
+    loggers: tuple[Logger, ...] = ("jsonl",)
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -335,6 +331,7 @@ class RunConfig:
                 (self.log_every >= 1, "log_every", ">= 1"),
                 (self.threads >= 0, "threads", ">= 0 (0: all cores, shared between processes)"),
                 (_device_name(self.device), "device", "auto, cpu, cuda or cuda:N"),
+                (len(set(self.loggers)) == len(self.loggers), "loggers", "each logger once"),
             ],
         )
 
@@ -363,6 +360,11 @@ class Config:
             raise ConfigError(
                 f"mining.strategy={self.mining.strategy!r} mines with single vectors; it is not "
                 "available with model.kind='late_interaction' yet (use data.num_negatives)"
+            )
+        if self.data.streaming and self.model.projection == "pca":
+            raise ConfigError(
+                "model.projection='pca' fits the rotation on held training documents; not with "
+                "data.streaming (fit it first: dualforge rotate, or use 'identity')"
             )
         if self.mining.active and self.data.format != "beir":
             raise ConfigError(

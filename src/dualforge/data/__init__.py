@@ -36,13 +36,16 @@ from dualforge.data.examples import (
     load_jsonl_examples,
     load_tsv_triples,
 )
+from dualforge.data.hf import hf_num_rows, iter_hf_examples, load_hf_examples
 from dualforge.data.sampler import Batch, EpochBatchSampler
+from dualforge.data.streaming import BatchSampler, StreamingBatchSampler
 from dualforge.data.texts import read_texts
 
 __all__ = [
     "BadRecordCounter",
     "BadRecords",
     "Batch",
+    "BatchSampler",
     "BeirDataset",
     "DataError",
     "Document",
@@ -50,12 +53,15 @@ __all__ = [
     "EvalSet",
     "QrelsRow",
     "SplitsLoader",
+    "StreamingBatchSampler",
     "TrainingExample",
     "available_splits",
     "corpus_texts",
     "eval_set",
     "examples_from_beir",
+    "hf_num_rows",
     "iter_corpus",
+    "iter_hf_examples",
     "iter_jsonl_examples",
     "iter_qrels",
     "iter_tsv_triples",
@@ -64,6 +70,7 @@ __all__ = [
     "load_corpus",
     "load_eval_set",
     "load_eval_sets",
+    "load_hf_examples",
     "load_jsonl_examples",
     "load_qrels",
     "load_queries",

@@ -28,6 +28,8 @@ class Encoder(nn.Module):
         projection: A linear map applied to the pooled vectors (sentence-transformers'
             ``Dense`` with identity activation), e.g. the rotation of
             :func:`dualforge.modeling.rotation.add_rotation`; None for none.
+        mask_positions: Number positions from each row's first real token (decoders: a row
+            then embeds the same under left or right padding and however a chunk is trimmed).
     """
 
     def __init__(
@@ -36,9 +38,11 @@ class Encoder(nn.Module):
         pooling: str = "mean",
         normalize: bool = False,
         projection: nn.Linear | None = None,
+        mask_positions: bool = False,
     ) -> None:
         super().__init__()
         self.transformer = transformer
+        self.mask_positions = mask_positions
         self.pooling = pooling
         self.normalize = normalize
         self.projection = projection
@@ -58,11 +62,18 @@ class Encoder(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, D)`` vectors for a tokenizer batch (``input_ids``, ``attention_mask``, ...)."""
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        if self.mask_positions and "position_ids" not in inputs:
+            inputs["position_ids"] = mask_positions(batch["attention_mask"])  # (B, L)
         hidden = self.transformer(**inputs).last_hidden_state  # (B, L, H)
         pooled = self._pool(hidden, batch["attention_mask"])  # (B, H)
         if self.projection is not None:
             pooled = self.projection(pooled)  # (B, D)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def mask_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` positions counted over real tokens: 0 at each row's first one (pads get 0)."""
+    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 class DualEncoder(nn.Module):

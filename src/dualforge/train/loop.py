@@ -23,11 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from dualforge.config import Config, save_config
-from dualforge.data import Batch, EpochBatchSampler, EvalSet
+from dualforge.data import Batch, BatchSampler, EvalSet
 from dualforge.eval import RetrievalReport
 from dualforge.gradcache import StepResult
 from dualforge.modeling import DualEncoder, Model
 from dualforge.modeling.rotation import rotate_model
+from dualforge.train.cards import write_cards
 from dualforge.train.checkpoint import (
     ModelWeights,
     TrainerState,
@@ -98,19 +99,23 @@ def run_job(p: Parts, hooks: Sequence[StepHook], started: float) -> RunResult:
     if p.proc.main:
         save_config(cfg, p.run_dir / "config.yaml")
     p.log.write(
-        "start", steps=p.steps, examples=len(p.data.examples), config=cfg.to_dict(),
+        "start", steps=p.steps, examples=p.data.size, config=cfg.to_dict(),
         **p.resolved(),
     )  # fmt: skip
     state = resume_or_start(p)
     before = None
     if cfg.eval.before and state.step == 0 and p.data.test is not None:
         before = evaluate(p, p.model, p.data.test).to_dict()
-        p.log.write("eval", step=0, split="test", metrics=before["metrics"])
+        p.log.write(
+            "eval", step=0, split="test", metrics=before["metrics"],
+            metrics_by_dim=before["metrics_by_dim"],
+        )  # fmt: skip
     state = train_steps(p, state, hooks=hooks)
     after = finish(p, state)
     seconds = time.perf_counter() - started
     if p.proc.main:
         write_report(p.run_dir, cfg, before, after, state.step, seconds, p.resolved())
+        write_cards(p, state, before, after)
     p.log.write("done", step=state.step, seconds=seconds)
     p.log.close()
     barrier()
@@ -141,7 +146,7 @@ def start_projection(p: Parts) -> None:
     p.log.write("projection", kind="pca", documents=len(texts))
 
 
-def batches(sampler: EpochBatchSampler) -> Iterator[Batch]:
+def batches(sampler: BatchSampler) -> Iterator[Batch]:
     """Endless batches, moving to the next epoch when one ends."""
     while True:
         yield from sampler
@@ -259,15 +264,16 @@ class Captured:
 def export(p: Parts, folder: Path) -> None:
     """Save the model as a sentence-transformers folder (rank 0). Sharded weights are gathered
     first (every rank must call this) and written through a fresh copy of the model."""
+    adapter = p.cfg.model.lora.enabled and p.cfg.model.lora.export == "adapter"
     if not p.replicas.sharded:
         if p.proc.main:
-            p.kind.save(p.model, folder)
+            p.kind.save(p.model, folder, adapter)
         return
     state = p.replicas.model_state()
     if p.proc.main:
         full = build_model(p.cfg.model)
         ModelWeights(full).load_state_dict(state)
-        p.kind.save(full, folder)
+        p.kind.save(full, folder, adapter)
 
 
 def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
@@ -332,7 +338,10 @@ def dev_eval(p: Parts, state: TrainerState) -> TrainerState:
         return state
     report = evaluate(p, p.model, p.data.dev)
     p.model.train()
-    p.log.write("eval", step=state.step, split="dev", metrics=report.metrics)
+    p.log.write(
+        "eval", step=state.step, split="dev", metrics=report.metrics,
+        metrics_by_dim=report.metrics_by_dim,
+    )  # fmt: skip
     score = report.metrics[p.cfg.eval.select_metric]
     if state.best_score is None or score > state.best_score:
         export(p, p.run_dir / "best")
@@ -356,5 +365,8 @@ def finish(p: Parts, state: TrainerState) -> dict[str, Any]:
     if p.data.test is None:
         return {}
     after = evaluate(p, model, p.data.test).to_dict()
-    p.log.write("eval", step=state.step, split="test", metrics=after["metrics"])
+    p.log.write(
+        "eval", step=state.step, split="test", metrics=after["metrics"],
+        metrics_by_dim=after["metrics_by_dim"],
+    )  # fmt: skip
     return after

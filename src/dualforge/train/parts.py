@@ -19,25 +19,26 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from dualforge.config import Config
-from dualforge.data import Batch, EpochBatchSampler
+from dualforge.data import Batch, BatchSampler, EpochBatchSampler, StreamingBatchSampler
 from dualforge.errors import UserError
 from dualforge.gradcache import GradCache
 from dualforge.gradcache.exchange import ProcessGroupExchange
 from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, thread_share
 from dualforge.mining.policies import RefreshReport
 from dualforge.modeling import Model
+from dualforge.modeling.adapters import enable_checkpointing
 from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_loss, build_model, tower_encoders
 from dualforge.train.distributed import ProcessInfo, setup
 from dualforge.train.evaluation import encode_texts
 from dualforge.train.kinds import KINDS, Kind, kind_of
-from dualforge.train.metrics_log import MetricsLog
 from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
 from dualforge.train.replicas import STRATEGIES, Replicas, Single
 from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
 from dualforge.train.shared_mining import FollowingMiner, LeadingMiner, announcing
 from dualforge.train.state import GlobalRng, RankedRng, ReplicaModel, ReplicaOptimizer, RunClock
+from dualforge.train.tensorboard import FanOutLog, build_logs
 
 MineBatch = Callable[[Batch, int], tuple[Batch, RefreshReport | None]]
 
@@ -57,12 +58,12 @@ class Parts:
     run_dir: Path
     model: Model
     data: RunData
-    sampler: EpochBatchSampler
+    sampler: BatchSampler
     gc: GradCache
     scaler: torch.amp.GradScaler | None
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
-    log: MetricsLog
+    log: FanOutLog
     steps: int
     replicas: Replicas
     miner: NegativeMiner | None = None
@@ -207,6 +208,30 @@ def choose_precision(cfg: Config, device: torch.device, proc: ProcessInfo) -> Pr
     return choice
 
 
+def build_sampler(cfg: Config, data: RunData) -> BatchSampler:
+    """The batches of the run: over the examples held, or over the stream read per epoch.
+
+    Raises:
+        UserError: A stream of unknown length (JSON / CSV / arrow files) without
+            ``optim.max_steps``.
+    """
+    common: dict[str, Any] = {
+        "batch_size": cfg.optim.batch_size, "seed": cfg.run.seed,
+        "positives": cfg.data.positives, "num_negatives": cfg.data.num_negatives,
+        "require_negatives": cfg.data.num_negatives > 0,
+    }  # fmt: skip
+    if data.stream is None:
+        return EpochBatchSampler(data.examples, **common)
+    if data.num_examples is None and cfg.optim.max_steps is None:
+        raise UserError(
+            f"data.streaming: the number of rows of {cfg.data.train_file} is not known before "
+            "reading it (only saved datasets and parquet files tell): set optim.max_steps"
+        )
+    return StreamingBatchSampler(
+        data.stream, **common, buffer_size=cfg.data.buffer_size, num_examples=data.num_examples
+    )
+
+
 def build_parts(cfg: Config) -> Parts:
     """Load data and model, place them on the run's device (and processes), and build sampler,
     engine, optimizer and schedule (trains nothing)."""
@@ -214,12 +239,10 @@ def build_parts(cfg: Config) -> Parts:
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     data = load_run_data(cfg.data, cfg.run.seed)
     model = build_model(cfg.model).to(device)
+    if cfg.gradcache.checkpointing:
+        enable_checkpointing(model)
     model.train()
-    sampler = EpochBatchSampler(
-        data.examples, batch_size=cfg.optim.batch_size, seed=cfg.run.seed,
-        positives=cfg.data.positives, num_negatives=cfg.data.num_negatives,
-        require_negatives=cfg.data.num_negatives > 0,
-    )  # fmt: skip
+    sampler = build_sampler(cfg, data)
     steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
     kind = kind_of(cfg.model)
     loss = build_loss(
@@ -242,7 +265,7 @@ def build_parts(cfg: Config) -> Parts:
         exchange=ProcessGroupExchange() if several else None,
         keep_graphs=0 if replicas.gathers_per_forward else None,
     )  # fmt: skip
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=proc.main)
+    log = build_logs(cfg.run.loggers, run_dir, enabled=proc.main)
     miner, mine_batch = build_mining(cfg, model, data, proc)
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps,

@@ -154,8 +154,9 @@ class Fsdp:
     def _options(self, load: bool) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-        if load:
-            return StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        if load:  # a LoRA model's checkpoint holds its trainable parameters alone
+            strict = not ModelWeights(self.module).partial
+            return StateDictOptions(full_state_dict=True, broadcast_from_rank0=False, strict=strict)
         return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def model_state(self) -> dict[str, torch.Tensor]:

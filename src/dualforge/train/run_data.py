@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,10 @@ from dualforge.data import (
     corpus_texts,
     eval_set,
     examples_from_beir,
+    hf_num_rows,
+    iter_hf_examples,
     load_beir_splits,
+    load_hf_examples,
     load_jsonl_examples,
     load_tsv_triples,
 )
@@ -35,6 +38,13 @@ class RunData:
     test: EvalSet | None
     known_positives: dict[str, set[str]]
     corpus: Mapping[str, str] | None = None
+    stream: Callable[[int], Iterator[TrainingExample]] | None = None
+    num_examples: int | None = None
+
+    @property
+    def size(self) -> int | None:
+        """Training examples: held, or in the stream (None when the stream cannot tell)."""
+        return self.num_examples if self.stream is not None else len(self.examples)
 
 
 def load_run_data(
@@ -58,17 +68,34 @@ def load_run_data(
     folder = Path(cfg.path)
     if cfg.format == "beir":
         return _from_beir(cfg, folder, seed, load_splits)
+    if cfg.train_file is None:
+        raise ValueError(f"data.format={cfg.format!r} needs data.train_file")
+    split = _test_split(cfg, folder)
+    test = None if split is None else eval_set(load_splits(folder, [split], cfg.skip_bad)[split])
+    if cfg.format == "hf":
+        return _from_hf(cfg, cfg.train_file, test)
     if cfg.format in ("jsonl", "tsv"):
-        if cfg.train_file is None:
-            raise ValueError(f"data.format={cfg.format!r} needs data.train_file")
         loader = load_jsonl_examples if cfg.format == "jsonl" else load_tsv_triples
-        examples = list(loader(cfg.train_file, skip_bad=cfg.skip_bad))
-        split = _test_split(cfg, folder)
-        test = (
-            None if split is None else eval_set(load_splits(folder, [split], cfg.skip_bad)[split])
-        )
+        return RunData(list(loader(cfg.train_file, skip_bad=cfg.skip_bad)), None, test, {})
+    raise ValueError(f"data.format={cfg.format!r}; use 'beir', 'jsonl', 'tsv' or 'hf'")
+
+
+def _from_hf(cfg: DataConfig, path: str, test: EvalSet | None) -> RunData:
+    """A Hugging Face dataset, held in memory or (``data.streaming``) opened once per epoch."""
+    columns = cfg.columns.mapping()
+    split = cfg.train_split
+    if not cfg.streaming:
+        examples = load_hf_examples(path, split=split, columns=columns, skip_bad=cfg.skip_bad)
         return RunData(examples, None, test, {})
-    raise ValueError(f"data.format={cfg.format!r}; use 'beir', 'jsonl' or 'tsv'")
+
+    def stream(epoch: int) -> Iterator[TrainingExample]:
+        del epoch  # the sampler shuffles each epoch; the stream is read in file order
+        return iter_hf_examples(
+            path, split=split, columns=columns, skip_bad=cfg.skip_bad, streaming=True
+        )
+
+    rows = hf_num_rows(path, split=split)
+    return RunData([], None, test, {}, stream=stream, num_examples=rows)
 
 
 def _test_split(cfg: DataConfig, folder: Path) -> str | None:
