@@ -40,7 +40,10 @@ def _user_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     [
         (["loss.similarity=l2"], "error: loss.similarity='l2': must be one of ['dot', 'cos']"),
         (["eval.select_metric=ndcg@20"], "error: eval.select_metric='ndcg@20': must be one of"),
-        (["data.format=csv"], "error: data.format='csv': must be one of ['beir', 'jsonl', 'tsv', 'hf']"),
+        (
+            ["data.format=csv"],
+            "error: data.format='csv': must be one of ['beir', 'jsonl', 'tsv', 'hf']",
+        ),
         (["data.path=/nonexistent"], "error: data.path='/nonexistent': no such folder"),
         (["optim.lr=abc"], "error: optim.lr: expected a number, got 'abc'"),
         (

@@ -31,3 +31,41 @@ def test_eval_of_a_late_interaction_folder(
     assert report["bytes_per_doc"]["16"]["fp32"] == report["tokens_per_doc"] * 16 * 4
     with pytest.raises(UsageError, match="--funnel is for single-vector models"):
         run_cli(eval_args(late_dir, tiny_beir, "--funnel", "8:10,16:5"))
+
+
+def _search(late_dir: Path, corpus: Path, queries: Path, *extra: str) -> list[list[str]]:
+    """Ranked document ids per query printed by ``dualforge search``."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_cli(["search", "--model", str(late_dir), "--corpus", str(corpus),
+                        "--queries", str(queries), "--k", "5", *extra]) == 0  # fmt: skip
+    ranked: list[list[str]] = []
+    for line in out.getvalue().splitlines():
+        if line.startswith("query: "):
+            ranked.append([])
+        elif line.strip() and ranked:
+            ranked[-1].append(line.split("\t")[0].split(". ", 1)[1])
+    return ranked
+
+
+def test_search_with_a_late_interaction_folder(
+    late_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    """Exhaustive MaxSim search equals the candidate stage when every token is a candidate; a
+    query copied from a document finds that document first."""
+    from dualforge.data import load_corpus
+
+    doc = next(iter(load_corpus(tiny_beir / "corpus.jsonl").values()))
+    queries = tmp_path / "q.txt"
+    queries.write_text(f"{doc.full_text}\ngene therapy\n")
+    exhaustive = _search(late_dir, tiny_beir, queries)
+    assert len(exhaustive) == 2 and all(len(r) == 5 for r in exhaustive)
+    assert exhaustive[0][0] == doc.id
+    shortlisted = _search(late_dir, tiny_beir, queries, "--candidates", "--k-token", "100000")
+    assert shortlisted == exhaustive
+    assert len(_search(late_dir, tiny_beir, queries, "--dims", "8")) == 2
+    with pytest.raises(UsageError, match="single-vector"):
+        _search(late_dir, tiny_beir, queries, "--funnel", "8:10,16:5")

@@ -17,10 +17,12 @@ import numpy as np
 
 from dualforge.data import Document, load_corpus
 from dualforge.errors import UsageError
+from dualforge.eval.late_search import late_searcher
 from dualforge.eval.reports import search_metric
 from dualforge.eval.retrieval.search import corpus_embeddings, make_search
 from dualforge.hardware import resolve_device
 from dualforge.modeling import load_model
+from dualforge.modeling.late_io import is_late_folder, load_late_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,6 +47,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
     )
     p.add_argument("--max-length", type=int, default=None, help="override max_seq_length")
+    late = p.add_argument_group("late-interaction models (--dims: token dims of exhaustive MaxSim)")
+    late.add_argument(
+        "--candidates", action="store_true",
+        help="token-level candidates from --index-factory, reranked by exact MaxSim",
+    )  # fmt: skip
+    late.add_argument("--k-token", type=int, default=64, help="candidates: tokens per query token")
+    late.add_argument(
+        "--candidate-dim", type=int, default=None, help="candidates: token dims of the index"
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip and count malformed records")
     p.set_defaults(func=run)
 
@@ -101,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     """Encode (or read) the corpus, then answer each query."""
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
+    if is_late_folder(args.model):
+        return run_late(args)
+    if args.candidates:
+        raise UsageError("--candidates is for late-interaction models (a folder of one)")
     model = load_model(args.model, max_seq_length=args.max_length).to(
         resolve_device(args.device, "--device")
     )
@@ -128,4 +143,27 @@ def run(args: argparse.Namespace) -> int:
         q = model.encode(batch, "query", args.batch_size)  # (B, D)
         scores, ids = search(q)  # (B, k), (B, k)
         print_results(batch, scores, ids, docs, sys.stdout)
+    return 0
+
+
+def run_late(args: argparse.Namespace) -> int:
+    """A late-interaction folder: encode the corpus tokens, answer each query by MaxSim."""
+    if args.funnel or args.cache:
+        raise UsageError("--funnel and --cache are for single-vector models")
+    model = load_late_model(args.model).to(resolve_device(args.device, "--device"))
+    docs = load_documents(Path(args.corpus), args.skip_bad)
+    texts = [doc.full_text for doc in docs.values()]
+    tokens = model.encode(texts, "document", args.batch_size, True, args.max_length)
+    try:
+        search = late_searcher(
+            tokens, args.k, dim=args.dims, params=args.index_params, k_token=args.k_token,
+            factory=args.index_factory if args.candidates else None,
+            candidate_dim=args.candidate_dim,
+        )  # fmt: skip
+    except ValueError as err:
+        raise UsageError(f"search: {err}") from None
+    for batch in iter_query_batches(args.queries, sys.stdin):
+        if batch:
+            scores, ids = search(model.encode(batch, "query", args.batch_size))
+            print_results(batch, scores, ids, docs, sys.stdout)
     return 0

@@ -14,7 +14,7 @@ token the result is the exhaustive one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from dualforge.eval.late import (
     encode_judged,
     evaluate_index,
     maxsim_scores,
+    maxsim_search,
 )
 from dualforge.eval.metrics import DEFAULT_METRICS, Qrels, evaluate, parse_metrics, search_depth
 from dualforge.eval.retrieval.exact import run_from_search
@@ -106,6 +107,56 @@ def candidate_recall(candidates: Sequence[np.ndarray], exhaustive_ids: np.ndarra
     """Mean fraction of each query's exhaustive top-``k`` documents among its candidates."""
     hits = [np.isin(exhaustive_ids[i, :k], cands).mean() for i, cands in enumerate(candidates)]
     return float(np.mean(hits)) if hits else 0.0
+
+
+LateSearch = Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+"""``query token arrays -> (scores, ids)``, each ``(Q, k)``, best first (``-1`` ids pad)."""
+
+
+def late_searcher(
+    docs: Sequence[np.ndarray],
+    k: int,
+    *,
+    dim: int | None = None,
+    factory: str | None = None,
+    params: str | None = None,
+    candidate_dim: int | None = None,
+    k_token: int = 64,
+) -> LateSearch:
+    """Search over the token vectors of ``docs``: exhaustive MaxSim (on the first ``dim`` token
+    channels when given), or with ``factory`` token-level candidates reranked exactly.
+
+    Raises:
+        ValueError: A bad dim, an empty corpus, or ``dim`` together with ``factory`` (the rerank
+            uses the full vectors; ``candidate_dim`` shortens the candidate stage).
+    """
+    tokens = TokenIndex.build(docs)
+    if factory is None:
+        index = tokens.prefix(dim) if dim and dim < tokens.vectors.shape[1] else tokens
+
+        def exhaustive(queries: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            scores, ids = maxsim_search(queries, index, k)
+            return _pad(scores, ids, k)
+
+        return exhaustive
+    if dim is not None:
+        raise ValueError("--dims with --candidates: use --candidate-dim for the candidate stage")
+    candidates = CandidateIndex.build(tokens, factory, candidate_dim, params)
+
+    def shortlist(queries: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids, _ = candidate_search(queries, candidates, k, k_token)
+        return scores, ids
+
+    return shortlist
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(Q, k)`` arrays: a corpus smaller than ``k`` padded with ``-inf`` / ``-1``."""
+    missing = k - ids.shape[1]
+    if missing <= 0:
+        return scores, ids
+    fill = ((0, 0), (0, missing))
+    return np.pad(scores, fill, constant_values=-np.inf), np.pad(ids, fill, constant_values=-1)
 
 
 def late_report(
