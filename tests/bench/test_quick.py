@@ -185,3 +185,24 @@ def test_late_interaction_quick(tmp_path: Path, shared_data: Path) -> None:
     assert cached["step_s"] > 0 and cached["peak_mib"] > cached["after_load_mib"] * 0.5
     # same model and batch, dropout off: the cached step computes the plain step's loss
     assert abs(cached["first_loss"] - plain["first_loss"]) < 1e-4 * plain["first_loss"]
+
+
+def test_big_model_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "big.json"
+    args = ["--quick", "--threads", "1", "--output", str(out)]
+    run_bench("big_model.py", args, tmp_path, shared_data)
+    report = read_finite(out)
+    points = report["points"]
+    assert [(p["method"], p["batch"]) for p in points] == [
+        (m, b) for b in (4, 8) for m in ("plain", "gradcache", "gradcache+ckpt")
+    ]
+    for p in points:
+        assert p["steps"] == 2 and p["step_s"] > 0 and p["torch"]["torch_threads"] == 1
+        assert p["peak_mib"] >= p["vm_hwm_after_load_mib"] > 0
+        assert p["checkpointing"] == (p["method"] == "gradcache+ckpt")
+    # LoRA dropout off: the cached steps compute the plain step's loss and gradient, and after
+    # one AdamW step on those gradients, the same second loss.
+    agreement = report["agreement_vs_plain"]
+    assert len(agreement) == 4 and all(v < 1e-4 for a in agreement.values() for v in a.values())
+    assert report["memory_goal"]["ratio"] > 0 and len(report["table"]) == 3
+    assert all(f["extrapolated"] for f in report["fits_16gib"].values())

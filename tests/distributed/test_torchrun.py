@@ -280,12 +280,39 @@ def test_late_interaction_under_two_processes_trains_the_one_process_model(
     tmp_path: Path, still_model: Path, tiny_beir: Path
 ) -> None:
     """Token representations of different lengths are gathered (padded to the longest of both
-    ranks); the MaxSim shares sum to the full-batch loss; evaluation is sharded."""
+    ranks); the MaxSim shares sum to the full-batch loss; evaluation is sharded; DDP and FSDP2."""
     late = ["model.kind=late_interaction", "model.token_dim=16", "model.query_max_length=12",
             "eval.dims=[8,16]", "loss.matryoshka.dims=[8,16]"]  # fmt: skip
     for world in (1, 2):
         launch(world, [*overrides(still_model, tiny_beir, tmp_path, f"w{world}"), *late], tmp_path)
     assert max_diff(weights(tmp_path / "w1"), weights(tmp_path / "w2")) <= 1e-4
+    fsdp = [*overrides(still_model, tiny_beir, tmp_path, "fsdp"), *late, "run.strategy=fsdp"]
+    launch(2, fsdp, tmp_path)  # the token projection starts from one seed on both ranks
+    assert max_diff(weights(tmp_path / "w1"), weights(tmp_path / "fsdp")) <= 1e-4
     reports = [json.loads((tmp_path / f"w{w}" / "report.json").read_text()) for w in (1, 2)]
     for name, value in reports[0]["before_by_dim"]["8"].items():
         assert reports[1]["before_by_dim"]["8"][name] == pytest.approx(value, abs=1e-9)
+
+
+def test_a_lora_decoder_under_ddp_and_fsdp2_trains_the_one_process_model(
+    tmp_path: Path, minilm_path: Path, tiny_beir: Path
+) -> None:
+    """LoRA (frozen base, adapter-only checkpoints) with activation checkpointing on a tiny
+    decoder: DDP and FSDP2 over 2 processes end where one process ends."""
+    from tests.conftest import decoder_tokenizer, make_tiny_decoder
+
+    model = tmp_path / "decoder"
+    tok = decoder_tokenizer(minilm_path)
+    make_tiny_decoder(len(tok), dropout=0.0).save_pretrained(str(model))
+    tok.save_pretrained(str(model))
+    lora = ["model.lora.enabled=true", "model.lora.r=4", "model.lora.dropout=0.0",
+            "model.normalize=true", "gradcache.checkpointing=true", "eval.before=false"]  # fmt: skip
+    for world, strategy in ((1, "ddp"), (2, "ddp"), (2, "fsdp")):
+        args = [*overrides(model, tiny_beir, tmp_path, f"{strategy}{world}", 2), *lora]
+        launch(world, [*args, f"run.strategy={strategy}"], tmp_path)
+    ckpt = tmp_path / "fsdp2" / "checkpoints"
+    saved = load_file(str(next(ckpt.rglob("model.safetensors"))))
+    assert saved and all("lora_" in name for name in saved)
+    one = weights(tmp_path / "ddp1")
+    assert max_diff(weights(tmp_path / "ddp2"), one) <= 1e-4
+    assert max_diff(weights(tmp_path / "fsdp2"), one) <= 1e-4

@@ -182,7 +182,8 @@ def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -
 
 
 def place(cfg: Config) -> tuple[ProcessInfo, torch.device, bool]:
-    """This process's place in the job and its device; threads set; seeds set (per rank).
+    """This process's place in the job and its device; threads set; seeds set (the run's seed:
+    :func:`seed_ranks` makes them per rank once the model is built).
 
     Returns:
         The process info, the device, and whether this call started the process group.
@@ -194,10 +195,15 @@ def place(cfg: Config) -> tuple[ProcessInfo, torch.device, bool]:
         torch.set_num_threads(cfg.run.threads)
     elif proc.local_world > 1 and device.type == "cpu":
         torch.set_num_threads(thread_share(proc.local_world))
-    seed_everything(cfg.run.seed)
-    if proc.world > 1:
-        torch.manual_seed(cfg.run.seed + proc.rank)  # dropout masks differ between ranks
+    seed_everything(cfg.run.seed)  # the same on every rank: the model's random parts agree
     return proc, device, started
+
+
+def seed_ranks(cfg: Config, proc: ProcessInfo) -> None:
+    """Under several processes, a torch seed per rank (once the model is built): dropout masks
+    differ between ranks."""
+    if proc.world > 1:
+        torch.manual_seed(cfg.run.seed + proc.rank)
 
 
 def choose_precision(cfg: Config, device: torch.device, proc: ProcessInfo) -> PrecisionChoice:
@@ -239,6 +245,7 @@ def build_parts(cfg: Config) -> Parts:
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     data = load_run_data(cfg.data, cfg.run.seed)
     model = build_model(cfg.model).to(device)
+    seed_ranks(cfg, proc)
     if cfg.gradcache.checkpointing:
         enable_checkpointing(model)
     model.train()
