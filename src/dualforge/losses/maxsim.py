@@ -6,14 +6,17 @@ mask (:mod:`dualforge.tokens`). Masks are applied exactly: a masked document tok
 
     score(q, d) = sum over scored query tokens i of  max over scored document tokens j  <q_i, d_j>
 
-:func:`maxsim` bounds memory: the ``(b_q, b_d, T_q, T_d)`` similarities are computed in blocks of
+:func:`maxsim` bounds memory: the ``(b_q, T_q, b_d, T_d)`` similarities are computed in blocks of
 queries and documents holding at most ``budget`` elements each (2**24 by default, 64 MiB in
-fp32); autograd keeps only the ``(b_q, b_d, T_q)`` argmax indices of each block.
+fp32) and dropped at once: a block keeps only its ``(b_q, T_q, b_d)`` argmax indices, and its
+backward gathers the winning document tokens instead of materialising the similarities again
+(``O(b_q T_q b_d D)`` work instead of ``O(b_q T_q b_d T_d D)``).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,25 +42,58 @@ def maxsim(q: torch.Tensor, d: torch.Tensor, budget: int = BUDGET) -> torch.Tens
     if not bool(dm.any(dim=1).all()):
         raise ValueError("every document needs at least one scored token")
     tq, td = qv.shape[1], dv.shape[1]
-    per_doc = max(tq * td, 1)
+    per_doc = max(tq * max(td, qv.shape[-1]), 1)  # the similarities, or the backward's gathers
     docs = max(min(budget // per_doc, dv.shape[0]), 1)
     queries = max(min(budget // (per_doc * docs), qv.shape[0]), 1)
     rows = []
     for a in range(0, qv.shape[0], queries):
+        qa, ma = qv[a : a + queries], qm[a : a + queries]
         cols = [
-            _block(qv[a : a + queries], qm[a : a + queries], dv[b : b + docs], dm[b : b + docs])
-            for b in range(0, dv.shape[0], docs)
+            _block(qa, ma, dv[b : b + docs], dm[b : b + docs]) for b in range(0, dv.shape[0], docs)
         ]
         rows.append(torch.cat(cols, dim=1))
     return torch.cat(rows, dim=0)  # (B_q, B_d)
 
 
 def _block(qv: torch.Tensor, qm: torch.Tensor, dv: torch.Tensor, dm: torch.Tensor) -> torch.Tensor:
-    sim = torch.einsum("aid,bjd->abij", qv, dv)  # (b_q, b_d, T_q, T_d)
-    sim = sim.masked_fill(~dm[None, :, None, :], float("-inf"))
-    best = sim.max(dim=-1).values  # (b_q, b_d, T_q): backward keeps only the indices
-    best = best.masked_fill(~qm[:, None, :], 0.0)  # masked query tokens add nothing
-    return best.sum(dim=-1)  # (b_q, b_d)
+    out: torch.Tensor = BlockMaxSim.apply(qv, qm, dv, dm)  # type: ignore[no-untyped-call]
+    return out
+
+
+class BlockMaxSim(torch.autograd.Function):
+    """MaxSim of one block, ``(b_q, T_q, D)`` x ``(b_d, T_d, D)`` -> ``(b_q, b_d)``, with masks.
+
+    The backward routes each query token's gradient to its best document token only (what
+    autograd does for ``max``), from the saved argmax indices.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, qv: torch.Tensor, qm: torch.Tensor, dv: torch.Tensor, dm: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores of the block (``qm``, ``dm``: boolean token masks)."""
+        a, i, dim = qv.shape
+        b, j = dv.shape[:2]
+        sim = (qv.reshape(a * i, dim) @ dv.reshape(b * j, dim).T).view(a, i, b, j)
+        sim.masked_fill_(~dm.view(1, 1, b, j), float("-inf"))  # never a maximum
+        best, idx = sim.max(dim=-1)  # (a, i, b)
+        best = best.masked_fill(~qm[:, :, None], 0.0)  # masked query tokens add nothing
+        ctx.save_for_backward(qv, qm, dv, idx)
+        return best.sum(dim=1)  # (a, b)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor, None]:
+        """Gradients of the token vectors (none for the masks)."""
+        qv, qm, dv, idx = ctx.saved_tensors
+        b, j, dim = dv.shape
+        g = grad[:, None, :] * qm[:, :, None].to(grad.dtype)  # (a, i, b)
+        rows = torch.arange(b, device=idx.device) * j + idx  # (a, i, b): rows of dv as (b*j, D)
+        flat = dv.reshape(b * j, dim)
+        d_q = torch.einsum("aib,aibd->aid", g, flat[rows].to(g.dtype))  # (a, i, D)
+        parts = (g[..., None] * qv[:, :, None, :].to(g.dtype)).reshape(-1, dim)  # (a*i*b, D)
+        d_d = torch.zeros(b * j, dim, dtype=g.dtype, device=g.device)
+        d_d.index_add_(0, rows.reshape(-1), parts)
+        return d_q.to(qv.dtype), None, d_d.view(b, j, dim).to(dv.dtype), None
 
 
 def maxsim_nce(
