@@ -111,6 +111,10 @@ def test_encode_and_validate_and_export(
     a = load_model(str(exported)).encode(["alpha beta"])
     b = load_model(str(tmp_path / "run" / "final")).encode(["alpha beta"])
     assert np.allclose(a, b, atol=1e-6)
+    assert "library_name: sentence-transformers" in (exported / "README.md").read_text()
+    args = ["export", str(tmp_path / "run"), "--output", str(tmp_path / "x"), "--adapter"]
+    assert main(args) == 2
+    assert "trained no LoRA adapters" in capsys.readouterr().err
 
 
 def test_bad_dims_argument(

@@ -48,6 +48,9 @@ def test_a_lora_decoder_run_exports_what_sentence_transformers_reads(
     saved = torch.load(ckpt / WEIGHTS, weights_only=True)
     assert saved and all("lora_" in name for name in saved)
     final = result.run_dir / "final"
+    card = (final / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "LoRA" in card
+    assert "nDCG@10" in card  # the before/after table
     assert json.loads((final / "config_sentence_transformers.json").read_text())["prompts"][
         "query"
     ] == (PROMPT)
