@@ -156,7 +156,7 @@ def ratios(arms: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Every batch size: the arms interleaved ``--repeats`` times, summaries and ratios."""
-    arms = [a for a in ARMS if args.pylate_python != "none" or a.startswith("dualforge")]
+    arms = [a for a in args.arms if args.pylate_python != "none" or a.startswith("dualforge")]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": settings}
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pylate-python", default="/tmp/pylate-venv/bin/python",
                         help="python of the PyLate venv; 'none' runs dualforge's arms only")  # fmt: skip
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--steps", type=int, default=3, help="steps per run, the first untimed")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

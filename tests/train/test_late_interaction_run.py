@@ -39,5 +39,21 @@ def test_a_late_interaction_run_learns_and_reports_every_token_dim(
 def test_late_interaction_refuses_what_it_does_not_have() -> None:
     with pytest.raises(ConfigError, match="one tied tower"):
         load_config(None, ["model.kind=late_interaction", "model.tied=false"])
-    with pytest.raises(ConfigError, match=r"not available with model\.kind='late_interaction'"):
-        load_config(None, ["model.kind=late_interaction", "mining.strategy=dynamic"])
+
+
+def test_a_late_interaction_run_mines_its_negatives(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    """The miner indexes the pooled token vectors (one per document); the loss scores the mined
+    negatives by MaxSim. Known positives are never drawn."""
+    mining = ["mining.strategy=refresh", "mining.refresh_every=2", "mining.num_negatives=2",
+              "mining.branching=4", "mining.leaf_size=4", "mining.doc_max_length=24",
+              "optim.epochs=2", "eval.before=false"]  # fmt: skip
+    cfg = load_config(None, [*tiny_overrides(tiny_model_dir, tiny_beir, tmp_path), *LATE, *mining])
+    result = train(cfg)
+    records = read_metrics_log(result.run_dir / "metrics.jsonl")
+    refreshes = [r["step"] for r in records if r["event"] == "mining"]
+    assert refreshes[:2] == [1, 3]
+    steps = [r for r in records if r["event"] == "train"]
+    assert all(r["mined_positive_fraction"] == 0.0 for r in steps)
+    assert json.loads((result.run_dir / "report.json").read_text())["metrics"]["ndcg@10"] > 0

@@ -356,11 +356,6 @@ class Config:
                 f"mining.strategy={self.mining.strategy!r} mines the hard negatives itself; "
                 f"set data.num_negatives=0 (got {self.data.num_negatives})"
             )
-        if self.mining.active and self.model.kind == "late_interaction":
-            raise ConfigError(
-                f"mining.strategy={self.mining.strategy!r} mines with single vectors; it is not "
-                "available with model.kind='late_interaction' yet (use data.num_negatives)"
-            )
         if self.data.streaming and self.model.projection == "pca":
             raise ConfigError(
                 "model.projection='pca' fits the rotation on held training documents; not with "

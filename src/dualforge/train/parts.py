@@ -162,8 +162,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pooled_tokens(tokens: list[np.ndarray]) -> np.ndarray:
+    """``(N, D)`` unit means of each text's ``(T_i, D)`` token vectors: what a late-interaction
+    model mines with (the index needs one vector per text; the loss still scores by MaxSim)."""
+    means = np.stack([t.mean(axis=0) for t in tokens]).astype(np.float32)  # (N, D)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    out: np.ndarray = means / np.maximum(norms, 1e-12)
+    return out
+
+
 def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -> Encode:
-    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths;
+    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths
+    (late-interaction models: their pooled token vectors, :func:`pooled_tokens`);
     under several processes each encodes a share and all get every row (so every rank's miner
     holds the same vectors and draws the same negatives)."""
     lengths = {
@@ -172,11 +182,11 @@ def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -
     }
 
     def encode(texts: list[str], side: Side) -> np.ndarray:
-        out: np.ndarray = encode_texts(
+        out = encode_texts(
             model, texts, side, cfg.mining.encode_batch_size, proc=proc,
             max_length=lengths[side],
         )  # fmt: skip
-        return out
+        return pooled_tokens(out) if isinstance(out, list) else np.asarray(out)
 
     return encode
 
