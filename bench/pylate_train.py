@@ -67,6 +67,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pylate_step import read_jsonl  # bench/, beside this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -94,21 +96,11 @@ class Example:
         )
 
 
-def _jsonl(path: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                obj = json.loads(line)
-                out.setdefault(obj["_id"], obj)
-    return out
-
-
 def train_examples(folder: Path, split: str = "train") -> list[Example]:
     """dualforge's ``examples_from_beir``: one example per query of the split's qrels (qrels
     order) with its documents of score >= 1 as positives (text: title + " " + text, stripped)."""
-    corpus = _jsonl(folder / "corpus.jsonl")
-    queries = _jsonl(folder / "queries.jsonl")
+    corpus = read_jsonl(folder / "corpus.jsonl")
+    queries = read_jsonl(folder / "queries.jsonl")
     qrels: dict[str, dict[str, int]] = {}
     lines = (folder / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
     for line in lines[1:]:

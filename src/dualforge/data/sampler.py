@@ -66,7 +66,7 @@ class _Unit(NamedTuple):
     keys: frozenset[_Key]
 
 
-def _conflict_keys(ex: TrainingExample, p: int) -> frozenset[_Key]:
+def conflict_keys(ex: TrainingExample, p: int) -> frozenset[_Key]:
     """What the entry (``ex``, positive ``p``) must not share with another entry of its batch."""
     keys = {("query", ex.query), ("positive", ex.positives[p])}
     if ex.query_id is not None:
@@ -74,6 +74,17 @@ def _conflict_keys(ex: TrainingExample, p: int) -> frozenset[_Key]:
     if ex.positive_ids:
         keys.add(("positive-id", ex.positive_ids[p]))
     return frozenset(keys)
+
+
+def draw_negatives(k: int, n: int, rng: random.Random) -> tuple[int, ...]:
+    """``k`` of an example's ``n`` negatives: without replacement when ``n >= k``, else cycled
+    through in a shuffled order; none when either is 0."""
+    if k == 0 or n == 0:
+        return ()
+    if n >= k:
+        return tuple(rng.sample(range(n), k))
+    order = rng.sample(range(n), n)
+    return tuple(order[j % n] for j in range(k))
 
 
 class _BatchCounts:
@@ -300,7 +311,7 @@ class EpochBatchSampler:
     def _draw_units(self, rng: random.Random) -> list[_Unit]:
         if self._keys is None:
             self._keys = [
-                tuple(_conflict_keys(ex, p) for p in range(len(ex.positives)))
+                tuple(conflict_keys(ex, p) for p in range(len(ex.positives)))
                 for ex in self.examples
             ]
         units = []
@@ -314,13 +325,7 @@ class EpochBatchSampler:
         return units
 
     def _negatives(self, ex: TrainingExample, rng: random.Random) -> tuple[int, ...]:
-        k, n = self.num_negatives, len(ex.negatives)
-        if k == 0 or n == 0:
-            return ()
-        if n >= k:
-            return tuple(rng.sample(range(n), k))
-        order = rng.sample(range(n), n)
-        return tuple(order[j % n] for j in range(k))
+        return draw_negatives(self.num_negatives, len(ex.negatives), rng)
 
     def _pack(self, units: list[_Unit]) -> tuple[list[list[_Unit]], list[int]]:
         """Fill batches in order, deferring an entry that conflicts with its batch.

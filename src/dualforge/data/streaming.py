@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from dualforge.data.examples import TrainingExample
-from dualforge.data.sampler import Batch
+from dualforge.data.sampler import Batch, conflict_keys, draw_negatives
 
 logger = logging.getLogger("dualforge.data")
 
@@ -75,16 +75,6 @@ class _Entry(NamedTuple):
     positive: int
     neg_rows: tuple[int, ...]
     keys: frozenset[_Key]
-
-
-def _keys(ex: TrainingExample, p: int) -> frozenset[_Key]:
-    """What the entry (``ex``, positive ``p``) should not share with another of its batch."""
-    keys = {("query", ex.query), ("positive", ex.positives[p])}
-    if ex.query_id is not None:
-        keys.add(("query-id", ex.query_id))
-    if ex.positive_ids:
-        keys.add(("positive-id", ex.positive_ids[p]))
-    return frozenset(keys)
 
 
 def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -351,20 +341,15 @@ class StreamingBatchSampler:
         tally.read += 1
         p = rng.randrange(len(ex.positives)) if len(ex.positives) > 1 else 0
         k, n = self.num_negatives, len(ex.negatives)
-        rows: tuple[int, ...] = ()
-        if k and n >= k:
-            rows = tuple(rng.sample(range(n), k))
-        elif k and n:
-            order = rng.sample(range(n), n)
-            rows = tuple(order[j % n] for j in range(k))
-        elif k:
+        rows = draw_negatives(k, n, rng)
+        if k and not n:
             tally.lacking += 1
             if self.require_negatives:
                 raise ValueError(
                     f"num_negatives={k} but example #{tally.read - 1} of epoch {tally.epoch} "
                     f"(query {ex.query[:60]!r}) has no negatives"
                 )
-        return _Entry(ex, p, rows, _keys(ex, p))
+        return _Entry(ex, p, rows, conflict_keys(ex, p))
 
     def _epoch_done(self, tally: _Tally) -> None:
         """Record and warn about what the finished epoch found."""
