@@ -117,6 +117,23 @@ def test_encode_and_validate_and_export(
     assert "trained no LoRA adapters" in capsys.readouterr().err
 
 
+def test_export_adapter_of_a_late_interaction_run_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Late-interaction folders are exported merged: --adapter fails on the config, in one line,
+    before any checkpoint is read."""
+    from dualforge.config import load_config, save_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    late = ["model.kind=late_interaction", "model.lora.enabled=true"]
+    save_config(load_config(None, late), run / "config.yaml")
+    assert main(["export", str(run), "--output", str(tmp_path / "x"), "--adapter"]) == 2
+    err = capsys.readouterr().err
+    assert "model.lora.export='adapter' is for single-vector models" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_bad_dims_argument(
     tiny_model_dir: Path, tiny_beir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

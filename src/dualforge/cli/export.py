@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from dualforge.config import load_config
@@ -33,17 +34,18 @@ def run(args: argparse.Namespace) -> int:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise UsageError(f"{config} not found: is {run_dir} a dualforge run folder?")
+    full = load_config(config)
+    cfg = full.model
+    if args.adapter:
+        if not cfg.lora.enabled:
+            raise UsageError(f"--adapter: the run in {run_dir} trained no LoRA adapters")
+        cfg = replace(cfg, lora=replace(cfg.lora, export="adapter"))  # the config's own checks
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None or not (ckpt / WEIGHTS).is_file():
         raise UsageError(f"no checkpoint with {WEIGHTS} under {run_dir / 'checkpoints'}")
-    full = load_config(config)
-    cfg = full.model
     model = build_model(cfg)
     load_weights(ckpt, model)
-    adapter = args.adapter or (cfg.lora.enabled and cfg.lora.export == "adapter")
-    if adapter and not cfg.lora.enabled:
-        raise UsageError(f"--adapter: the run in {run_dir} trained no LoRA adapters")
-    kind_of(cfg).save(model, Path(args.output), adapter)
+    kind_of(cfg).save(model, Path(args.output), cfg.lora.adapter_export)
     card = model_card(full.to_dict(), run=run_facts(model), model_path=args.output)
     write_model_card(args.output, card)
     print(f"exported {ckpt} to {args.output}")

@@ -45,6 +45,11 @@ class LoraConfig:
             ],
         )
 
+    @property
+    def adapter_export(self) -> bool:
+        """Whether exported folders hold the adapters alone."""
+        return self.enabled and self.export == "adapter"
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -114,7 +119,7 @@ class ModelConfig:
                 "(model.token_dim) and no pooling: leave model.tied, model.projection and "
                 "model.pooling at their defaults"
             )
-        if self.lora.enabled and self.lora.export == "adapter":
+        if self.lora.adapter_export:
             raise ConfigError(
                 "model.lora.export='adapter' is for single-vector models; late-interaction "
                 "folders are exported merged (model.lora.export=merged)"

@@ -20,6 +20,7 @@ from torch import nn
 from dualforge.errors import UserError
 from dualforge.modeling.adapters import (
     ADAPTER_FILE,
+    has_adapters,
     is_peft,
     load_adapter,
     merged_copy,
@@ -326,9 +327,7 @@ def save_model(model: DualEncoder, path: str | Path, adapter: bool = False) -> P
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    if not adapter and any(
-        is_peft(t.transformer) for t in (model.query_encoder, model.doc_encoder)
-    ):
+    if not adapter and has_adapters(model):
         merged: Any = merged_copy(model)
         model = merged
     if model.tied:

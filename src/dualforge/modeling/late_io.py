@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dualforge.modeling.adapters import is_peft, merged_copy
+from dualforge.modeling.adapters import has_adapters, merged_copy
 from dualforge.modeling.io import (
     ST_MODULE,
     Reading,
@@ -90,7 +90,7 @@ def save_late_model(model: LateInteractionModel, path: str | Path) -> Path:
     """Write ``model`` in the folder format of the module docstring (LoRA adapters merged)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    if is_peft(model.encoder.transformer):
+    if has_adapters(model):
         merged: Any = merged_copy(model)
         model = merged
     transformer: Any = model.encoder.transformer

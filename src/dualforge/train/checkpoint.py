@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dualforge.modeling.adapters import trainable_names
+
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.json"
@@ -94,8 +96,7 @@ class ModelWeights:
         aliases = self.aliases()
         names = {k for k in self.model.state_dict() if k not in aliases}
         if self.partial:
-            trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-            names &= trainable
+            names &= set(trainable_names(self.model))
         return names
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:

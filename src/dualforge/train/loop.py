@@ -264,7 +264,7 @@ class Captured:
 def export(p: Parts, folder: Path) -> None:
     """Save the model as a sentence-transformers folder (rank 0). Sharded weights are gathered
     first (every rank must call this) and written through a fresh copy of the model."""
-    adapter = p.cfg.model.lora.enabled and p.cfg.model.lora.export == "adapter"
+    adapter = p.cfg.model.lora.adapter_export
     if not p.replicas.sharded:
         if p.proc.main:
             p.kind.save(p.model, folder, adapter)
