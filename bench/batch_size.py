@@ -30,7 +30,7 @@ from _common import OUT, SCIFACT, parse_args, quick_scifact
 from dualforge import GradCache
 from dualforge.config import EvalConfig
 from dualforge.data import Batch, EpochBatchSampler, examples_from_beir, load_beir, load_eval_set
-from dualforge.losses import info_nce
+from dualforge.losses import InfoNCE, info_nce
 from dualforge.modeling import DualEncoder, load_model
 from dualforge.train.collate import collate
 from dualforge.train.evaluation import evaluate_split
@@ -84,18 +84,18 @@ def sub_batch(batch: Batch, start: int, stop: int) -> Batch:
 def backward_fn(model: DualEncoder, arm: Arm, doc_len: int) -> Callable[[Batch], float]:
     """The gradient computation of one arm (no optimizer step)."""
     towers = [model.query_encoder, model.doc_encoder]
-    gc = GradCache(towers, info_nce, arm.micro, autocast_dtype=torch.bfloat16)
+    gc = GradCache(towers, InfoNCE(), arm.micro, autocast_dtype=torch.bfloat16)
 
     def run(batch: Batch) -> float:
         if arm.cached:
             x = collate(model, batch, 64, doc_len)
-            return float(gc.step(x.queries, x.documents, false_negatives=x.false_negatives).loss)
+            return float(gc.step(x.queries, x.documents, x.loss).loss)
         total = 0.0
         for start in range(0, len(batch), arm.micro):
             x = collate(model, sub_batch(batch, start, start + arm.micro), 64, doc_len)
             with bf16():
                 q, d = model(x.queries, "query"), model(x.documents, "document")
-            loss = info_nce(q.float(), d.float(), false_negatives=x.false_negatives)
+            loss = info_nce(q.float(), d.float(), positives=x.loss.positives)
             torch.autograd.backward(loss * arm.micro / len(batch))
             total += float(loss) * arm.micro / len(batch)
         return total

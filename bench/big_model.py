@@ -150,7 +150,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from dualforge import GradCache
-    from dualforge.losses import info_nce
+    from dualforge.losses import InfoNCE, LossInputs, all_rows
 
     if args.device == "cpu":
         start_watchdog(args.max_rss_gib * 1024)
@@ -164,8 +164,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     enc = model.query_encoder
 
-    def loss_fn(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return info_nce(q, d, temperature=TEMPERATURE)
+    loss_fn = InfoNCE(temperature=TEMPERATURE)
 
     gc = GradCache([enc, enc], loss_fn, chunk_size=args.chunk, autocast_dtype=dtype)
     cuda = args.device.startswith("cuda")  # GPU path: untested here (no GPU on the CPU VM)
@@ -185,7 +184,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 args.device.split(":")[0], dtype or torch.float32, dtype is not None
             ):
                 reps_q, reps_d = enc(q), enc(d)
-            loss = loss_fn(reps_q.float(), reps_d.float())
+            loss = loss_fn(reps_q.float(), reps_d.float(), LossInputs(), all_rows(reps_q)).loss
             loss.backward()
             del reps_q, reps_d
         else:

@@ -10,7 +10,11 @@ Parts, each printed as soon as it is measured and written to the JSON output:
    autocast: at batch 512, then doubling batches until each method runs out of memory (capped at
    16384 pairs);
 3. the main job's steps per second: ``dualforge train configs/scifact-minilm.yaml`` for 20 steps
-   (no evaluation), from its metrics.jsonl.
+   (no evaluation), from its metrics.jsonl;
+4. the loss phase alone at batch 1,048,576 (random unit representations, D=768, one positive per
+   query, tiled InfoNCE at the automatic GPU tile budget, fp32): forward + backward time and
+   ``torch.cuda.max_memory_allocated``; batch 131,072 first, and 1,048,576 only when 64x its time
+   fits the time left (else the prediction is reported).
 
 Run on the GPU machine (the device tool; see bench/gpu_check.sh):
 
@@ -53,13 +57,13 @@ def one_step(
 ) -> dict[str, float]:
     """Time one training step (after a warm-up step) and its peak GPU memory."""
     from dualforge import GradCache
-    from dualforge.losses import info_nce
+    from dualforge.losses import InfoNCE, info_nce
 
     queries, docs = pairs[0][:batch], pairs[1][:batch]
     q = {k: v.cuda() for k, v in model.tokenize(queries, "query", 64).items()}
     d = {k: v.cuda() for k, v in model.tokenize(docs, "document", 256).items()}
     gc = GradCache(
-        [model.query_encoder, model.doc_encoder], info_nce, 64, autocast_dtype=torch.bfloat16
+        [model.query_encoder, model.doc_encoder], InfoNCE(), 64, autocast_dtype=torch.bfloat16
     )
 
     def step() -> None:
@@ -133,17 +137,60 @@ def main_job(report: dict[str, Any]) -> None:
     print(f"main job: {report['main_job']}", flush=True)
 
 
+def loss_phase(report: dict[str, Any], budget_s: float = 150.0) -> None:
+    """Part 4: the tiled loss alone at a very large batch."""
+    import torch.nn.functional as F
+
+    from dualforge.losses import InfoNCE, LossInputs
+
+    rows = []
+    for batch in (131_072, 1_048_576):
+        if rows and rows[-1]["seconds"] * (batch / rows[-1]["batch"]) ** 2 > budget_s:
+            predicted = rows[-1]["seconds"] * (batch / rows[-1]["batch"]) ** 2
+            rows.append({"batch": batch, "skipped": True, "predicted_s": predicted})
+            print(f"loss phase batch {batch}: skipped, predicted {predicted:.0f} s", flush=True)
+            break
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(0)
+        q = F.normalize(torch.randn(batch, 768, device="cuda"), dim=-1).requires_grad_()
+        d = F.normalize(torch.randn(batch, 768, device="cuda"), dim=-1).requires_grad_()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = InfoNCE(temperature=0.05)(q, d, LossInputs(), slice(0, batch)).loss
+        loss.backward()
+        torch.cuda.synchronize()
+        row = {
+            "batch": batch, "seconds": time.perf_counter() - start, "loss": float(loss),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "reps_and_grads_gib": 4 * q.numel() * 4 / 2**30,
+        }  # fmt: skip
+        rows.append(row)
+        print(
+            f"loss phase batch {batch}: {row['seconds']:.1f} s, {row['peak_gib']:.2f} GiB",
+            flush=True,
+        )
+        del q, d, loss
+    report["loss_phase"] = rows
+
+
+PARTS = {"exactness": exactness, "loss_phase": loss_phase, "memory": memory, "main_job": main_job}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--output", type=Path, default=Path(os.environ.get("OUT", OUT)) / "gpu_check.json"
     )
+    parser.add_argument(
+        "--parts", nargs="*", default=list(PARTS), choices=list(PARTS), help="parts to run"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device: run bench/gpu_check.sh on the GPU machine")
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for part in (exactness, memory, main_job):
-        part(report)
+    for name in args.parts:
+        PARTS[name](report)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2))
 

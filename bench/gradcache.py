@@ -5,7 +5,7 @@ all-MiniLM-L6-v2 vectors == scale 20 on cosine similarity), same weights, same t
 truncation, dropout on (train mode) everywhere:
 
     plain      info_nce(model(q), model(d)).backward() on the whole batch
-    dualforge  GradCache([q_tower, d_tower], info_nce, chunk_size=16).step(q, d)
+    dualforge  GradCache([q_tower, d_tower], InfoNCE(), chunk_size=16).step(q, d)
     st         sentence_transformers CachedMultipleNegativesRankingLoss(mini_batch_size=16):
                loss = loss_module([q_features, d_features], None); loss.backward()
 
@@ -122,14 +122,14 @@ class Bench:
 
     def __init__(self, need_st: bool = True) -> None:
         from dualforge import GradCache
-        from dualforge.losses import info_nce
+        from dualforge.losses import InfoNCE, info_nce
         from dualforge.modeling import load_model
 
         self.info_nce = info_nce
         self.model = load_model("minilm")
         self.model.train()
         towers = [self.model.query_encoder, self.model.doc_encoder]
-        self.gc = GradCache(towers, self._loss, chunk_size=CHUNK)
+        self.gc = GradCache(towers, InfoNCE(temperature=TEMPERATURE), chunk_size=CHUNK)
         self.st_model: Any = None
         self.st_loss: Any = None
         if need_st:
@@ -317,6 +317,8 @@ def profile_config(bench: Bench, inputs: dict[str, Any]) -> dict[str, float]:
     out["plain_forward_s"], out["plain_backward_s"] = t1 - t0, t2 - t1
     del q, d, loss
     bench.zero_grad()
+    from dualforge.losses import LossInputs
+
     gc = bench.gc
     t0 = time.perf_counter()
     chunks = [gc.split(inputs["q"]), gc.split(inputs["d"])]
@@ -326,7 +328,7 @@ def profile_config(bench: Bench, inputs: dict[str, Any]) -> dict[str, float]:
         for t, (enc, c) in enumerate(zip(gc.encoders, chunks))
     ]
     t2 = time.perf_counter()
-    _, _, grads = gc.build_cache([p.reps for p in passes], {})
+    _, _, grads = gc.build_cache([p.reps for p in passes], LossInputs())
     t3 = time.perf_counter()
     gc.forward_backward(passes, grads)
     t4 = time.perf_counter()

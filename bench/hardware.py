@@ -44,7 +44,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +132,9 @@ def build_model(tiny: bool) -> Any:
 
 
 def loss_fn() -> Any:
-    from dualforge.losses import info_nce
+    from dualforge.losses import InfoNCE
 
-    return partial(info_nce, temperature=TEMPERATURE)
+    return InfoNCE(temperature=TEMPERATURE)
 
 
 def batches(
@@ -150,6 +149,7 @@ def batches(
 def make_step(spec: dict[str, Any], model: Any, q: dict, d: dict) -> Any:
     """A closure running one step of ``spec["method"]``: plain | nograd | gradcache."""
     from dualforge import GradCache
+    from dualforge.losses import LossInputs, all_rows
     from dualforge.train.components import tower_encoders
 
     loss = loss_fn()
@@ -157,7 +157,8 @@ def make_step(spec: dict[str, Any], model: Any, q: dict, d: dict) -> Any:
     if method == "plain":
 
         def plain() -> None:
-            torch.autograd.backward(loss(model(q, "query"), model(d, "document")))
+            qr, dr = model(q, "query"), model(d, "document")
+            torch.autograd.backward(loss(qr, dr, LossInputs(), all_rows(qr)).loss)
 
         return plain
     if method == "nograd":

@@ -62,7 +62,7 @@ def dualforge_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from dualforge import GradCache
-    from dualforge.losses.maxsim import maxsim_nce
+    from dualforge.losses import LossInputs, MaxSimNCE, all_rows
     from dualforge.modeling.late_io import build_late_model
 
     torch.set_num_threads(args.threads)
@@ -76,8 +76,7 @@ def dualforge_worker(args: argparse.Namespace) -> dict[str, Any]:
     queries, docs = load_pairs(args.batch, seed=args.seed, folder=args.data)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
-    def loss_fn(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return maxsim_nce(q, d, temperature=1.0)
+    loss_fn = MaxSimNCE(temperature=1.0)
 
     gc = GradCache([model.encoder] * 2, loss_fn, CHUNK, autocast_dtype=dtype)
     loaded = vm_hwm_mib()
@@ -90,7 +89,7 @@ def dualforge_worker(args: argparse.Namespace) -> dict[str, Any]:
         else:
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 reps_q, reps_d = model(q), model(d)
-            loss = loss_fn(reps_q.float(), reps_d.float())
+            loss = loss_fn(reps_q.float(), reps_d.float(), LossInputs(), all_rows(reps_q)).loss
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

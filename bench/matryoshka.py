@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 def loss_phase_time(loss: Callable[..., Any], batch: int, dim: int) -> float:
     """Median time of the loss forward + backward on detached ``(batch, dim)`` representations."""
-    from dualforge.losses import split_output
+    from dualforge.losses import LossInputs
 
     g = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=-1)
@@ -59,7 +58,7 @@ def loss_phase_time(loss: Callable[..., Any], batch: int, dim: int) -> float:
 
     def run() -> None:
         leaves = [q.clone().requires_grad_(), d.clone().requires_grad_()]
-        torch.autograd.backward(split_output(loss(*leaves))[0])
+        torch.autograd.backward(loss(*leaves, LossInputs(), slice(0, batch)).loss)
 
     run()
     return median_time(run, 50)
@@ -68,7 +67,7 @@ def loss_phase_time(loss: Callable[..., Any], batch: int, dim: int) -> float:
 def step_part(batch: int, max_length: int, repeats: int) -> dict[str, Any]:
     """Time a single-dim and a Matryoshka Gradient Cache step, interleaved."""
     from dualforge import GradCache
-    from dualforge.losses import MatryoshkaLoss, info_nce
+    from dualforge.losses import InfoNCE, Nesting
     from dualforge.modeling import load_model
 
     model = load_model("minilm")
@@ -76,8 +75,8 @@ def step_part(batch: int, max_length: int, repeats: int) -> dict[str, Any]:
     queries, docs = load_pairs(batch)
     q = model.tokenize(queries, "query", max_length=max_length)
     d = model.tokenize(docs, "document", max_length=max_length)
-    single = partial(info_nce, temperature=TEMPERATURE)
-    mrl = MatryoshkaLoss(single, DIMS, renormalize=True)
+    single = InfoNCE(temperature=TEMPERATURE)
+    mrl = InfoNCE(temperature=TEMPERATURE, nesting=Nesting(DIMS, renormalize=True))
     towers = [model.query_encoder, model.doc_encoder]
     engines = {"single": GradCache(towers, single, 16), "matryoshka": GradCache(towers, mrl, 16)}
     times: dict[str, list[float]] = {name: [] for name in engines}

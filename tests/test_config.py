@@ -16,7 +16,7 @@ from dualforge.config import (
     DataConfig,
     DataFormat,
     EvalConfig,
-    LossConfig,
+    InfoNceConfig,
     MatryoshkaConfig,
     MiningConfig,
     ModelConfig,
@@ -128,7 +128,7 @@ def test_a_choice_must_have_the_right_type_and_optional_choices_take_null() -> N
 
 def test_sections_validate_themselves_without_from_dict() -> None:
     with pytest.raises(ConfigError, match=r"^loss\.similarity='l2'"):
-        LossConfig(similarity="l2")  # type: ignore[arg-type]
+        InfoNceConfig(similarity="l2")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^optim\.lr=0: must be > 0"):
         OptimConfig(lr=0)
     with pytest.raises(ConfigError, match=r"^eval\.select_metric='mrr@10'"):
@@ -238,7 +238,7 @@ def test_mining_backend_is_a_plain_choice() -> None:
 def test_choices_have_one_definition() -> None:
     assert typing.get_type_hints(MiningConfig)["mode"] is MiningMode
     assert get_args(MiningMode) == MODES
-    assert typing.get_type_hints(LossConfig)["similarity"] is Similarity
+    assert typing.get_type_hints(InfoNceConfig)["similarity"] is Similarity
     assert typing.get_type_hints(DataConfig)["positives"] is PositiveMode
     assert typing.get_type_hints(ModelConfig)["pooling"] == Pooling | None
     assert set(PRECISIONS) == set(get_args(Resolved))

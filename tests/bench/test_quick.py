@@ -206,3 +206,17 @@ def test_big_model_quick(tmp_path: Path, shared_data: Path) -> None:
     assert len(agreement) == 4 and all(v < 1e-4 for a in agreement.values() for v in a.values())
     assert report["memory_goal"]["ratio"] > 0 and len(report["table"]) == 3
     assert all(f["extrapolated"] for f in report["fits_16gib"].values())
+
+
+def test_loss_scale_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "loss_scale.json"
+    run_bench("loss_scale.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    report = read_finite(out)
+    assert all(m["same_mask"] for m in report["mask"])  # codes == the old double loop
+    rows = {(r["arm"], r["batch"], len(r["dims"])): r for r in report["loss"]}
+    for dims in (5, 1):  # tiled == dense where both ran: the same loss and gradient
+        tiled, dense = rows[("tiled", 256, dims)], rows[("dense", 256, dims)]
+        assert abs(tiled["loss"] - dense["loss"]) <= 1e-4 * abs(dense["loss"])
+        assert abs(tiled["grad_norm_q"] - dense["grad_norm_q"]) <= 1e-3 * dense["grad_norm_q"]
+    assert [r["arm"] for r in report["e2e"]] == ["dualforge", "st-cached-mnrl"]
+    assert all(r["step_s"] > 0 and r["peak_rss_mib"] > 0 for r in report["e2e"])

@@ -53,6 +53,8 @@ def _user_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         (["optim.lr"], "error: override 'optim.lr' must look like key.sub=value"),
         (["optim.lrr=1"], "error: optim: unknown key(s) ['lrr']"),
         (["data.path={data}", "loss.name=l2"], "error: loss.name='l2': must be one of"),
+        (["loss.margin=0.2"], "error: loss: unknown key(s) ['margin'] for loss.name='info_nce'"),
+        (["loss.tile_budget=64"], "error: loss.tile_budget=64: must be >= 1024 or null"),
         (["data.format=jsonl"], "error: data.train_file=None: must be set for data.format="),
         (["data.path={data}", "data.train_split=trian"], "error: data.train_split='trian': no"),
     ],

@@ -8,14 +8,21 @@ the others' short, so token-budget chunk counts differ).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
 
 from dualforge.gradcache import GradCache
 from dualforge.gradcache.chunking import scatter_rows
-from dualforge.losses import MatryoshkaLoss, info_nce, maxsim_nce
+from dualforge.losses import (
+    InfoNCE,
+    LossInputs,
+    LossOutput,
+    MaxSimNCE,
+    Nesting,
+    PositiveCodes,
+    info_nce,
+)
 from dualforge.modeling import DualEncoder, Encoder
 from dualforge.train.components import tower_encoders
 from tests.conftest import make_tiny_bert
@@ -60,8 +67,14 @@ class LearnedTemperature(torch.nn.Module):
         self.log_t = torch.nn.Parameter(torch.tensor(-3.0))
         self.symmetric = symmetric
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return info_nce(q, d, temperature=self.log_t.exp(), symmetric=self.symmetric, **kwargs)
+    def forward(
+        self, q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice
+    ) -> LossOutput:
+        loss = info_nce(
+            q, d, temperature=self.log_t.exp(), symmetric=self.symmetric,
+            positives=inputs.positives, rows=rows,
+        )  # fmt: skip
+        return LossOutput(loss, {})
 
 
 def loss_fn(spec: Spec):  # type: ignore[no-untyped-def]
@@ -70,11 +83,11 @@ def loss_fn(spec: Spec):  # type: ignore[no-untyped-def]
     if spec.get("learned"):
         return LearnedTemperature(spec["symmetric"])
     if spec.get("late"):
-        return partial(maxsim_nce, temperature=0.05, symmetric=spec["symmetric"])
-    inner = partial(info_nce, temperature=0.05, symmetric=spec["symmetric"])
-    if not spec["matryoshka"]:
-        return inner
-    return MatryoshkaLoss(inner, (16, 32, 64), sample_dims=2 if spec.get("sample") else None)
+        return MaxSimNCE(temperature=0.05, symmetric=spec["symmetric"])
+    nesting = None
+    if spec["matryoshka"]:
+        nesting = Nesting((16, 32, 64), sample_dims=2 if spec.get("sample") else None)
+    return InfoNCE(temperature=0.05, symmetric=spec["symmetric"], nesting=nesting, budget=256)
 
 
 def global_texts(spec: Spec) -> tuple[list[str], list[str]]:
@@ -89,16 +102,16 @@ def global_texts(spec: Spec) -> tuple[list[str], list[str]]:
     )
 
 
-def mask(spec: Spec) -> torch.Tensor | None:
-    """False negatives that cross ranks: query i's row masks a document of another rank."""
+def codes(spec: Spec) -> PositiveCodes | None:
+    """False negatives that cross ranks: query i masks documents of another rank."""
     if not spec["masked"]:
         return None
     b, n = spec["batch"], 1 + spec["negatives"]
-    out = torch.zeros(b, b * n, dtype=torch.bool)
-    for i in range(b):
-        out[i, ((i + b // 2) * n) % (b * n)] = True  # another query's positive, half a batch away
-        out[i, (i * n + 3 * n + 1) % (b * n)] = True
-    return out
+    ids = [f"d{j}" for j in range(b * n)]
+    positives = [
+        [ids[((i + b // 2) * n) % (b * n)], ids[(i * n + 3 * n + 1) % (b * n)]] for i in range(b)
+    ]  # another query's positive, half a batch away, and a document further on
+    return PositiveCodes.from_ids(ids, positives)
 
 
 def local_batches(
@@ -136,13 +149,9 @@ def engine(spec: Spec, encoders: list[Any], **kwargs: Any) -> GradCache:
     )
 
 
-def loss_kwargs(spec: Spec, step: int = 3) -> dict[str, Any]:
+def loss_inputs(spec: Spec, step: int = 3) -> LossInputs:
     """The step's loss inputs."""
-    out: dict[str, Any] = {"step": step} if spec["matryoshka"] else {}
-    m = mask(spec)
-    if m is not None:
-        out["false_negatives"] = m
-    return out
+    return LossInputs(step=step, positives=codes(spec))
 
 
 def oracle(spec: Spec, tok: Any) -> tuple[dict[str, torch.Tensor], float]:
@@ -159,10 +168,9 @@ def oracle(spec: Spec, tok: Any) -> tuple[dict[str, torch.Tensor], float]:
             chunks = gc.split(batch)
             reps[t].append(scatter_rows([encoder(c.inputs) for c in chunks], chunks))
     q, d = _cat(reps[0]), _cat(reps[1])
-    out = gc.loss_fn(q, d, **loss_kwargs(spec))
-    loss = out.loss if hasattr(out, "loss") else out
+    loss = gc.loss_fn(q, d, loss_inputs(spec), slice(0, q.shape[0])).loss
     loss.backward()
-    return {**grads(m), **loss_grads(gc.loss_fn)}, float(loss)
+    return {**grads(m), **loss_grads(gc.loss_fn)}, float(loss.detach())
 
 
 def grads(m: torch.nn.Module) -> dict[str, torch.Tensor]:

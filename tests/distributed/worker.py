@@ -65,7 +65,7 @@ def main(spec: dict[str, Any], out: Path) -> None:
     q, d = scenario.local_batches(spec, tok, proc.rank)
     chunks = [len(gc.split(q)), len(gc.split(d))]
     torch.manual_seed(scenario.RANK_SEED + proc.rank)
-    result = gc.step(q, d, **scenario.loss_kwargs(spec))
+    result = gc.step(q, d, scenario.loss_inputs(spec))
     torch.save(
         {"grads": {**scenario.full_grads(model), **scenario.loss_grads(gc.loss_fn)}, "loss": float(result.loss), "parts": result.parts,
          "reduced": reduced, "chunks": chunks},

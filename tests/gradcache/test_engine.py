@@ -18,7 +18,7 @@ from dualforge.gradcache.reference import (
     plain_chunked_step,
     snapshot_grads,
 )
-from dualforge.losses import LossOutput, false_negative_mask, info_nce, split_output
+from dualforge.losses import InfoNCE, LossInputs, LossOutput, PositiveCodes, info_nce
 from tests.conftest import make_tiny_bert
 from tests.gradcache.helpers import encoder, texts, tokenize
 
@@ -26,12 +26,12 @@ FP32_TOL = 1e-5
 FP64_TOL = 1e-10
 
 
-def loss_fn(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    return info_nce(q, d, temperature=0.05)
+loss_fn = InfoNCE(temperature=0.05)
 
 
-def plain_full_batch(encoders, loss, q_batch, d_batch, **kw) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    out, _ = split_output(loss(encoders[0](q_batch), encoders[1](d_batch), **kw))
+def plain_full_batch(encoders, loss, q_batch, d_batch, inputs=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    q, d = encoders[0](q_batch), encoders[1](d_batch)
+    out, _ = loss(q, d, inputs or LossInputs(), slice(0, q.shape[0]))
     out.backward()
     return out.detach()
 
@@ -130,7 +130,7 @@ def test_kept_graphs_skip_their_replays(tokenizer) -> None:  # type: ignore[no-u
         GradCache([q_enc, q_enc], loss_fn, chunk_size=2, keep_graphs=keep).step(q_batch, d_batch)
         assert calls[0] == expected, keep
     with pytest.raises(ValueError, match="keep_graphs must be >= 0"):
-        GradCache([q_enc], loss_fn, keep_graphs=-1)
+        GradCache([q_enc, q_enc], loss_fn, keep_graphs=-1)
 
 
 class LearnedTemperature(nn.Module):
@@ -141,8 +141,10 @@ class LearnedTemperature(nn.Module):
         self.log_temp = nn.Parameter(torch.tensor(-2.5))
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        return info_nce(self.proj(q), d, temperature=self.log_temp.exp())
+    def forward(
+        self, q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice
+    ) -> LossOutput:
+        return LossOutput(info_nce(self.proj(q), d, temperature=self.log_temp.exp(), rows=rows), {})
 
 
 def test_loss_with_own_parameters(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -156,15 +158,13 @@ def test_symmetric_loss_with_false_negative_mask(tokenizer) -> None:  # type: ig
     ref = copy.deepcopy(q_enc)
     q_batch = tokenize(tokenizer, texts(4, seed=5))
     d_batch = tokenize(tokenizer, texts(8, seed=6))
-    mask = false_negative_mask(
+    codes = PositiveCodes.from_ids(
         ["a", "x", "b", "a", "c", "y", "d", "z"], [["a"], ["b"], ["c"], ["d", "a"]]
     )
-
-    def loss(q: torch.Tensor, d: torch.Tensor, false_negatives: torch.Tensor) -> torch.Tensor:
-        return info_nce(q, d, symmetric=True, false_negatives=false_negatives)
-
-    GradCache([q_enc, q_enc], loss, chunk_size=3).step(q_batch, d_batch, false_negatives=mask)
-    plain_full_batch([ref, ref], loss, q_batch, d_batch, false_negatives=mask)
+    inputs = LossInputs(positives=codes)
+    loss = InfoNCE(symmetric=True)
+    GradCache([q_enc, q_enc], loss, chunk_size=3).step(q_batch, d_batch, inputs)
+    plain_full_batch([ref, ref], loss, q_batch, d_batch, inputs)
     diff = compare_grads(snapshot_grads([q_enc]), snapshot_grads([ref]))
     assert diff.max_rel <= FP32_TOL, diff
 
@@ -307,13 +307,23 @@ def test_no_sync_wraps_all_but_final_backward(tokenizer) -> None:  # type: ignor
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="at least one encoder"):
+    with pytest.raises(ValueError, match=r"\[query_encoder, document_encoder\]"):
         GradCache([], loss_fn)
+    with pytest.raises(ValueError, match="got 3 encoders"):
+        GradCache([nn.Identity()] * 3, loss_fn)
     with pytest.raises(ValueError, match="chunk_size, token_budget"):
-        GradCache([nn.Identity()], loss_fn, chunk_size=None)
-    gc = GradCache([nn.Identity(), nn.Identity()], loss_fn)
-    with pytest.raises(ValueError, match="2 encoders"):
-        gc.step({"x": torch.zeros(2, 3)})
+        GradCache([nn.Identity(), nn.Identity()], loss_fn, chunk_size=None)
+
+
+def test_a_loss_that_breaks_the_contract_is_named() -> None:
+    def bare(q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice) -> torch.Tensor:
+        return info_nce(q, d, rows=rows)
+
+    lin = nn.Linear(3, 3)
+    gc = GradCache([lambda b: lin(b["x"])] * 2, bare, chunk_size=2)  # type: ignore[arg-type]
+    x = {"x": torch.randn(4, 3)}
+    with pytest.raises(TypeError, match=r"must return a dualforge\.losses\.LossOutput"):
+        gc.step(x, x)
 
 
 def test_step_returns_the_loss_and_its_parts(tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -321,12 +331,12 @@ def test_step_returns_the_loss_and_its_parts(tokenizer) -> None:  # type: ignore
     q_batch = tokenize(tokenizer, texts(4, seed=1, max_words=8))
     d_batch = tokenize(tokenizer, texts(4, seed=2))
 
-    def with_parts(q: torch.Tensor, d: torch.Tensor) -> LossOutput:
-        loss = info_nce(q, d)
+    def with_parts(q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice) -> LossOutput:
+        loss = info_nce(q, d, rows=rows)
         return LossOutput(loss, {"half": loss.detach() / 2, "nested": {"one": torch.ones(())}})
 
     result = GradCache([q_enc, q_enc], with_parts, chunk_size=3).step(q_batch, d_batch)
     assert result.parts == {"half": pytest.approx(float(result.loss) / 2), "nested": {"one": 1.0}}
     assert isinstance(result.parts["half"], float)
-    plain = GradCache([q_enc, q_enc], info_nce, chunk_size=3).step(q_batch, d_batch)
+    plain = GradCache([q_enc, q_enc], InfoNCE(), chunk_size=3).step(q_batch, d_batch)
     assert plain.parts == {} and float(plain.loss) == pytest.approx(float(result.loss))

@@ -8,7 +8,6 @@ The oracle is the plain backward over the same chunks from the same RNG stream
 from __future__ import annotations
 
 import copy
-from functools import partial
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 from dualforge import GradCache
 from dualforge.gradcache.reference import compare_grads, plain_chunked_step, snapshot_grads
-from dualforge.losses import MatryoshkaLoss, maxsim_nce, token_prefix
+from dualforge.losses import LossInputs, MaxSimNCE, Nesting
 from dualforge.modeling.late_interaction import LateInteractionModel
 from dualforge.train.components import tower_encoders
 from tests.gradcache.helpers import texts
@@ -53,7 +52,7 @@ def check(
     model = late_model(tokenizer, dropout=dropout)
     q = model.tokenize(texts(n_q, seed=1, max_words=10), "query")
     d = model.tokenize(texts(n_q * (1 + k), seed=2, max_words=20), "document")
-    loss = loss or partial(maxsim_nce, temperature=0.05)
+    loss = loss or MaxSimNCE(temperature=0.05)
     kwargs = {"sort_by_length": True, **kw}
     oracle = grads(
         model, torch.float64, lambda gc: plain_chunked_step(gc, q, d), loss, chunk, kwargs
@@ -73,12 +72,12 @@ def test_hard_negatives_with_variable_length_trimmed_chunks(tokenizer) -> None: 
 
 
 def test_symmetric_loss_and_every_chunk_replayed(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    check(tokenizer, loss=partial(maxsim_nce, symmetric=True), keep_graphs=0)
+    check(tokenizer, loss=MaxSimNCE(symmetric=True), keep_graphs=0)
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
 def test_matryoshka_token_dims(tokenizer, renormalize: bool) -> None:  # type: ignore[no-untyped-def]
-    loss = MatryoshkaLoss(maxsim_nce, (4, 8, 16), renormalize=renormalize, truncate=token_prefix)
+    loss = MaxSimNCE(nesting=Nesting((4, 8, 16), renormalize=renormalize))
     check(tokenizer, loss=loss, k=1)
 
 
@@ -88,10 +87,11 @@ def test_without_dropout_the_oracle_is_one_full_batch_forward(tokenizer) -> None
     model = late_model(tokenizer, dropout=0.0)
     q = model.tokenize(texts(6, seed=3, max_words=10), "query")
     d = model.tokenize(texts(12, seed=4, max_words=25), "document")
-    loss = partial(maxsim_nce, temperature=0.05)
+    loss = MaxSimNCE(temperature=0.05)
 
     def full(gc: GradCache) -> None:
-        loss(gc.encoders[0](q), gc.encoders[1](d)).backward()
+        qr, dr = gc.encoders[0](q), gc.encoders[1](d)
+        loss(qr, dr, LossInputs(), slice(0, qr.shape[0])).loss.backward()
 
     oracle = grads(model, torch.float64, full, loss, 2, {})
     cached = grads(model, torch.float64, lambda gc: gc.step(q, d), loss, 2, {"token_budget": 30})

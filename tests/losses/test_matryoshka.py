@@ -8,8 +8,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dualforge.losses import MatryoshkaLoss, default_dims, info_nce, matryoshka_losses
+from dualforge.losses import (
+    InfoNCE,
+    LossInputs,
+    LossOutput,
+    MatryoshkaLoss,
+    Nesting,
+    PositiveCodes,
+    default_dims,
+    info_nce,
+    matryoshka_losses,
+)
 from tests.gradcache.test_engine import cached_vs_plain
+
+
+def plain_nce(q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice) -> LossOutput:
+    """A Loss without nesting of its own: MatryoshkaLoss calls it once per prefix."""
+    return LossOutput(info_nce(q, d, positives=inputs.positives, rows=rows), {})
+
+
+def call(loss, q: torch.Tensor, d: torch.Tensor, **inputs) -> LossOutput:  # type: ignore[no-untyped-def]
+    return loss(q, d, LossInputs(**inputs), slice(0, q.shape[0]))  # type: ignore[no-any-return]
 
 
 def _reps(
@@ -34,18 +53,18 @@ def test_default_dims() -> None:
 )
 def test_bad_dims_are_rejected(dims, weights, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=match):
-        MatryoshkaLoss(info_nce, dims, weights=weights)
+        MatryoshkaLoss(plain_nce, dims, weights=weights)
 
 
 def test_equals_weighted_sum_of_prefix_losses() -> None:
     q, d = _reps()
     dims, weights = (8, 16, 64), (0.5, 1.0, 2.0)
-    loss = MatryoshkaLoss(info_nce, dims, weights=weights, renormalize=True)
+    loss = MatryoshkaLoss(plain_nce, dims, weights=weights, renormalize=True)
     expected = sum(
         w * info_nce(F.normalize(q[:, :m], dim=-1), F.normalize(d[:, :m], dim=-1))
         for m, w in zip(dims, weights)
     )
-    out = loss(q, d)
+    out = call(loss, q, d)
     torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=0)
     by_dim = out.parts["loss_by_dim"]
     assert sorted(by_dim, key=int) == ["8", "16", "64"]
@@ -66,38 +85,36 @@ def test_renormalize_changes_dot_loss_but_not_cosine_loss() -> None:
     )
 
 
-def test_inner_kwargs_are_passed_through() -> None:
+def test_inputs_are_passed_through() -> None:
     q, d = _reps(b=3, n=1)
-    mask = torch.zeros(3, 3, dtype=torch.bool)
-    mask[0, 1] = True
-    loss = MatryoshkaLoss(info_nce, (16, 64))
-    assert float(loss(q, d, false_negatives=mask).loss) != pytest.approx(float(loss(q, d).loss))
+    codes = PositiveCodes.from_ids(["a", "b", "c"], [["a", "b"], ["b"], ["c"]])
+    loss = MatryoshkaLoss(plain_nce, (16, 64))
+    masked = float(call(loss, q, d, positives=codes).loss)
+    assert masked != pytest.approx(float(call(loss, q, d).loss))
 
 
 def test_sampling_is_seeded_per_step_and_unbiased_in_scale() -> None:
     q, d = _reps()
     dims = (8, 16, 32, 64)
-    loss = MatryoshkaLoss(info_nce, dims, sample_dims=2, seed=7)
+    loss = MatryoshkaLoss(plain_nce, dims, sample_dims=2, seed=7)
     full = matryoshka_losses(info_nce, (q, d), dims)  # (4,)
     seen = []
     for step in range(20):
-        out = loss(q, d, step=step)
+        out = call(loss, q, d, step=step)
         used = sorted(int(m) for m in out.parts["loss_by_dim"])
         assert len(used) == 2
         expected = 2.0 * sum(full[dims.index(m)] for m in used)  # M / sampled = 4 / 2
         torch.testing.assert_close(out.loss, expected)
         seen.append(tuple(used))
-        again = sorted(int(m) for m in loss(q, d, step=step).parts["loss_by_dim"])
+        again = sorted(int(m) for m in call(loss, q, d, step=step).parts["loss_by_dim"])
         assert tuple(again) == tuple(used)  # same step -> same dims, whatever came between
     assert len(set(seen)) > 1
-    with pytest.raises(ValueError, match="step"):
-        loss(q, d)  # sampling without a step would not be reproducible
 
 
 def test_gradient_flows_only_through_used_prefix() -> None:
     q, d = _reps()
     q.requires_grad_(True)
-    MatryoshkaLoss(info_nce, (8, 16), renormalize=True)(q, d).loss.backward()
+    call(MatryoshkaLoss(plain_nce, (8, 16), renormalize=True), q, d).loss.backward()
     assert q.grad is not None
     assert q.grad[:, 16:].abs().max() == 0
     assert q.grad[:, :16].abs().max() > 0
@@ -105,6 +122,19 @@ def test_gradient_flows_only_through_used_prefix() -> None:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_cached_matryoshka_equals_plain_matryoshka(tokenizer, tied: bool) -> None:  # type: ignore[no-untyped-def]
-    loss = MatryoshkaLoss(partial(info_nce, temperature=0.05), (8, 16, 32, 64), renormalize=True)
+    loss = InfoNCE(nesting=Nesting((8, 16, 32, 64), renormalize=True))
     diff = cached_vs_plain(tokenizer, tied=tied, n_q=7, k=1, chunk=3, loss=loss)
     diff.check()
+
+
+def test_generic_nesting_equals_the_one_pass_nesting() -> None:
+    q, d = _reps()
+    codes = PositiveCodes.from_ids([str(i % 5) for i in range(12)], [["0"], ["1"]] * 3)
+    dims = (8, 16, 64)
+    generic = call(MatryoshkaLoss(plain_nce, dims, renormalize=True), q, d, positives=codes)
+    one_pass = call(InfoNCE(nesting=Nesting(dims, renormalize=True)), q, d, positives=codes)
+    torch.testing.assert_close(one_pass.loss, generic.loss, rtol=1e-12, atol=0)
+    for m in ("8", "16", "64"):
+        torch.testing.assert_close(
+            one_pass.parts["loss_by_dim"][m], generic.parts["loss_by_dim"][m], rtol=1e-12, atol=0
+        )

@@ -5,8 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dualforge.losses import info_nce, maxsim, maxsim_nce, token_prefix
+from dualforge.losses import (
+    LossInputs,
+    MaxSimNCE,
+    Nesting,
+    PositiveCodes,
+    info_nce,
+    maxsim,
+    maxsim_nce,
+    nested_maxsim_nce,
+    token_prefix,
+)
 from dualforge.tokens import join_tokens, split_tokens
+from tests.losses.oracles import dense_maxsim, dense_nce, dense_nested
 
 
 def tokens(b: int, t: int, d: int, seed: int, keep: float = 0.7) -> torch.Tensor:
@@ -84,20 +95,12 @@ def test_token_prefix_keeps_the_mask_and_renormalises() -> None:
     assert torch.all(vectors[~mask] == 0)
 
 
-def autograd_maxsim(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """MaxSim by plain autograd ops (the whole similarity tensor kept for the backward)."""
-    qv, qm = split_tokens(q)
-    dv, dm = split_tokens(d)
-    sim = torch.einsum("aid,bjd->abij", qv, dv).masked_fill(~dm[None, :, None, :], float("-inf"))
-    return sim.max(dim=-1).values.masked_fill(~qm[:, None, :], 0.0).sum(dim=-1)
-
-
 @pytest.mark.parametrize("budget", [2**30, 50])
 def test_gathered_backward_equals_autograd_through_the_similarities(budget: int) -> None:
     q, d = tokens(4, 6, 8, seed=4), tokens(7, 9, 8, seed=5)
     weights = torch.randn(4, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     grads = []
-    for fn in (lambda a, b: maxsim(a, b, budget=budget), autograd_maxsim):
+    for fn in (lambda a, b: maxsim(a, b, budget=budget), dense_maxsim):
         qq, dd = q.clone().requires_grad_(), d.clone().requires_grad_()
         (fn(qq, dd) * weights).sum().backward()
         grads.append((qq.grad, dd.grad))
@@ -117,3 +120,58 @@ def test_maxsim_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(
         scores, (qv.clone().requires_grad_(), dv.clone().requires_grad_())
     )
+
+
+def _late_problem(b: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, PositiveCodes]:
+    n = 1 + k
+    q = tokens(b, 5, 8, seed=seed).requires_grad_()
+    d = tokens(b * n, 7, 8, seed=seed + 1).requires_grad_()
+    ids = [f"x{(j * 7) % (b * n - 2)}" for j in range(b * n)]  # a few duplicates
+    codes = PositiveCodes.from_ids(ids, [[ids[i * n], ids[(i * 3) % (b * n)]] for i in range(b)])
+    return q, d, codes
+
+
+def _grads(loss: torch.Tensor, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return torch.autograd.grad(loss, tensors)
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("budget", [60, 900, 2**24])
+def test_tiled_maxsim_nce_equals_the_dense_oracle(k: int, symmetric: bool, budget: int) -> None:
+    q, d, codes = _late_problem(5, k, seed=10 + k)
+    tau = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    kw = {"temperature": tau, "symmetric": symmetric}
+    got = maxsim_nce(q, d, positives=codes, budget=budget, **kw)  # type: ignore[arg-type]
+    want = dense_nce(q, d, score=dense_maxsim, mask=codes.dense(), **kw)  # type: ignore[arg-type]
+    assert abs(float(got.detach() - want.detach())) <= 1e-10 * abs(float(want))
+    for a, b in zip(_grads(got, [q, d, tau]), _grads(want, [q, d, tau])):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_token_dims_and_row_shares_equal_the_dense_oracle(renormalize: bool) -> None:
+    q, d, codes = _late_problem(6, 1, seed=20)
+    dims = (2, 4, 8)
+    kw = {"symmetric": True, "temperature": 0.5}
+    want = dense_nested(q, d, dims, renormalize=renormalize, tokens=True, mask=codes.dense(), **kw)
+    shares = [
+        nested_maxsim_nce(q, d, dims, renormalize=renormalize, positives=codes, rows=rows,
+                          budget=300, **kw)  # type: ignore[arg-type]
+        for rows in (slice(0, 2), slice(2, 4), slice(4, 6))
+    ]  # fmt: skip
+    got = torch.stack(shares).sum(dim=0)
+    assert float((got - want).abs().max()) <= 1e-10
+    w = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    for a, b in zip(_grads((got * w).sum(), [q, d]), _grads((want * w).sum(), [q, d])):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_maxsim_loss_reports_each_token_dim() -> None:
+    q, d, codes = _late_problem(4, 0, seed=30)
+    loss = MaxSimNCE(temperature=0.5, nesting=Nesting((4, 8), renormalize=True))
+    out = loss(q, d, LossInputs(positives=codes), slice(0, 4))
+    want = dense_nested(q, d, (4, 8), renormalize=True, tokens=True, mask=codes.dense(),
+                        temperature=0.5)  # fmt: skip
+    assert sorted(out.parts["loss_by_dim"]) == ["4", "8"]
+    assert abs(float(out.loss.detach()) - float(want.sum())) <= 1e-10

@@ -1,4 +1,4 @@
-"""The false-negative mask built by ``collate``: which document rows stop counting as negatives.
+"""The false-negative codes built by ``collate``: which document rows stop counting as negatives.
 
 Document rows are grouped by query (``[pos_0, neg_0.., pos_1, neg_1.., ...]``); with one hard
 negative per query, query ``i``'s own positive is row ``2 i``.
@@ -11,7 +11,7 @@ import torch
 
 from dualforge.data import Batch
 from dualforge.errors import UserError
-from dualforge.losses import info_nce
+from dualforge.losses import PositiveCodes, info_nce
 from dualforge.modeling import DualEncoder, Encoder
 from dualforge.train.collate import collate
 from tests.conftest import make_tiny_bert
@@ -41,18 +41,22 @@ def batch(
     )
 
 
-def masked(mask: torch.Tensor | None, docs_per_query: int = 2) -> set[tuple[int, int]]:
+def masked(codes: PositiveCodes | None, docs_per_query: int = 2) -> set[tuple[int, int]]:
     """The masked (query, document row) pairs, a query's own positive row left out (the loss
-    never masks it, whatever the mask holds there)."""
-    assert mask is not None
-    return {(i, j) for i, j in mask.nonzero().tolist() if j != i * docs_per_query}
+    never masks it, whatever the codes say there)."""
+    assert codes is not None
+    return {(i, j) for i, j in codes.dense().nonzero().tolist() if j != i * docs_per_query}
+
+
+def fn(inputs) -> PositiveCodes | None:  # type: ignore[no-untyped-def]
+    return inputs.loss.positives  # type: ignore[no-any-return]
 
 
 def test_known_positives_elsewhere_in_the_batch_are_masked(model: DualEncoder) -> None:
     # q0 knows d0 and d5: d5 is q1's positive (row 2) and q2's hard negative (row 5).
     b = batch(["d0", "d5", "d8"], ["d3", "d7", "d5"])
     known = {"q0": {"d0", "d5"}, "q1": {"d5"}, "q2": {"d8"}}
-    mask = collate(model, b, 16, 16, known).false_negatives
+    mask = fn(collate(model, b, 16, 16, known))
     # q1's own positive d5 again as q2's hard negative (row 5): masked for q1 too.
     assert masked(mask) == {(0, 2), (0, 5), (1, 5)}
 
@@ -60,32 +64,32 @@ def test_known_positives_elsewhere_in_the_batch_are_masked(model: DualEncoder) -
 def test_copies_of_a_query_s_own_positive_are_masked_without_qrels(model: DualEncoder) -> None:
     # q0 and q1 share positive d1; q2's hard negative is a copy of its own positive d4.
     b = batch(["d1", "d1", "d4"], ["d2", "d3", "d4"])
-    assert masked(collate(model, b, 16, 16, {}).false_negatives) == {(0, 2), (1, 0), (2, 5)}
+    assert masked(fn(collate(model, b, 16, 16, {}))) == {(0, 2), (1, 0), (2, 5)}
 
 
 def test_without_ids_copies_are_matched_by_text(model: DualEncoder) -> None:
     texts = ["same doc", "other a", "same doc", "other b", "third", "same doc"]
     b = batch([None] * 3, [None] * 3, [None] * 3, texts)
     # Only q0 and q1 have "same doc" as positive; q2's negative "same doc" is not q2's positive.
-    mask = collate(model, b, 16, 16, {"q0": {"x"}}).false_negatives
+    mask = fn(collate(model, b, 16, 16, {"q0": {"x"}}))
     assert masked(mask) == {(0, 2), (0, 5), (1, 0), (1, 5)}
 
 
 def test_a_query_without_id_ignores_qrels(model: DualEncoder) -> None:
     b = batch(["d0", "d1"], ["d2", "d3"], query_ids=[None, "q1"])
-    mask = collate(model, b, 16, 16, {"q1": {"d0", "d2"}}).false_negatives
+    mask = fn(collate(model, b, 16, 16, {"q1": {"d0", "d2"}}))
     assert masked(mask) == {(1, 0), (1, 1)}
 
 
 def test_masking_can_be_switched_off(model: DualEncoder) -> None:
     b = batch(["d1", "d1"], ["d2", "d3"])
-    assert collate(model, b, 16, 16, {}, mask_false_negatives=False).false_negatives is None
+    assert fn(collate(model, b, 16, 16, {}, mask_false_negatives=False)) is None
 
 
 def test_loss_drops_masked_rows_and_keeps_each_own_positive(model: DualEncoder) -> None:
     """The mask as the loss uses it, against cross-entropy written out by hand."""
     b = batch(["d0", "d5", "d8"], ["d3", "d7", "d5"])
-    mask = collate(model, b, 16, 16, {"q0": {"d0", "d5"}, "q1": {"d5"}}).false_negatives
+    mask = fn(collate(model, b, 16, 16, {"q0": {"d0", "d5"}, "q1": {"d5"}}, step=7))
     g = torch.Generator().manual_seed(0)
     q, d = torch.randn(3, 8, generator=g), torch.randn(6, 8, generator=g)
     scores = q @ d.T / 0.05
@@ -94,7 +98,7 @@ def test_loss_drops_masked_rows_and_keeps_each_own_positive(model: DualEncoder) 
     by_hand = torch.stack(
         [torch.logsumexp(scores[i, keep[i]], 0) - scores[i, 2 * i] for i in range(3)]
     ).mean()
-    loss = info_nce(q, d, temperature=0.05, false_negatives=mask)
+    loss = info_nce(q, d, temperature=0.05, positives=mask)
     assert torch.isfinite(loss) and torch.allclose(loss, by_hand)
     assert not torch.allclose(loss, info_nce(q, d, temperature=0.05))  # the mask mattered
 
@@ -110,8 +114,13 @@ def test_a_shard_tokenizes_its_rows_and_masks_over_the_global_batch(model: DualE
     assert torch.equal(local.queries["input_ids"], expected["input_ids"])
     docs = model.tokenize(["d2", "n2", "d3", "n3"], "document", 16)
     assert torch.equal(local.documents["input_ids"], docs["input_ids"])
-    assert local.false_negatives is not None and full.false_negatives is not None
-    assert torch.equal(local.false_negatives, full.false_negatives)
-    assert (3, 0) in masked(local.false_negatives)
+    assert fn(local) is not None and fn(full) is not None
+    assert torch.equal(fn(local).dense(), fn(full).dense())  # type: ignore[union-attr]
+    assert (3, 0) in masked(fn(local))
     with pytest.raises(UserError, match="does not divide between 3 processes"):
         collate(model, global_batch, 16, 16, known, shard=(0, 3))
+
+
+def test_the_loss_inputs_carry_the_step(model: DualEncoder) -> None:
+    b = batch(["d1", "d2"], ["d3", "d4"])
+    assert collate(model, b, 16, 16, {}, step=7).loss.step == 7

@@ -1,4 +1,4 @@
-"""Components built from config: the Matryoshka wrapper is chosen by config keys."""
+"""Components built from config: models, projection texts; a Matryoshka run end to end."""
 
 from __future__ import annotations
 
@@ -10,54 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dualforge.config import ConfigError, load_config
+from dualforge.config import load_config
 from dualforge.data import TrainingExample
-from dualforge.losses import MatryoshkaLoss
 from dualforge.modeling import load_model
-from dualforge.train.components import build_loss, build_model, projection_texts
+from dualforge.train.components import build_model, projection_texts
 from dualforge.train.loop import train
 from dualforge.train.metrics_log import read_metrics_log
 from tests.train.helpers import tiny_overrides
-
-
-def test_plain_loss_without_matryoshka() -> None:
-    assert not isinstance(build_loss(load_config().loss, 384, True), MatryoshkaLoss)
-
-
-def test_enabled_uses_default_dims_and_renormalizes_normalized_models() -> None:
-    cfg = load_config(None, ["loss.matryoshka.enabled=true"])
-    loss = build_loss(cfg.loss, 384, normalized=True)
-    assert isinstance(loss, MatryoshkaLoss)
-    assert loss.dims == (32, 64, 128, 256, 384) and loss.renormalize
-
-
-def test_dims_override_and_explicit_settings() -> None:
-    cfg = load_config(
-        None,
-        [
-            "loss.matryoshka.dims=[16,64]",
-            "loss.matryoshka.weights=[2,1]",
-            "loss.matryoshka.renormalize=false",
-            "loss.matryoshka.sample_dims=1",
-        ],
-    )
-    loss = build_loss(cfg.loss, 64, normalized=True)
-    assert isinstance(loss, MatryoshkaLoss)
-    assert (loss.dims, loss.weights, loss.renormalize, loss.sample_dims) == (
-        (16, 64),
-        (2.0, 1.0),
-        False,
-        1,
-    )
-
-
-def test_bad_matryoshka_config_names_the_key() -> None:
-    with pytest.raises(ValueError, match="exceeds the model dim 64"):
-        build_loss(load_config(None, ["loss.matryoshka.dims=[32,128]"]).loss, 64, True)
-    with pytest.raises(ValueError, match=r"loss.matryoshka: .*increasing"):
-        build_loss(load_config(None, ["loss.matryoshka.dims=[64,32]"]).loss, 64, True)
-    with pytest.raises(ConfigError, match=r"loss\.matryoshka"):
-        load_config(None, ["loss.matryoshka.dimz=[32]"])
 
 
 def test_matryoshka_run_logs_per_dim_losses_and_metrics(

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from dualforge.config import ConfigError, load_config
-from dualforge.train import components
 from dualforge.train.inputs import check_inputs
 
 
@@ -59,8 +58,3 @@ def test_a_folder_without_a_corpus_is_not_beir(tiny_beir: Path, tmp_path: Path) 
     (folder / "queries.jsonl").unlink()
     with pytest.raises(ConfigError, match=r"no queries\.jsonl in it \(not a BEIR folder\)"):
         _check(f"data.path={folder}")
-
-
-def test_registered_losses_pass(tiny_beir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(components.LOSSES, "mine", components.build_info_nce)
-    _check(f"data.path={tiny_beir}", "loss.name=mine")

@@ -11,6 +11,7 @@ and passes plain values.
 
 from dualforge.config.checks import ConfigError
 from dualforge.config.loading import apply_override, from_dict, load_config, save_config
+from dualforge.config.loss import BUILTIN_LOSSES, InfoNceConfig, LossConfig, MatryoshkaConfig
 from dualforge.config.mining import Correction, MiningConfig, Strategy
 from dualforge.config.model import LoraConfig, ModelConfig, Projection
 from dualforge.config.sections import (
@@ -19,14 +20,13 @@ from dualforge.config.sections import (
     DataFormat,
     EvalConfig,
     GradCacheConfig,
-    LossConfig,
-    MatryoshkaConfig,
     OptimConfig,
     RunConfig,
 )
 from dualforge.hardware import Precision
 
 __all__ = [
+    "BUILTIN_LOSSES",
     "Config",
     "ConfigError",
     "Correction",
@@ -34,6 +34,7 @@ __all__ = [
     "DataFormat",
     "EvalConfig",
     "GradCacheConfig",
+    "InfoNceConfig",
     "LoraConfig",
     "LossConfig",
     "MatryoshkaConfig",

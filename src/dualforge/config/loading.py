@@ -12,15 +12,29 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from dualforge.config.checks import ConfigError, _check_choice
+from dualforge.config.loss import BUILTIN_LOSSES, LossConfig
 from dualforge.config.sections import Config
 
 T = TypeVar("T")
+Variants = Mapping[type, Mapping[str, type]]
+"""For a tagged-union section (a base class with a ``TAG`` class attribute naming its tag key):
+the concrete class of each tag value."""
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    losses: Mapping[str, type[LossConfig]] = BUILTIN_LOSSES,
+) -> Config:
     """Read a YAML config (or defaults when ``path`` is None) and apply ``key.sub=value`` overrides.
 
     Relative paths in the config are relative to the working directory.
+
+    Args:
+        path: The YAML file, or None for the defaults.
+        overrides: ``key.sub=value`` items, applied in order.
+        losses: The ``loss:`` section's class of each ``loss.name`` (default: dualforge's own;
+            ``LossRegistry.sections`` adds the losses a user registered).
 
     Raises:
         ConfigError: For a missing file, invalid YAML (``file:line:column``), a malformed
@@ -29,7 +43,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
-    return from_dict(Config, raw)
+    return from_dict(Config, raw, variants={LossConfig: losses})
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -66,32 +80,57 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+def from_dict(
+    cls: type[T], data: Mapping[str, Any], where: str = "", variants: Variants | None = None
+) -> T:
     """Build dataclass ``cls`` from ``data``, checking keys, types and choices recursively.
 
     Args:
         cls: The dataclass.
         data: Its keys and values.
         where: Key path of ``data`` (``""`` for a whole :class:`Config`), named in errors.
+        variants: Concrete classes of tagged-union sections (default: the built-in losses).
 
     Raises:
         ConfigError: Naming the key (``optim.lr: expected a number, got 'abc'``).
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    variants = variants if variants is not None else {LossConfig: BUILTIN_LOSSES}
+    cls, chosen = _variant(cls, data, where, variants)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {unknown}{chosen}; known: {sorted(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     prefix = f"{where}." if where else ""
-    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
+    kwargs = {
+        name: _coerce(hints[name], value, prefix + name, variants) for name, value in data.items()
+    }
     return cls(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _variant(
+    cls: type[T], data: Mapping[str, Any], where: str, variants: Variants
+) -> tuple[type[T], str]:
+    """The class a tagged-union section's tag picks (and ``" for <tag>=<value>"`` for errors);
+    ``cls`` itself when it is not a union."""
+    if cls not in variants:
+        return cls, ""
+    tag: str = getattr(cls, "TAG")  # noqa: B009 (a ClassVar of the union's base)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == tag)  # type: ignore[arg-type]
+    value = data.get(tag, default)
+    choices = variants[cls]
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{where}.{tag}={value!r}: must be one of {sorted(choices)}")
+    return choices[value], f" for {where}.{tag}={value!r}"
+
+
+def _coerce(hint: Any, value: Any, where: str, variants: Variants) -> Any:
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, where)  # type: ignore[arg-type]
+        return from_dict(hint, value or {}, where, variants)  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Literal:
@@ -101,11 +140,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
+        return _coerce(inner[0], value, where, variants)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(args[0], v, f"{where}[{i}]", variants) for i, v in enumerate(value))
     return _scalar(hint, value, where)
 
 

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dualforge.config.checks import ConfigError, _optional_at_least, _validate
+from dualforge.config.loss import InfoNceConfig, LossConfig
 from dualforge.config.mining import MiningConfig
 from dualforge.config.model import ModelConfig
 from dualforge.data.sampler import PositiveMode
 from dualforge.hardware import Precision
-from dualforge.losses.contrastive import Similarity
-from dualforge.matryoshka import check_dims
 
 DataFormat = Literal["beir", "jsonl", "tsv", "hf"]
 DistStrategy = Literal["ddp", "fsdp"]
@@ -106,68 +105,6 @@ class DataConfig:
                     "positives",
                     "'sample' with data.streaming",
                 ),
-            ],
-        )
-
-
-@dataclass(frozen=True)
-class MatryoshkaConfig:
-    """Matryoshka nesting over the loss: on when ``enabled`` or ``dims`` is given.
-
-    ``dims`` empty means powers of two from 32 up to the model dim, plus the model dim.
-    ``renormalize`` None means: renormalise prefixes when the model outputs unit vectors.
-    ``sample_dims`` 0 uses every dim at every step.
-    """
-
-    enabled: bool = False
-    dims: tuple[int, ...] = ()
-    weights: tuple[float, ...] = ()
-    renormalize: bool | None = None
-    sample_dims: int = 0
-
-    def __post_init__(self) -> None:
-        """Check values; errors name the key (the dims' bound, the model dim, is checked later)."""
-        most = len(self.dims) or None
-        _validate(
-            self,
-            "loss.matryoshka",
-            [
-                (all(w >= 0 for w in self.weights), "weights", ">= 0 each"),
-                (self.sample_dims >= 0, "sample_dims", ">= 0 (0: every dim)"),
-                (most is None or self.sample_dims <= most, "sample_dims", f"<= {most}, the dims"),
-            ],
-        )
-        if self.dims:
-            try:
-                check_dims(self.dims, self.weights or None)
-            except ValueError as err:
-                raise ConfigError(f"loss.matryoshka: {err}") from err
-
-    @property
-    def active(self) -> bool:
-        """Whether the loss is wrapped."""
-        return self.enabled or bool(self.dims)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Contrastive loss settings; ``name`` is a key of the loss registry (``train.components``)."""
-
-    name: str = "info_nce"
-    temperature: float = 0.05
-    symmetric: bool = False
-    similarity: Similarity = "dot"
-    mask_false_negatives: bool = True
-    matryoshka: MatryoshkaConfig = field(default_factory=MatryoshkaConfig)
-
-    def __post_init__(self) -> None:
-        """Check values; errors name the key."""
-        _validate(
-            self,
-            "loss",
-            [
-                (bool(self.name), "name", "a loss name"),
-                (self.temperature > 0, "temperature", "> 0"),
             ],
         )
 
@@ -342,7 +279,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossConfig = field(default_factory=InfoNceConfig)
     gradcache: GradCacheConfig = field(default_factory=GradCacheConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

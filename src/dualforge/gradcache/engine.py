@@ -29,9 +29,8 @@ from dualforge.gradcache.chunking import Chunk, scatter_rows, split_batch, take_
 from dualforge.gradcache.exchange import Exchange, LocalExchange
 from dualforge.gradcache.replay import ContextFactory, Encoder, no_context, replay_backward
 from dualforge.gradcache.rng import RngState, cuda_devices, replay_rng
-from dualforge.losses.output import LossOutput, Parts, plain_parts, split_output
-
-LossFn = Callable[..., torch.Tensor | LossOutput]
+from dualforge.losses.inputs import Loss, LossInputs
+from dualforge.losses.output import LossOutput, Parts, plain_parts
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,14 @@ class GradCache:
     """Compute exact full-batch gradients of a contrastive loss chunk by chunk.
 
     Args:
-        encoders: One callable per tower (e.g. ``[q_encoder, d_encoder]``); each maps a batch dict
-            of tensors with a leading batch dim to a ``(B, D)`` tensor. The same module may appear
-            twice (tied towers).
-        loss_fn: ``loss_fn(*reps, **loss_kwargs)`` returning a scalar, or a
-            :class:`~dualforge.losses.output.LossOutput` (a scalar and named parts to log). It may
-            own parameters (a learned temperature); they get their gradient in phase 2. Per-step
-            inputs (a false-negative mask, a dim-sampling step) go in through ``step``'s keyword
-            arguments.
+        encoders: ``[query_encoder, document_encoder]``; each maps a batch dict of tensors with a
+            leading batch dim to a ``(B, D)`` (or token-level ``(B, T, D + 1)``) tensor. The same
+            module may appear twice (tied towers).
+        loss_fn: A :class:`~dualforge.losses.inputs.Loss`, ``loss_fn(q, d, inputs, rows) ->
+            LossOutput`` (a scalar and named parts to log). It may own parameters (a learned
+            temperature); they get their gradient in phase 2. Per-step inputs (false-negative
+            codes, the step that samples Matryoshka dims, per-example extras) go in through
+            ``step``'s ``inputs``.
         chunk_size: Most rows per chunk.
         token_budget: Most padded tokens per chunk (rows x longest row); combines with chunk_size.
         sort_by_length: Chunk rows longest-first, so each chunk pads only to its own longest row
@@ -87,9 +86,9 @@ class GradCache:
         no_sync: Factory of a context that suspends gradient all-reduce (``ddp_model.no_sync``);
             every backward but the final one runs inside it.
         exchange: The processes this engine runs in (default: one). With several, each process
-            passes its own rows; the loss gets ``query_rows=slice(...)`` (its queries' rows of
-            the gathered first tower) and must return that share of the full-batch loss
-            (``info_nce`` does); each share of the gradient is scaled by
+            passes its own rows; the loss gets ``rows=slice(...)``, its queries' rows of the
+            gathered queries (``slice(0, B)`` in one process), and returns that share of the
+            full-batch loss (the loss contract); each share of the gradient is scaled by
             ``exchange.grad_scale`` for the averaging reduction that follows. Parameters owned
             by the loss get the summed gradient directly. All processes run the same number of
             backward passes (empty one-row replays pad the shorter ones).
@@ -98,7 +97,7 @@ class GradCache:
     def __init__(
         self,
         encoders: Sequence[Encoder],
-        loss_fn: LossFn,
+        loss_fn: Loss,
         chunk_size: int | None = 8,
         *,
         token_budget: int | None = None,
@@ -110,8 +109,11 @@ class GradCache:
         no_sync: ContextFactory | None = None,
         exchange: Exchange | None = None,
     ) -> None:
-        if not encoders:
-            raise ValueError("GradCache needs at least one encoder")
+        if len(encoders) != 2:
+            raise ValueError(
+                f"GradCache needs [query_encoder, document_encoder] (the same module twice for "
+                f"tied towers), got {len(encoders)} encoders"
+            )
         if chunk_size is None and token_budget is None:
             raise ValueError("set chunk_size, token_budget or both")
         if keep_graphs < 0:
@@ -134,18 +136,23 @@ class GradCache:
             batch, self.chunk_size, self.token_budget, self.sort_by_length, self.trim
         )
 
-    def step(self, *batches: Mapping[str, Any], **loss_kwargs: Any) -> StepResult:
+    def step(
+        self,
+        queries: Mapping[str, Any],
+        documents: Mapping[str, Any],
+        inputs: LossInputs | None = None,
+    ) -> StepResult:
         """Run phases 1-3 on one batch per tower; leave the full-batch gradient in ``.grad``.
 
         Args:
-            *batches: One tokenizer-output dict per encoder, in the order of ``encoders``.
-            **loss_kwargs: Passed to ``loss_fn`` (e.g. a false-negative mask).
+            queries: The query tower's tokenizer-output dict (this process's rows).
+            documents: The document tower's, ``n`` rows per query, grouped by query.
+            inputs: What the loss gets beside the representations (default: step 0, no mask).
 
         Returns:
             The (unscaled) detached loss and the loss's named parts.
         """
-        if len(batches) != len(self.encoders):
-            raise ValueError(f"got {len(batches)} batches for {len(self.encoders)} encoders")
+        batches = (queries, documents)
         passes = []
         split = [self.split(batch) for batch in batches]
         missing = [self._missing(len(chunks)) for chunks in split]  # agreed before any forward
@@ -154,7 +161,7 @@ class GradCache:
             for _ in range(missing[t]):
                 self._empty_forward(tower)
             passes.append(tower)
-        loss, parts, grads = self.build_cache([p.reps for p in passes], loss_kwargs)
+        loss, parts, grads = self.build_cache([p.reps for p in passes], inputs or LossInputs())
         self.forward_backward(passes, grads)
         return StepResult(loss, plain_parts(parts))
 
@@ -183,19 +190,23 @@ class GradCache:
         return TowerPass(encoder, chunks, states, scatter_rows(parts, chunks), kept)
 
     def build_cache(
-        self, reps: Sequence[torch.Tensor], loss_kwargs: Mapping[str, Any]
+        self, reps: Sequence[torch.Tensor], inputs: LossInputs
     ) -> tuple[torch.Tensor, Parts, list[torch.Tensor]]:
-        """Phase 2: loss on detached fp32 representations (every process's, gathered); return
-        the full-batch loss, its parts and d(loss)/d(this process's reps)."""
+        """Phase 2: loss on detached fp32 representations (every process's, gathered) for this
+        process's query rows; return the full-batch loss, its parts and d(loss)/d(this process's
+        reps)."""
         ex = self.exchange
         leaves = [ex.gather(upcast(r).detach()).requires_grad_() for r in reps]
-        kwargs = dict(loss_kwargs)
-        if ex.world > 1:
-            b = reps[0].shape[0]
-            kwargs["query_rows"] = slice(ex.rank * b, (ex.rank + 1) * b)
+        b = reps[0].shape[0]
+        rows = slice(ex.rank * b, (ex.rank + 1) * b)
         owned = _loss_parameters(self.loss_fn)
         with torch.enable_grad():
-            loss, parts = split_output(self.loss_fn(*leaves, **kwargs))
+            out = self.loss_fn(leaves[0], leaves[1], inputs, rows)
+            if not isinstance(out, LossOutput):
+                raise TypeError(
+                    f"loss_fn must return a dualforge.losses.LossOutput, got {type(out).__name__}"
+                )
+            loss, parts = out
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
@@ -275,7 +286,7 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _loss_parameters(loss_fn: LossFn) -> list[torch.Tensor]:
+def _loss_parameters(loss_fn: Loss) -> list[torch.Tensor]:
     """Trainable parameters the loss owns (a learned temperature, a head), if it is a module."""
     if isinstance(loss_fn, torch.nn.Module):
         return [p for p in loss_fn.parameters() if p.requires_grad]

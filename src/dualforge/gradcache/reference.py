@@ -16,24 +16,27 @@ from torch import nn
 
 from dualforge.gradcache.chunking import scatter_rows
 from dualforge.gradcache.engine import GradCache, upcast
-from dualforge.losses.output import split_output
+from dualforge.losses.inputs import LossInputs, all_rows
 
 REL_FLOOR = 1e-3
 
 
 def plain_chunked_step(
-    gc: GradCache, *batches: Mapping[str, Any], **loss_kwargs: Any
+    gc: GradCache,
+    queries: Mapping[str, Any],
+    documents: Mapping[str, Any],
+    inputs: LossInputs | None = None,
 ) -> torch.Tensor:
     """Full-batch backward through ``gc``'s encoders and chunks, with every graph kept."""
     reps = []
-    for encoder, batch in zip(gc.encoders, batches):
+    for encoder, batch in zip(gc.encoders, (queries, documents)):
         chunks = gc.split(batch)
         parts = []
         for chunk in chunks:
             with gc._autocast(chunk)():
                 parts.append(encoder(chunk.inputs))
         reps.append(upcast(scatter_rows(parts, chunks)))
-    loss, _ = split_output(gc.loss_fn(*reps, **loss_kwargs))
+    loss, _ = gc.loss_fn(reps[0], reps[1], inputs or LossInputs(), all_rows(reps[0]))
     torch.autograd.backward(gc.scaler.scale(loss) if gc.scaler is not None else loss)
     return loss.detach()
 

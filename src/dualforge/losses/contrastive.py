@@ -1,18 +1,30 @@
-"""InfoNCE with in-batch negatives and optional hard negatives: pure functions of representations.
+"""InfoNCE with in-batch negatives and optional hard negatives: exact, tiled, at every nesting dim.
 
 Document layout: ``d`` holds ``n = 1 + K`` rows per query, grouped by query:
 rows ``i*n .. i*n+n-1`` belong to query ``i``; row ``i*n`` is its positive, the rest its hard
 negatives. Every document in the batch is a negative for every other query.
+
+The loss never holds the ``(B, B * n)`` scores (:mod:`dualforge.losses.tiles`); every
+Matryoshka dim is scored in the same pass (:mod:`dualforge.losses.dot`). :func:`nce_by_dim` is
+the part every score function shares: this process's query rows against every document, and,
+when symmetric, their positives against every query, each divided by the full batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Literal, get_args
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
+
+from dualforge.losses.dot import DotPair
+from dualforge.losses.inputs import LossInputs, PositiveCodes
+from dualforge.losses.matryoshka import Nesting, nested_output
+from dualforge.losses.output import LossOutput
+from dualforge.losses.tiles import BUDGET, ScorerFactory, TileSpec, tiled_nce
+from dualforge.matryoshka import check_dims
 
 Similarity = Literal["dot", "cos"]
 """Score functions of :func:`similarity` (the one list of them)."""
@@ -47,11 +59,12 @@ def info_nce(
     *,
     temperature: float | torch.Tensor = 0.05,
     symmetric: bool = False,
-    false_negatives: torch.Tensor | None = None,
     sim: str = "dot",
-    query_rows: slice | None = None,
+    positives: PositiveCodes | None = None,
+    rows: slice | None = None,
+    budget: int = BUDGET,
 ) -> torch.Tensor:
-    """Contrastive loss of each query against all documents in the batch.
+    """Contrastive loss of each query against all documents in the batch (scalar).
 
     Args:
         q: ``(B, D)`` query representations.
@@ -59,82 +72,133 @@ def info_nce(
         temperature: Scores are divided by it; a tensor may be a learned parameter.
         symmetric: Add the document-to-query loss of each positive against all queries, and
             average the two directions.
-        false_negatives: ``(B, B * n)`` bool, True where a document must not count as a negative
-            for a query (e.g. another query's copy of its positive). The target is never masked.
         sim: ``"dot"`` or ``"cos"``.
-        query_rows: Compute only these queries' terms (and, when symmetric, their positives'
-            terms), still divided by the full ``B``: one process's share of the full-batch loss
-            under several processes, so the shares sum to the full loss. Scores are
-            ``(b, B * n)`` (and ``(B, b)``) for ``b`` rows, never ``(B, B * n)``.
-
-    Returns:
-        Scalar mean cross-entropy (or this share of it).
+        positives: Codes of known positives: a document whose code is one of query ``i``'s
+            positive codes is not a negative of ``i`` (its own target never is masked).
+        rows: Compute only these queries' terms (and, when symmetric, their positives' terms),
+            still divided by the full ``B``: one process's share of the full-batch loss.
+        budget: Elements a tile of scores may hold (:data:`~dualforge.losses.tiles.BUDGET`).
     """
-    return contrastive_loss(
-        partial(similarity, kind=sim), q, d, temperature=temperature, symmetric=symmetric,
-        false_negatives=false_negatives, query_rows=query_rows,
-    )  # fmt: skip
+    return nested_info_nce(
+        q, d, (q.shape[-1],), temperature=temperature, symmetric=symmetric, sim=sim,
+        positives=positives, rows=rows, budget=budget,
+    )[0]  # fmt: skip
 
 
-Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``score(a, b) -> (len(a), len(b))``: every row of ``a`` against every row of ``b``."""
-
-
-def contrastive_loss(
-    score: Score,
+def nested_info_nce(
     q: torch.Tensor,
     d: torch.Tensor,
+    dims: Sequence[int],
     *,
+    renormalize: bool = False,
     temperature: float | torch.Tensor = 0.05,
     symmetric: bool = False,
-    false_negatives: torch.Tensor | None = None,
-    query_rows: slice | None = None,
+    sim: str = "dot",
+    positives: PositiveCodes | None = None,
+    rows: slice | None = None,
+    budget: int = BUDGET,
 ) -> torch.Tensor:
-    """InfoNCE over any score function (dot / cosine for :func:`info_nce`, MaxSim for late
-    interaction); the arguments are :func:`info_nce`'s, the scores come from ``score``."""
-    n = docs_per_query(q, d)
-    rows = query_rows if query_rows is not None else slice(0, q.shape[0])
-    mine = torch.arange(q.shape[0], device=q.device)[rows]  # (b,) query indices
-    target = mine * n  # (b,) their positives' rows in d
-    scores = score(q[rows], d) / temperature  # (b, B*n)
-    if false_negatives is not None:
-        scores = scores.masked_fill(_keep_target(false_negatives[rows], target), float("-inf"))
-    loss = F.cross_entropy(scores, target, reduction="sum") / q.shape[0]
+    """``(M,)`` :func:`info_nce` of the prefixes ``q[:, :m], d[:, :m]`` at every dim, in one
+    pass over the tiles. ``renormalize`` (or ``sim="cos"``) scores the L2-renormalised prefixes.
+    Other arguments as :func:`info_nce`."""
+    if sim not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {sim!r}; use one of {SIMILARITIES}")
+    dims = check_dims(dims, full=q.shape[-1])
+    if d.shape[-1] != q.shape[-1]:
+        raise ValueError(f"query dim {q.shape[-1]} != document dim {d.shape[-1]}")
+    pair = DotPair(q, d, dims, normalize=renormalize or sim == "cos")
+    return nce_by_dim(pair, q.shape[0], docs_per_query(q, d), temperature=temperature,
+                      symmetric=symmetric, positives=positives, rows=rows, budget=budget)  # fmt: skip
+
+
+class Pairing(Protocol):
+    """What :func:`nce_by_dim` scores: queries against documents and documents against queries."""
+
+    def queries_vs_docs(self, rows: slice) -> tuple[ScorerFactory, list[Any]]:
+        """Scorer and tensors of queries ``rows`` (rows) against every document (columns)."""
+        ...
+
+    def docs_vs_queries(self, rows: slice) -> tuple[ScorerFactory, list[Any]]:
+        """Scorer and tensors of documents ``rows`` (a strided slice of the positives' rows)
+        against every query (columns)."""
+        ...
+
+
+def nce_by_dim(
+    pair: Pairing,
+    batch: int,
+    n: int,
+    *,
+    temperature: float | torch.Tensor,
+    symmetric: bool,
+    positives: PositiveCodes | None,
+    rows: slice | None,
+    budget: int,
+) -> torch.Tensor:
+    """``(M,)`` InfoNCE share of queries ``rows`` (and, when symmetric, of their positives
+    against every query) over any :class:`Pairing`, divided by the full ``batch``."""
+    start, stop, step = (rows or slice(0, batch)).indices(batch)
+    if step != 1 or stop <= start:
+        raise ValueError(f"rows={rows} selects no query of {batch} (or is not contiguous)")
+    mine = slice(start, stop)  # (b,) queries
+    own = slice(start * n, stop * n, n)  # (b,) their positives' rows in d
+    factory, tensors = pair.queries_vs_docs(mine)
+    device = _device(tensors)
+    index = torch.arange(batch, device=device)
+    codes = None if positives is None else (positives.positives[mine], positives.docs[:, None])
+    spec = TileSpec.from_codes(factory, index[mine] * n, _on(codes, device), budget)
+    loss = tiled_nce(spec, temperature, tensors) / batch
     if not symmetric:
         return loss
-    d2q = score(q, d[target]).T / temperature  # (b, B): positive j against every query
-    if false_negatives is not None:
-        back_mask = _keep_target(false_negatives[:, target].T, mine)  # (b, B)
-        d2q = d2q.masked_fill(back_mask, float("-inf"))
-    back = F.cross_entropy(d2q, mine, reduction="sum") / q.shape[0]
+    codes = None if positives is None else (positives.docs[own, None], positives.positives)
+    factory, tensors = pair.docs_vs_queries(own)
+    spec = TileSpec.from_codes(factory, index[mine], _on(codes, device), budget)
+    back = tiled_nce(spec, temperature, tensors) / batch
     return (loss + back) / 2
 
 
-def _keep_target(false_negatives: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The mask with row ``i``'s target column ``target[i]`` cleared (a target is never masked)."""
-    mask = false_negatives.clone().bool()
-    mask[torch.arange(mask.shape[0], device=mask.device), target.to(mask.device)] = False
-    return mask.to(target.device)
+def _device(tensors: Sequence[Any]) -> torch.device:
+    return next(t.device for t in tensors if isinstance(t, torch.Tensor))
 
 
-def false_negative_mask(
-    doc_ids: Sequence[str | None],
-    positives: Sequence[Sequence[str]],
-) -> torch.Tensor:
-    """Mask documents that are known positives of a query but sit elsewhere in the batch.
+def _on(
+    codes: tuple[torch.Tensor, torch.Tensor] | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return None if codes is None else (codes[0].to(device), codes[1].to(device))
 
-    Args:
-        doc_ids: Id of every document row (``B * n``), in the grouped layout; None if unknown.
-        positives: For each of the ``B`` queries, all ids known to be relevant to it (qrels).
 
-    Returns:
-        ``(B, B * n)`` bool mask for :func:`info_nce` ``false_negatives``; a query's own target
-        row is left to :func:`info_nce`, which never masks it.
+@dataclass(frozen=True)
+class InfoNCE:
+    """InfoNCE as a :class:`~dualforge.losses.inputs.Loss` (optionally Matryoshka-nested).
+
+    Attributes:
+        temperature: Scores are divided by it.
+        symmetric: Add the document-to-query direction.
+        similarity: ``"dot"`` or ``"cos"``.
+        nesting: Matryoshka dims and weights (None: the full dim only).
+        budget: Elements a tile of scores may hold.
     """
-    mask = torch.zeros(len(positives), len(doc_ids), dtype=torch.bool)
-    for i, pos in enumerate(positives):
-        wanted = set(pos)
-        for j, doc in enumerate(doc_ids):
-            if doc is not None and doc in wanted:
-                mask[i, j] = True
-    return mask
+
+    temperature: float = 0.05
+    symmetric: bool = False
+    similarity: Similarity = "dot"
+    nesting: Nesting | None = None
+    budget: int = BUDGET
+
+    def __call__(
+        self, q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice, /
+    ) -> LossOutput:
+        """This process's share; ``parts["loss_by_dim"]`` when nested."""
+        if self.nesting is None:
+            loss = info_nce(
+                q, d, temperature=self.temperature, symmetric=self.symmetric,
+                sim=self.similarity, positives=inputs.positives, rows=rows, budget=self.budget,
+            )  # fmt: skip
+            return LossOutput(loss, {})
+        dims = self.nesting.chosen(inputs.step)
+        values = nested_info_nce(
+            q, d, dims, renormalize=self.nesting.renormalize, temperature=self.temperature,
+            symmetric=self.symmetric, sim=self.similarity, positives=inputs.positives,
+            rows=rows, budget=self.budget,
+        )  # fmt: skip
+        return nested_output(self.nesting, dims, values)

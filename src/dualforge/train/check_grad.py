@@ -15,7 +15,7 @@ from dualforge.gradcache.reference import (
     plain_chunked_step,
     snapshot_grads,
 )
-from dualforge.losses import info_nce
+from dualforge.losses import InfoNCE, info_nce
 from dualforge.modeling import DualEncoder, load_model
 
 
@@ -89,7 +89,7 @@ def check_gradients(
     def engine(m: DualEncoder) -> GradCache:
         towers = [m.query_encoder, m.doc_encoder]
         return GradCache(
-            towers, info_nce, chunk, sort_by_length=sort_by_length, autocast_dtype=autocast_dtype
+            towers, InfoNCE(), chunk, sort_by_length=sort_by_length, autocast_dtype=autocast_dtype
         )
 
     gc = engine(cached)

@@ -1,5 +1,5 @@
 """Turn a batch of training examples into GradCache inputs: query batch, grouped document batch,
-and the in-batch false-negative mask."""
+and the loss's inputs (the step, and the codes that mask in-batch false negatives)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dualforge.losses import false_negative_mask
+from dualforge.losses import LossInputs, PositiveCodes
 from dualforge.modeling import Model
 from dualforge.train.distributed import shard_batch
 
@@ -20,15 +20,14 @@ class StepInputs:
 
     queries: dict[str, torch.Tensor]  # (B, Lq)
     documents: dict[str, torch.Tensor]  # (B * (1 + K), Ld), grouped by query
-    false_negatives: torch.Tensor | None  # (B, B * (1 + K)) bool, over the global batch
+    loss: LossInputs  # codes over the global batch
 
     def to(self, device: torch.device) -> StepInputs:
         """The same inputs on ``device``."""
-        mask = self.false_negatives
         return StepInputs(
             queries={k: v.to(device) for k, v in self.queries.items()},
             documents={k: v.to(device) for k, v in self.documents.items()},
-            false_negatives=mask.to(device) if mask is not None else None,
+            loss=self.loss.to(device),
         )
 
 
@@ -52,12 +51,13 @@ def collate(
     known_positives: dict[str, set[str]] | None = None,
     mask_false_negatives: bool = True,
     shard: tuple[int, int] = (0, 1),
+    step: int = 0,
 ) -> StepInputs:
     """Tokenize a sampler batch (``queries``, ``positives``, ``negatives`` and their ids).
 
     Under several processes, ``batch`` is the global batch and ``shard=(rank, world)``: only
-    this process's rows are tokenized, and the false-negative mask covers the global batch
-    (``(B, B * (1 + K))``), so masking works across processes.
+    this process's rows are tokenized, and the false-negative codes cover the global batch, so
+    masking works across processes.
 
     Args:
         model: Supplies the tokenizer and prefixes.
@@ -65,18 +65,17 @@ def collate(
         query_max_length: Query truncation.
         doc_max_length: Document truncation.
         known_positives: Query id -> ids of all its relevant documents (qrels), for masking.
-        mask_false_negatives: Build the mask (needs document ids).
+        mask_false_negatives: Build the codes (O(B * n + positives); document ids, else texts).
         shard: ``(rank, world)``: tokenize rows ``[r * b, (r + 1) * b)`` of the batch only.
+        step: The training step (the loss's :attr:`LossInputs.step`).
     """
-    mask = None
-    if mask_false_negatives:
-        mask = _mask(batch, known_positives or {})
+    codes = _codes(batch, known_positives or {}) if mask_false_negatives else None
     local = shard_batch(batch, *shard) if shard[1] > 1 else batch
     docs = grouped_documents(local.positives, local.negatives)
     return StepInputs(
         queries=model.tokenize(local.queries, "query", query_max_length),
         documents=model.tokenize(docs, "document", doc_max_length),
-        false_negatives=mask,
+        loss=LossInputs(step=step, positives=codes),
     )
 
 
@@ -84,9 +83,10 @@ def _doc_key(doc_id: str | None, text: str) -> str:
     return doc_id if doc_id is not None else f"text:{text}"
 
 
-def _mask(batch: Any, known: dict[str, set[str]]) -> torch.Tensor:
-    """Mask a document row for query ``i`` when it is a known positive of ``i`` (qrels ids) or a
-    copy of ``i``'s own positive elsewhere in the batch (matched by id, else by text)."""
+def _codes(batch: Any, known: dict[str, set[str]]) -> PositiveCodes:
+    """Codes that mask a document row for query ``i`` when it is a known positive of ``i``
+    (qrels ids) or a copy of ``i``'s own positive elsewhere in the batch (matched by id, else by
+    text)."""
     keys: list[str | None] = []
     wanted: list[list[str]] = []
     for i, positive in enumerate(batch.positives):
@@ -95,5 +95,5 @@ def _mask(batch: Any, known: dict[str, set[str]]) -> torch.Tensor:
         neg_ids = batch.negative_ids[i] or [None] * len(batch.negatives[i])
         keys.extend(_doc_key(n, t) for n, t in zip(neg_ids, batch.negatives[i]))
         qid = batch.query_ids[i]
-        wanted.append([own, *sorted(known.get(qid, set()) if qid is not None else ())])
-    return false_negative_mask(keys, wanted)
+        wanted.append([own, *(known.get(qid, ()) if qid is not None else ())])
+    return PositiveCodes.from_ids(keys, wanted)

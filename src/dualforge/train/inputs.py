@@ -15,23 +15,23 @@ from pathlib import Path
 from dualforge.config import Config, ConfigError, DataConfig
 from dualforge.data import available_splits
 from dualforge.modeling.io import ModelLoadError, check_model_name
-from dualforge.train.components import LOSSES
+from dualforge.train.losses import LossRegistry, default_losses
 from dualforge.train.tensorboard import summary_writer_class
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
     """Check that the loss is registered and that the data and model paths exist.
 
     Args:
         cfg: A validated config.
+        losses: The losses the run may use (default: dualforge's own).
 
     Raises:
         ConfigError: Naming the key and the path, e.g. ``data.path='/x': no such folder``.
     """
-    if cfg.loss.name not in LOSSES:
-        raise ConfigError(f"loss.name={cfg.loss.name!r}: must be one of {sorted(LOSSES)}")
+    (losses or default_losses()).entry(cfg.loss)
     _check_data(cfg.data)
     try:
         check_model_name(cfg.model.name)

@@ -40,6 +40,7 @@ from dualforge.train.collate import collate
 from dualforge.train.components import build_model, projection_texts
 from dualforge.train.distributed import barrier, broadcast_object, gather_objects, teardown
 from dualforge.train.kinds import reload
+from dualforge.train.losses import LossRegistry
 from dualforge.train.parts import (
     Parts,
     StepInfo,
@@ -76,16 +77,19 @@ StopCondition = Callable[[TrainerState], bool]
 StepHook = Callable[[Parts, TrainerState, StepInfo], None]
 
 
-def train(cfg: Config, *, hooks: Sequence[StepHook] = ()) -> RunResult:
+def train(
+    cfg: Config, *, hooks: Sequence[StepHook] = (), losses: LossRegistry | None = None
+) -> RunResult:
     """Run the whole job described by ``cfg``; see the module docstring.
 
     Args:
         cfg: The run's config.
         hooks: Called after every step (after its logging, evaluation and checkpoint) with the
             parts, the new state and the step's :class:`StepInfo`.
+        losses: The losses ``loss.name`` may name (default: dualforge's own).
     """
     started = time.perf_counter()
-    p = build_parts(cfg)
+    p = build_parts(cfg, losses)
     try:
         return run_job(p, hooks, started)
     finally:
@@ -292,11 +296,9 @@ def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
         p.data.known_positives,
         cfg.loss.mask_false_negatives,
         shard=(p.proc.rank, p.proc.world),
+        step=step,
     ).to(p.device)
-    kwargs: dict[str, Any] = {"step": step} if cfg.loss.matryoshka.active else {}
-    if inputs.false_negatives is not None:
-        kwargs["false_negatives"] = inputs.false_negatives
-    result = p.gc.step(inputs.queries, inputs.documents, **kwargs)
+    result = p.gc.step(inputs.queries, inputs.documents, inputs.loss)
     loss = float(result.loss)
     if not math.isfinite(loss):
         p.log.write("error", step=step, loss=loss)

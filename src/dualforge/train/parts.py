@@ -28,10 +28,11 @@ from dualforge.mining.policies import RefreshReport
 from dualforge.modeling import Model
 from dualforge.modeling.adapters import enable_checkpointing
 from dualforge.train.checkpoint import Stateful
-from dualforge.train.components import build_gradcache, build_loss, build_model, tower_encoders
+from dualforge.train.components import build_gradcache, build_model, tower_encoders
 from dualforge.train.distributed import ProcessInfo, setup
 from dualforge.train.evaluation import encode_texts
 from dualforge.train.kinds import KINDS, Kind, kind_of
+from dualforge.train.losses import LossRegistry, build_loss, default_losses
 from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
 from dualforge.train.replicas import STRATEGIES, Replicas, Single
 from dualforge.train.run_data import RunData, load_run_data
@@ -248,9 +249,10 @@ def build_sampler(cfg: Config, data: RunData) -> BatchSampler:
     )
 
 
-def build_parts(cfg: Config) -> Parts:
+def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
     """Load data and model, place them on the run's device (and processes), and build sampler,
-    engine, optimizer and schedule (trains nothing)."""
+    loss (``loss.name`` looked up in ``losses``, default :func:`default_losses`), engine,
+    optimizer and schedule (trains nothing)."""
     proc, device, started = place(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     data = load_run_data(cfg.data, cfg.run.seed)
@@ -263,8 +265,10 @@ def build_parts(cfg: Config) -> Parts:
     steps = cfg.optim.max_steps or cfg.optim.epochs * len(sampler)
     kind = kind_of(cfg.model)
     loss = build_loss(
-        cfg.loss, model.dim, model.query_encoder.normalize, cfg.run.seed, tokens=kind.tokens
-    )
+        cfg.loss, losses or default_losses(), model_dim=model.dim,
+        normalized=model.query_encoder.normalize, seed=cfg.run.seed, tokens=kind.tokens,
+        device=device,
+    )  # fmt: skip
     precision = choose_precision(cfg, device, proc)
     several = proc.world > 1
     if several and cfg.run.strategy == "fsdp" and cfg.model.projection == "pca":
