@@ -62,3 +62,22 @@ def test_huge_logits_do_not_overflow() -> None:
     got = info_nce(q, d, temperature=0.01, budget=6)
     want = dense_nce(q, d, temperature=0.01)
     assert math.isfinite(float(got)) and abs(float(got) - float(want)) <= 1e-9 * float(want)
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [768, 300, 60],  # 8 x 16 scores, 6 elements each: one tile; logits of every tile kept; rescored
+)
+def test_one_tile_kept_tiles_and_rescored_tiles_agree(budget: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(8, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    d = torch.randn(16, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    ids = [f"d{j % 11}" for j in range(16)]
+    codes = PositiveCodes.from_ids(ids, [[ids[2 * i]] for i in range(8)])
+    got = info_nce(q, d, temperature=tau, positives=codes, symmetric=True, budget=budget)
+    want = dense_nce(q, d, temperature=tau, mask=codes.dense(), symmetric=True)
+    assert abs(float(got.detach()) - float(want.detach())) <= 1e-12
+    ga = torch.autograd.grad(got, [q, d, tau])
+    gb = torch.autograd.grad(want, [q, d, tau])
+    assert all(torch.allclose(a, b_, atol=1e-12) for a, b_ in zip(ga, gb))

@@ -80,6 +80,7 @@ class DotScores:
         self.shape = (x.shape[0], y.shape[0])
         self.dims = len(self.spans)
         self.cost = 2 * self.dims + 4  # logits, softmax / grads, and temporaries
+        self.state_cost = 0  # the backward needs the logits and the inputs only
         self.norms = (
             (_prefix_norms(self.x, dims), _prefix_norms(self.y, dims)) if normalize else None
         )
@@ -90,6 +91,9 @@ class DotScores:
         else:  # ... or on a copy of the rows
             self.x_tau = self.x * self.inv_tau
         self._grads: list[torch.Tensor] | None = None
+
+    def keep_tiles(self) -> None:
+        """Nothing to keep: the backward reads the inputs and the tile's logits."""
 
     def scores(self, r: slice, c: slice) -> list[torch.Tensor]:
         """Prefix products accumulated slice by slice, scaled, over the temperature."""

@@ -149,7 +149,9 @@ class MaxSimScores:
         )
         widest = max(t.shape[-1] for t in rows)
         self.cost = tq * (max(td, widest) + self.dims) + 2 * self.dims + 4
+        self.state_cost = 2 * tq * self.dims  # int64 argmax indices per query token and dim
         self._tile: tuple[slice, slice, list[torch.Tensor]] | None = None
+        self._kept: dict[tuple[int, int], list[torch.Tensor]] | None = None
         self._grads: list[torch.Tensor] | None = None
 
     def _pair(self, k: int, r: slice, c: slice) -> tuple[torch.Tensor, ...]:
@@ -159,6 +161,10 @@ class MaxSimScores:
         if self.transposed:
             return cv[c], cm[c], rv[r], rm[r]
         return rv[r], rm[r], cv[c], cm[c]
+
+    def keep_tiles(self) -> None:
+        """Keep every scored tile's argmax indices, not only the last tile's."""
+        self._kept = {}
 
     def scores(self, r: slice, c: slice) -> list[torch.Tensor]:
         """MaxSim of the tile at every dim over the temperature (the argmax indices are kept for
@@ -170,19 +176,25 @@ class MaxSimScores:
             out.append(s.T.contiguous() if self.transposed else s)
             idxs.append(idx)
         self._tile = (r, c, idxs)
+        if self._kept is not None:
+            self._kept[r.start, c.start] = idxs
         return out
 
     def backward(
         self, r: slice, c: slice, logits: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> None:
-        """Gather-based gradients of the tile :meth:`scores` just scored."""
-        if self._tile is None or self._tile[:2] != (r, c):
-            raise RuntimeError("MaxSimScores.backward needs the tile it scored last")
+        """Gather-based gradients of the tile :meth:`scores` just scored (or of any kept tile)."""
+        if self._kept is not None and (r.start, c.start) in self._kept:
+            idxs = self._kept[r.start, c.start]
+        elif self._tile is not None and self._tile[:2] == (r, c):
+            idxs = self._tile[2]
+        else:
+            raise RuntimeError("MaxSimScores.backward needs a tile it scored last or kept")
         buffers = self._buffers()
         for k in range(self.dims):
             qv, qm, dv, _ = self._pair(k, r, c)
             g = (grads[k].T if self.transposed else grads[k]) * self.inv_tau  # (q, d) dL/dscore
-            d_q, d_d = block_grads(g, qv, qm, dv, self._tile[2][k])
+            d_q, d_d = block_grads(g, qv, qm, dv, idxs[k])
             d_rows, d_cols = (d_d, d_q) if self.transposed else (d_q, d_d)
             buffers[k][r] += d_rows
             buffers[self.dims + k][c] += d_cols

@@ -9,8 +9,10 @@ logits: the forward walks tiles of ``rows x cols`` with a running (max, sum) log
 and dim, keeping only ``(M, R)`` numbers; the backward (a custom autograd Function) recomputes
 each tile's logits, turns them into ``dL/dz = g_m (softmax - onehot(target))`` with the saved
 log-sum-exps, and hands them to the scorer, which backprops them into its inputs. Peak extra
-memory is one tile, never ``O(R x C)``. When the whole matrix is one tile (small batches) the
-forward keeps it, and the backward recomputes nothing: the dense computation, as before.
+memory is one tile, never ``O(R x C)``. Where the logits of every tile (and what the scorer
+needs of each, such as MaxSim's argmax indices) fit the budget, the forward keeps them and the
+backward scores nothing again; a matrix that is one tile keeps its softmax too (small batches:
+the dense computation, as before).
 
 What is scored is injected (a :class:`TileScores` built by a :data:`ScorerFactory` from the
 Function's input tensors and the temperature): nested dot / cosine products
@@ -82,13 +84,21 @@ class TileScores(Protocol):
         shape: ``(R, C)``.
         dims: ``M``, the number of logit matrices (one per nesting dim).
         cost: Elements one tile holds per score while scoring and backpropagating (sizes tiles).
+        state_cost: Elements per score the scorer keeps for :meth:`backward` of a tile it is no
+            longer scoring, after :meth:`keep_tiles` (0: it needs nothing but the logits).
         dtype: The dtype logits are computed in (fp32, or fp64 for fp64 inputs).
     """
 
     shape: tuple[int, int]
     dims: int
     cost: int
+    state_cost: int
     dtype: torch.dtype
+
+    def keep_tiles(self) -> None:
+        """From now on, keep what :meth:`backward` needs of every tile scored (not only the
+        last), so that the logits of every tile can be kept and none is scored again."""
+        ...
 
     def scores(self, r: slice, c: slice) -> list[torch.Tensor]:
         """``M`` new tensors ``(r, c)``: the logits of rows ``r`` against columns ``c`` (the
@@ -199,6 +209,15 @@ class _Kept:
     probs: list[torch.Tensor]
 
 
+@dataclass
+class _KeptTiles:
+    """When every tile's logits (and the scorer's state) fit the budget, the forward keeps them
+    and the backward scores nothing again."""
+
+    scorer: TileScores
+    logits: list[list[torch.Tensor]]  # per tile, per dim
+
+
 class _TiledNCE(torch.autograd.Function):
     """Forward: online log-sum-exp over tiles. Backward: recompute each tile (unless the whole
     matrix was one tile, kept), softmax from the saved log-sum-exps, the scorer backprops it."""
@@ -209,9 +228,14 @@ class _TiledNCE(torch.autograd.Function):
         scorer = spec.scorer(tensors, float(tau))
         tiles = spec.tiles(scorer)
         wants_tau = bool(ctx.needs_input_grad[1])
-        kept = None
+        kept: _Kept | _KeptTiles | None = None
+        R, C = scorer.shape
         if len(tiles) == 1:
             kept, stats = _one_tile(scorer, spec, wants_tau)
+        elif R * C * (scorer.dims + scorer.state_cost) <= spec.budget:
+            scorer.keep_tiles()
+            kept = _KeptTiles(scorer, [])
+            stats = _forward_pass(scorer, spec, tiles, wants_tau, kept.logits)
         else:
             stats = _forward_pass(scorer, spec, tiles, wants_tau)
         ctx.spec, ctx.kept, ctx.tiles = spec, kept, tiles
@@ -224,9 +248,12 @@ class _TiledNCE(torch.autograd.Function):
         """Gradients of the temperature and of every input tensor."""
         tau, _, top, log_sum, gap, *saved = ctx.saved_tensors
         grad = grad.to(top.dtype)
-        if ctx.kept is not None:
+        if isinstance(ctx.kept, _Kept):
             scorer = ctx.kept.scorer
             _kept_backward(ctx.kept, ctx.spec, grad)
+        elif isinstance(ctx.kept, _KeptTiles):
+            scorer = ctx.kept.scorer
+            _backward_pass(scorer, ctx.spec, ctx.tiles, (top, log_sum), grad, ctx.kept.logits)
         else:
             found = iter(saved)
             tensors = [next(found) if here else None for here in ctx.present]
@@ -247,19 +274,26 @@ hundreds (MaxSim at temperature 0.05)."""
 
 
 def _forward_pass(
-    scorer: TileScores, spec: TileSpec, tiles: list[tuple[slice, slice]], wants_tau: bool
+    scorer: TileScores,
+    spec: TileSpec,
+    tiles: list[tuple[slice, slice]],
+    wants_tau: bool,
+    keep: list[list[torch.Tensor]] | None = None,
 ) -> Stats:
-    """:data:`Stats` over many tiles, with running per-row sums."""
+    """:data:`Stats` over many tiles, with running per-row sums; each tile's logits are
+    appended to ``keep`` when given."""
     R, M = scorer.shape[0], scorer.dims
     run = torch.zeros((3, M, R), dtype=scorer.dtype, device=spec.targets.device)
     top, total, weighted = run[0].fill_(-math.inf), run[1], run[2]
     target = torch.empty_like(top)
     for r, c in tiles:
         z, hits = spec.logits(scorer, r, c)
+        if keep is not None:
+            keep.append(z)
         for m, x in enumerate(z):
             target[m, r.start + hits[0]] = x[hits]
             sums = (total[m, r], weighted[m, r] if wants_tau else None)
-            _online_update(top[m, r], *sums, x)
+            _online_update(top[m, r], *sums, x if keep is None else x.clone())
     rel = top - target
     log_sum = total.log()
     gap = weighted / total + rel if wants_tau else torch.zeros_like(top)
@@ -299,12 +333,17 @@ def _backward_pass(
     tiles: list[tuple[slice, slice]],
     lse: tuple[torch.Tensor, torch.Tensor],
     grad: torch.Tensor,
+    kept: list[list[torch.Tensor]] | None = None,
 ) -> None:
-    """Walk the tiles again: ``dL/dz`` of each to the scorer."""
+    """Walk the tiles again (their ``kept`` logits, else scored anew): ``dL/dz`` of each to the
+    scorer."""
     top, log_sum = lse
     weight = grad[:, None] * (-log_sum).exp()  # (M, R): g_m / sum of exp(z - largest)
-    for r, c in tiles:
-        z, hits = spec.logits(scorer, r, c)
+    for i, (r, c) in enumerate(tiles):
+        if kept is None:
+            z, hits = spec.logits(scorer, r, c)
+        else:
+            z, hits = kept[i], spec.hits(r, c)
         grads = []
         for m, x in enumerate(z):
             g = torch.sub(x, top[m, r, None]).exp_().mul_(weight[m, r, None])
