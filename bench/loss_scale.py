@@ -8,6 +8,9 @@ one batch. Arms, each in a fresh process (peak RSS = its VmHWM):
     dense   the loss as it was before tiling: the whole (B, B*n) score matrix, a dense mask,
             F.cross_entropy, one full loss per Matryoshka prefix (written out here)
     tiled   dualforge.losses.InfoNCE: online log-sum-exp over tiles, every dim in one pass
+    dense-each  (worker only, ``--worker loss --arm dense-each``) dense, but each Matryoshka
+            dim's loss built and backpropagated on its own: the same gradient in a fifth of the
+            memory, the kindest dense baseline where the one-graph dense does not fit
 
 ``dense`` runs only where its matrices are predicted to fit in ``--dense-gib`` (four fp32
 ``(B, B*n)`` matrices per dim held for the backward). The mask-building step is timed
@@ -91,6 +94,13 @@ def loss_worker(
         t0 = time.perf_counter()
         if arm == "tiled":
             loss = loss_fn(q, d, LossInputs(positives=codes), slice(0, q.shape[0])).loss
+        elif arm == "dense-each":  # one dim's graph at a time: the dense arm's memory / dims
+            mask, loss = codes.dense(), q.new_zeros(())
+            for m in dims:
+                part = dense_loss(q, d, mask, (m,), renormalize=len(dims) > 1)
+                part.backward()
+                loss = loss + part.detach()
+            return loss, time.perf_counter() - t0
         else:
             loss = dense_loss(q, d, codes.dense(), dims)
         loss.backward()
@@ -113,8 +123,11 @@ def loss_worker(
     }  # fmt: skip
 
 
-def dense_loss(q: Any, d: Any, mask: Any, dims: tuple[int, ...]) -> Any:
-    """The pre-tiling loss: the whole score matrix at every prefix dim."""
+def dense_loss(
+    q: Any, d: Any, mask: Any, dims: tuple[int, ...], renormalize: bool | None = None
+) -> Any:
+    """The pre-tiling loss: the whole score matrix at every prefix dim (nested prefixes
+    renormalised, as the tiled arm's Nesting says, unless ``renormalize`` says otherwise)."""
     import torch
     import torch.nn.functional as F
 
@@ -125,7 +138,7 @@ def dense_loss(q: Any, d: Any, mask: Any, dims: tuple[int, ...]) -> Any:
     total = q.new_zeros(())
     for m in dims:
         qm, dm = q[:, :m], d[:, :m]
-        if len(dims) > 1:  # nested prefixes are renormalised, as the tiled arm's Nesting says
+        if renormalize if renormalize is not None else len(dims) > 1:
             qm, dm = F.normalize(qm, dim=-1), F.normalize(dm, dim=-1)
         scores = (qm @ dm.T / TEMPERATURE).masked_fill(keep, float("-inf"))
         total = total + F.cross_entropy(scores, target)
