@@ -10,7 +10,12 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A mistake in the input (config value, data file, model name); the message names it."""
+    """A mistake in the input (config value, data file, model name); the message names it.
+
+    ``status`` is the exit status the ``dualforge`` command ends with (2; 130 for Ctrl-C).
+    """
+
+    status = 2
 
 
 class UsageError(UserError):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dualforge.cli.main import main
 from dualforge.errors import UsageError
 from dualforge.modeling.late_io import save_late_model
 from tests.cli.test_search_eval_cli import eval_args, run_cli
@@ -69,3 +70,16 @@ def test_search_with_a_late_interaction_folder(
     assert len(_search(late_dir, tiny_beir, queries, "--dims", "8")) == 2
     with pytest.raises(UsageError, match="single-vector"):
         _search(late_dir, tiny_beir, queries, "--funnel", "8:10,16:5")
+
+
+def test_encode_refuses_a_late_interaction_folder(
+    late_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pooling its tokens into one vector would be silently wrong: the command says what to use."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("alpha\n")
+    out = tmp_path / "x.npy"
+    args = ["encode", "--model", str(late_dir), "--input", str(texts), "--output", str(out)]
+    assert main(args) == 2
+    assert "token matrices, not one vector each; search with it" in capsys.readouterr().err
+    assert not out.exists()

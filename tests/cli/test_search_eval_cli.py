@@ -179,7 +179,7 @@ def test_search_funnel_dims_and_stdin(
     assert result_ids(capsys.readouterr().out) == [got[0][:2]]
     with pytest.raises(SystemExit):
         run_cli([*base, "--dims", "16", "--funnel", "16:10"])  # mutually exclusive
-    with pytest.raises(UsageError, match="search: dims=128 is outside"):
+    with pytest.raises(UsageError, match=r"--dims 128: must be in 1\.\.64"):
         run_cli([*base, "--dims", "128"])
     with pytest.raises(UsageError, match="no such corpus file"):
         run_cli(["search", "--model", str(tiny_model_dir), "--corpus", "nowhere.jsonl"])

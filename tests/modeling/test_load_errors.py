@@ -8,7 +8,7 @@ import pytest
 
 from dualforge.errors import UserError
 from dualforge.modeling import load_model
-from dualforge.modeling.io import ModelLoadError, check_model_name
+from dualforge.modeling.names import ModelLoadError, check_model_name
 
 
 def test_a_missing_folder_fails_before_transformers_is_asked(tmp_path: Path) -> None:

@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from dualforge.train.checkpoint import (
+    STATE,
+    CorruptCheckpointError,
     ModelWeights,
     TrainerState,
     component_files,
     latest_checkpoint,
     load_checkpoint,
+    resume_from,
     save_checkpoint,
 )
 from dualforge.train.state import GlobalRng, RunClock
@@ -82,3 +85,35 @@ def test_keep_prunes_old_checkpoints_and_rng_and_clock_round_trip(tmp_path: Path
     load_checkpoint(tmp_path / "step-0000003", {"rng": GlobalRng(), "clock": again})
     assert torch.equal(torch.rand(3), expected)
     assert again.fields() == {"mining_seconds": 1.0, "training_seconds": 2.0}
+
+
+def test_pruning_orders_by_step_number_and_keeps_the_one_just_written(tmp_path: Path) -> None:
+    """Names past seven digits sort before shorter ones by name, not by step; and a checkpoint
+    older than those kept is still not removed the moment it is written."""
+    clock = RunClock()
+    for step in (9_999_999, 10_000_000):
+        save_checkpoint(tmp_path, TrainerState(step=step), {"clock": clock}, keep=2)
+    save_checkpoint(tmp_path, TrainerState(step=10_000_001), {"clock": clock}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-10000000", "step-10000001"]
+    save_checkpoint(tmp_path, TrainerState(step=3), {"clock": clock}, keep=2)
+    assert (tmp_path / "step-0000003").is_dir()
+    assert (tmp_path / "latest").read_text() == "step-0000003"
+
+
+def test_resume_from_skips_what_does_not_read_whole(tmp_path: Path) -> None:
+    clock = RunClock()
+    for step in (1, 2, 3):
+        clock.add(1.0, 0.0)
+        save_checkpoint(tmp_path, TrainerState(step=step), {"clock": clock}, keep=3)
+    (tmp_path / "step-0000003" / "clock.json").write_text('{"train')  # cut short
+    again = RunClock()
+    resumed = resume_from(tmp_path, {"clock": again})
+    assert resumed is not None and resumed.state.step == 2
+    assert resumed.skipped == (f"{tmp_path / 'step-0000003' / 'clock.json'}: unreadable "
+                               "(Unterminated string starting at: line 1 column 2 (char 1))",)  # fmt: skip
+    assert again.fields()["training_seconds"] == 2.0
+    assert resume_from(tmp_path / "none", {"clock": RunClock()}) is None
+    for step in (1, 2):
+        (tmp_path / f"step-{step:07d}" / STATE).unlink()
+    with pytest.raises(CorruptCheckpointError, match=r"no checkpoint under .* loads: .*missing"):
+        resume_from(tmp_path, {"clock": RunClock()})

@@ -9,8 +9,11 @@ import numpy as np
 
 from dualforge.data import DataError, read_texts
 from dualforge.errors import UsageError
+from dualforge.files import write_text_atomic
 from dualforge.hardware import resolve_device
 from dualforge.modeling import load_model
+from dualforge.modeling.late_io import is_late_folder
+from dualforge.modeling.names import check_model_name
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,18 +36,30 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Encode and save."""
-    model = load_model(args.model).to(resolve_device(args.device, "--device"))
+    """Check the arguments, encode and save (the ``.npy`` appears whole, last)."""
+    check_model_name(args.model)
+    if is_late_folder(args.model):
+        raise UsageError(
+            f"--model {args.model}: a late-interaction model encodes texts as token matrices, "
+            f"not one vector each; search with it: dualforge search --model {args.model} ..."
+        )
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
     try:
         ids, texts = read_texts(args.input)
     except DataError as err:
         raise UsageError(str(err)) from None
+    model = load_model(args.model).to(resolve_device(args.device, "--device"))
+    if args.dim is not None and not 1 <= args.dim <= model.dim:
+        raise UsageError(f"--dim {args.dim}: must be in 1..{model.dim} (the model's dim)")
     emb = model.encode(texts, side=args.side, batch_size=args.batch_size, show_progress=True)
     if args.dim:
         emb = emb[:, : args.dim]
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, emb)
-    out.with_suffix(".ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    write_text_atomic(out.with_suffix(".ids.txt"), "\n".join(ids) + "\n")
+    tmp = out.with_name(f".tmp-{out.name}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, emb)
+    tmp.replace(out)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {out}")
     return 0

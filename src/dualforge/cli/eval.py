@@ -30,6 +30,7 @@ from dualforge.eval.reports import (
     funnel_report,
 )
 from dualforge.eval.retrieval import Stage, parse_funnel_spec
+from dualforge.files import blocked, write_text_atomic
 from dualforge.hardware import resolve_device
 from dualforge.modeling import DualEncoder, load_model, resolve_model_path
 from dualforge.modeling.late_io import is_late_folder, load_late_model
@@ -123,14 +124,43 @@ def _evaluate(
     model = load_model(name, max_seq_length=args.max_length).to(
         resolve_device(args.device, "--device")
     )
+    check_dims_flag(dims, model.dim)
     with usage_errors():
         enc = encode_split(model, data, args.batch_size)
     report = evaluate_encoded(enc, data.qrels, k=args.k, metrics=DEFAULT_METRICS, dims=dims)
     return report.to_dict(), enc, model
 
 
+def check_dims_flag(dims: tuple[int, ...], model_dim: int) -> None:
+    """``--dims`` are prefixes of the model's vectors (before anything is encoded).
+
+    Raises:
+        UsageError: A dim outside ``1..model_dim``.
+    """
+    bad = [d for d in dims if not 1 <= d <= model_dim]
+    if bad:
+        raise UsageError(f"--dims {bad[0]}: must be in 1..{model_dim} (the model's dim)")
+
+
+def check_output_file(output: str | None) -> None:
+    """``--output`` can be written: its nearest existing folder is a writable folder.
+
+    Raises:
+        UsageError: Naming the flag and the path in the way.
+    """
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"--output {output}: a folder is there (give a file name)")
+    problem = blocked(path.parent)
+    if problem is not None:
+        raise UsageError(f"--output {output}: {problem}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON report."""
+    check_output_file(args.output)
     if is_late_folder(resolve_model_path(args.model)):
         return _emit(args, _late(args))
     stages = _parse_funnel(args.funnel)
@@ -174,6 +204,7 @@ def _late(args: argparse.Namespace) -> dict[str, Any]:
     model = load_late_model(resolve_model_path(args.model)).to(
         resolve_device(args.device, "--device")
     )
+    check_dims_flag(parse_dims(args.dims), model.dim)
     with usage_errors():
         report = late_report(
             partial(model.encode, side="query", batch_size=args.batch_size),
@@ -189,10 +220,9 @@ def _late(args: argparse.Namespace) -> dict[str, Any]:
 def _emit(args: argparse.Namespace, report: dict[str, Any]) -> int:
     """Print the JSON report (and write it to ``--output``)."""
     text = json.dumps(report, indent=2)
+    print(text)  # first: a write that fails loses nothing
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
-    print(text)
+        write_text_atomic(args.output, text + "\n")
     return 0
 
 

@@ -1,14 +1,16 @@
 """The ``dualforge`` command: one subcommand per module in this package.
 
 User errors (:class:`~dualforge.errors.UserError`: a bad config value, a bad data record, a model
-that cannot be loaded; or a missing file) print one line ``error: <message>`` on stderr and exit
-with status 2; any other exception keeps its traceback. ``dualforge --debug ...`` shows the
-traceback of every error.
+that cannot be loaded, a run stopped by a full disk or a NaN loss; or a missing file) print one
+line ``error: <message>`` on stderr and exit with status 2; Ctrl-C prints one line too and exits
+with 130. Any other exception keeps its traceback. ``dualforge --debug ...`` shows the traceback
+of every error.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +30,8 @@ from dualforge.errors import UserError
 
 SUBCOMMANDS = (train, eval, search, classify, encode, export, rotate, check_grad, validate)
 USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error{rank_tag()}: {error_line(err)}", file=sys.stderr)
+        return err.status if isinstance(err, UserError) else USER_ERROR_STATUS
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"error{rank_tag()}: interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    except OSError as err:
+        if args.debug or err.errno not in NO_SPACE:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error{rank_tag()}: {where}no space left on the device", file=sys.stderr)
         return USER_ERROR_STATUS
     return status
 

@@ -8,9 +8,12 @@ coordinates carry the most of each vector, so truncated prefixes lose much less 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from dualforge.cli.flags import check_new_folder
 from dualforge.data import DataError, read_texts
 from dualforge.errors import UsageError
+from dualforge.files import atomic_folder
 from dualforge.modeling import load_model, save_model
 from dualforge.modeling.rotation import rotate_model, sample_texts
 
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if len(texts) < 2:
         raise UsageError(f"{args.input}: need at least 2 documents, found {len(texts)}")
+    check_new_folder(Path(args.output), "--output")
     sample = sample_texts(texts, args.docs, args.seed)
     model = load_model(args.model)
     rotate_model(
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         show_progress=True,
     )
-    save_model(model, args.output)
+    with atomic_folder(args.output) as tmp:
+        save_model(model, tmp)
     print(
         f"rotated {args.model} on {len(sample)} documents of {args.input}; saved to {args.output}"
     )

@@ -19,6 +19,7 @@ from dualforge.data import Document, load_corpus
 from dualforge.errors import UsageError
 from dualforge.eval.late_search import late_searcher
 from dualforge.eval.reports import search_metric
+from dualforge.eval.retrieval.funnel import check_stages, parse_funnel_spec
 from dualforge.eval.retrieval.search import corpus_embeddings, make_search
 from dualforge.hardware import resolve_device
 from dualforge.modeling import load_model
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, max_seq_length=args.max_length).to(
         resolve_device(args.device, "--device")
     )
+    check_search_args(args, model.dim)
     docs = load_documents(Path(args.corpus), args.skip_bad)
     cache = Path(args.cache) if args.cache else None
 
@@ -146,11 +148,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_search_args(args: argparse.Namespace, dim: int) -> None:
+    """What can be checked before the corpus is encoded: the queries file, ``--dims`` and
+    ``--funnel`` against the model's ``dim``.
+
+    Raises:
+        UsageError: Naming the flag.
+    """
+    if args.queries is not None and not Path(args.queries).is_file():
+        raise UsageError(f"--queries {args.queries}: no such file")
+    if args.dims is not None and not 1 <= args.dims <= dim:
+        raise UsageError(f"--dims {args.dims}: must be in 1..{dim} (the model's dim)")
+    if args.funnel:
+        try:
+            check_stages(parse_funnel_spec(args.funnel), dim)
+        except ValueError as err:
+            raise UsageError(f"--funnel {args.funnel}: {err}") from None
+
+
 def run_late(args: argparse.Namespace) -> int:
     """A late-interaction folder: encode the corpus tokens, answer each query by MaxSim."""
     if args.funnel or args.cache:
         raise UsageError("--funnel and --cache are for single-vector models")
     model = load_late_model(args.model).to(resolve_device(args.device, "--device"))
+    check_search_args(args, model.dim)
     docs = load_documents(Path(args.corpus), args.skip_bad)
     texts = [doc.full_text for doc in docs.values()]
     tokens = model.encode(texts, "document", args.batch_size, True, args.max_length)

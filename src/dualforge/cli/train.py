@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from dualforge.cli.flags import add_run_flags, overrides_with_flags
 from dualforge.config import load_config
 from dualforge.train.inputs import check_inputs
 from dualforge.train.loop import train
@@ -15,14 +16,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("train", help="fine-tune a model from a YAML config")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-5")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    add_run_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the config and its paths, train, and print where the report went."""
-    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides_with_flags(args))
     check_inputs(cfg)
     result = train(cfg)
     print(

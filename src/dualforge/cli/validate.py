@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from dualforge.cli.flags import add_run_flags, overrides_with_flags
 from dualforge.config import load_config
 from dualforge.train.inputs import check_inputs
 from dualforge.train.loop import build_parts
@@ -17,12 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("validate", help="check a config: load data and model, train nothing")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
+    add_run_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the config and its paths, build the run's parts and print what they hold."""
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, overrides_with_flags(args))
     check_inputs(cfg)
     parts = build_parts(cfg)
     test = parts.data.test

@@ -14,6 +14,7 @@ import yaml
 from dualforge.config.checks import ConfigError, _check_choice
 from dualforge.config.loss import BUILTIN_LOSSES, LossConfig
 from dualforge.config.sections import Config
+from dualforge.files import write_text_atomic
 
 T = TypeVar("T")
 Variants = Mapping[type, Mapping[str, type]]
@@ -165,6 +166,4 @@ def _scalar(hint: Any, value: Any, where: str) -> Any:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML that :func:`load_config` reads back to an equal config."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -239,7 +239,10 @@ class RunConfig:
     (``ddp``: replicated weights, one gradient all-reduce per step; ``fsdp``: FSDP2 shards of
     weights, gradients and optimizer state; chunks are all replayed, ``gradcache.keep_graphs`` is
     not used). ``loggers``: where rank 0 logs the run's events: ``jsonl`` (metrics.jsonl) and
-    ``tensorboard`` (event files under tensorboard/, the ``tensorboard`` extra).
+    ``tensorboard`` (event files under tensorboard/, the ``tensorboard`` extra). A run folder
+    (``output_dir/name``) that holds an earlier run's checkpoints, final/, best/ or report is
+    refused unless ``resume`` (continue from its newest whole checkpoint) or ``overwrite``
+    (delete that run's outputs first) is set.
     """
 
     name: str = "run"
@@ -249,6 +252,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     threads: int = 0
     device: str = "auto"
@@ -269,6 +273,7 @@ class RunConfig:
                 (self.threads >= 0, "threads", ">= 0 (0: all cores, shared between processes)"),
                 (_device_name(self.device), "device", "auto, cpu, cuda or cuda:N"),
                 (len(set(self.loggers)) == len(self.loggers), "loggers", "each logger once"),
+                (not (self.resume and self.overwrite), "overwrite", "false with run.resume=true"),
             ],
         )
 

@@ -37,7 +37,7 @@ from dualforge.data.examples import (
     load_tsv_triples,
 )
 from dualforge.data.hf import hf_num_rows, iter_hf_examples, load_hf_examples
-from dualforge.data.sampler import Batch, EpochBatchSampler
+from dualforge.data.sampler import Batch, EpochBatchSampler, TooFewExamplesError
 from dualforge.data.streaming import BatchSampler, StreamingBatchSampler
 from dualforge.data.texts import read_texts
 
@@ -54,6 +54,7 @@ __all__ = [
     "QrelsRow",
     "SplitsLoader",
     "StreamingBatchSampler",
+    "TooFewExamplesError",
     "TrainingExample",
     "available_splits",
     "corpus_texts",

@@ -129,13 +129,20 @@ def _unique(
 
 
 def _read_corpus(path: Path, counter: BadRecordCounter) -> dict[str, Document]:
-    records = _unique(path, counter, _records(path, counter, with_title=True))
+    records = _non_empty(path, _unique(path, counter, _records(path, counter, with_title=True)))
     return {rid: Document(rid, title, text) for rid, (title, text) in records.items()}
 
 
 def _read_queries(path: Path, counter: BadRecordCounter) -> dict[str, str]:
-    records = _unique(path, counter, _records(path, counter, with_title=False))
+    records = _non_empty(path, _unique(path, counter, _records(path, counter, with_title=False)))
     return {rid: text for rid, (_, text) in records.items()}
+
+
+def _non_empty(path: Path, records: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """``records``, unless there are none: an empty file is its own error, not a missing id."""
+    if not records:
+        raise DataError(path, None, None, "no records (the file is empty, or every line was bad)")
+    return records
 
 
 def load_corpus(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,35 @@ from dualforge.data.beir import BeirDataset, Document
 from dualforge.data.errors import BadRecordCounter, DataError, make_counter
 from dualforge.data.lines import iter_jsonl, iter_lines, split_columns, string_field
 
+logger = logging.getLogger("dualforge.data")
+
 POSITIVE_KEYS = ("positive", "positives", "pos")
 NEGATIVE_KEYS = ("negatives", "negative", "neg")
 TRIPLE_COLUMNS = ("query", "positive", "negative")
+# first-line column names taken as a header (compared lower-case, digits and separators dropped)
+HEADER_WORDS = frozenset(
+    [
+        "query",
+        "queries",
+        "question",
+        "anchor",
+        "positive",
+        "positives",
+        "pos",
+        "negative",
+        "negatives",
+        "neg",
+        "hardnegative",
+        "document",
+        "doc",
+        "passage",
+        "text",
+        "qid",
+        "pid",
+        "nid",
+        "id",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -221,7 +248,10 @@ def load_jsonl_examples(
 def iter_tsv_triples(
     path: str | Path, skip_bad: bool = False, counter: BadRecordCounter | None = None
 ) -> Iterator[TrainingExample]:
-    """Stream MS MARCO-style ``query<TAB>positive<TAB>negative`` lines (no header).
+    """Stream MS MARCO-style ``query<TAB>positive<TAB>negative`` lines.
+
+    A first line whose every column is a column name (``query``, ``positive``, ``negative``,
+    ``anchor``, ``pos``, ...) is a header: it is skipped, with a logged note.
 
     Args:
         path: The file.
@@ -237,11 +267,23 @@ def iter_tsv_triples(
     """
     path, counter = Path(path), make_counter(skip_bad, counter)
     start = counter.count
+    first = True
     for n, line in iter_lines(path, counter):
+        if first and is_header(line):
+            logger.warning("%s:%d: skipped the header line %r", path, n, line.strip())
+            first = False
+            continue
+        first = False
         cols = split_columns(path, n, line, TRIPLE_COLUMNS, counter)
         if cols is not None:
             yield TrainingExample(cols[0], (cols[1],), (cols[2],))
     counter.report(f"triples in {path}", start)
+
+
+def is_header(line: str) -> bool:
+    """Whether a TSV line is a header row: every column is a column name."""
+    names = ["".join(c for c in col.lower() if c.isalpha()) for col in line.split("\t")]
+    return all(name in HEADER_WORDS for name in names)
 
 
 def load_tsv_triples(

@@ -19,8 +19,29 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
 from dualforge.data.examples import TrainingExample
+from dualforge.errors import UserError
 
 logger = logging.getLogger("dualforge.data")
+
+
+class TooFewExamplesError(UserError, ValueError):
+    """The training data cannot fill one batch.
+
+    Attributes:
+        count: How many training units there are (pairs, or examples of a stream), or None
+            when unknown (a stream of unknown length).
+        batch_size: The batch size asked for.
+        what: What ``count`` counts.
+    """
+
+    def __init__(self, count: int | None, batch_size: int, what: str = "training pairs") -> None:
+        """Build the error (``"5 training pairs cannot fill one batch of 8"``)."""
+        some = f"{count} {what}" if count is not None else f"the {what}"
+        super().__init__(f"{some} cannot fill one batch of {batch_size}")
+        self.count = count
+        self.batch_size = batch_size
+        self.what = what
+
 
 PositiveMode = Literal["sample", "all"]
 """How an example with several positives is used (see :class:`EpochBatchSampler`)."""
@@ -196,7 +217,7 @@ class EpochBatchSampler:
             raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
         units = sum(len(ex.positives) for ex in examples) if positives == "all" else len(examples)
         if units == 0 or (units < batch_size and drop_last):
-            raise ValueError(f"{units} training pairs cannot fill one batch of {batch_size}")
+            raise TooFewExamplesError(units, batch_size)
         self.examples = list(examples)
         self.batch_size = batch_size
         self.seed = seed

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from dualforge.data.examples import TrainingExample
-from dualforge.data.sampler import Batch, conflict_keys, draw_negatives
+from dualforge.data.sampler import Batch, TooFewExamplesError, conflict_keys, draw_negatives
 
 logger = logging.getLogger("dualforge.data")
 
@@ -218,7 +218,7 @@ class StreamingBatchSampler:
             if value < least:
                 raise ValueError(f"{name} must be >= {least}, got {value}")
         if num_examples is not None and num_examples < (batch_size if drop_last else 1):
-            raise ValueError(f"{num_examples} examples cannot fill one batch of {batch_size}")
+            raise TooFewExamplesError(num_examples, batch_size, "examples")
         self.open_stream = open_stream
         self.batch_size = batch_size
         self.seed = seed
@@ -318,8 +318,8 @@ class StreamingBatchSampler:
                 yield self._batch(current)
             current = following
         if count == 0:
-            raise ValueError(
-                f"the stream of epoch {epoch} cannot fill one batch of {self.batch_size}"
+            raise TooFewExamplesError(
+                None, self.batch_size, f"examples of the stream's epoch {epoch}"
             )
 
     def _plan(self, epoch: int) -> Iterator[list[_Entry]]:

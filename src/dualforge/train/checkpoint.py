@@ -15,7 +15,6 @@ which file holds which component.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -26,11 +25,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dualforge.errors import UserError
+from dualforge.files import atomic_folder, fsync_dir, write_text_atomic
 from dualforge.modeling.adapters import trainable_names
 
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.json"
+
+
+class CorruptCheckpointError(UserError):
+    """A checkpoint file is missing or unreadable (a crash or a full disk cut it short)."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint does not fit what it is loaded into (another model or config)."""
 
 
 class Stateful(Protocol):
@@ -168,12 +177,21 @@ def write_component(folder: Path, name: str, state: Any) -> str:
 
 
 def read_component(path: Path) -> Any:
-    """Read a state written by :func:`write_component` (no pickle)."""
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    if path.suffix == ".json":
-        return json.loads(path.read_text(encoding="utf-8"))
-    return torch.load(path, weights_only=True)
+    """Read a state written by :func:`write_component` (no pickle).
+
+    Raises:
+        CorruptCheckpointError: The file is missing, truncated or not what its name says.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError as err:
+        raise CorruptCheckpointError(f"{path}: missing") from err
+    except Exception as err:  # safetensors, torch and json each raise their own types
+        raise CorruptCheckpointError(f"{path}: unreadable ({_first_line(err)})") from err
 
 
 def save_checkpoint(
@@ -182,7 +200,8 @@ def save_checkpoint(
     components: Mapping[str, Stateful],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step-<N>`` atomically under ``folder``; keep the newest ``keep``.
+    """Write checkpoint ``step-<N>`` atomically under ``folder``; keep the newest ``keep`` (by
+    step number; never the one just written).
 
     Args:
         folder: The run's checkpoints folder.
@@ -191,46 +210,66 @@ def save_checkpoint(
         keep: How many checkpoints to keep.
     """
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:07d}"
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    files = {name: write_component(tmp, name, c.state_dict()) for name, c in components.items()}
-    record = {**asdict(state), "components": files}
-    (tmp / STATE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_atomic(root / LATEST, final.name)
-    _fsync_dir(root)
-    _prune(root, keep)
+    final = root / step_name(state.step)
+    with atomic_folder(final) as tmp:
+        files = {name: write_component(tmp, name, c.state_dict()) for name, c in components.items()}
+        record = {**asdict(state), "components": files}
+        (tmp / STATE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_text_atomic(root / LATEST, final.name)
+    fsync_dir(root)
+    _prune(root, keep, final)
     return final
 
 
+def step_name(step: int) -> str:
+    """The folder name of the checkpoint at ``step``."""
+    return f"step-{step:07d}"
+
+
+def read_checkpoint(path: str | Path) -> tuple[TrainerState, dict[str, Any]]:
+    """Read checkpoint ``path`` whole: where training stood and every component's state.
+
+    Raises:
+        CorruptCheckpointError: Its record or a component file is missing or unreadable.
+    """
+    path = Path(path)
+    record = read_component(path / STATE)
+    try:
+        files: dict[str, str] = record.pop("components")
+        state = TrainerState(**record)
+    except (AttributeError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(f"{path / STATE}: not a checkpoint record") from err
+    return state, {name: read_component(path / file) for name, file in files.items()}
+
+
 def load_checkpoint(path: str | Path, components: Mapping[str, Stateful]) -> TrainerState:
-    """Restore every named component from checkpoint ``path``, in the mapping's order.
+    """Restore every named component from checkpoint ``path``, in the mapping's order; every
+    file is read before any component changes.
 
     Components the checkpoint holds but ``components`` does not name are left alone.
 
     Raises:
-        ValueError: A named component is not in the checkpoint, or does not accept its state
-            (the message names the file).
+        CorruptCheckpointError: A file of the checkpoint is missing or unreadable.
+        CheckpointMismatchError: A named component is not in the checkpoint, or does not
+            accept its state (the message names the file).
     """
     path = Path(path)
-    record = json.loads((path / STATE).read_text(encoding="utf-8"))
-    files: dict[str, str] = record.pop("components")
+    state, states = read_checkpoint(path)
+    _restore(path, states, components)
+    return state
+
+
+def _restore(path: Path, states: Mapping[str, Any], components: Mapping[str, Stateful]) -> None:
     for name, component in components.items():
-        if name not in files:
-            raise ValueError(f"{path}: no {name!r} state in this checkpoint (has {sorted(files)})")
+        if name not in states:
+            raise CheckpointMismatchError(
+                f"{path}: no {name!r} state in this checkpoint (has {sorted(states)})"
+            )
         try:
-            component.load_state_dict(read_component(path / files[name]))
+            component.load_state_dict(states[name])
         except (ValueError, KeyError) as err:
-            raise ValueError(f"{path / files[name]}: {err}") from err
-    return TrainerState(**record)
+            file = component_files(path)[name]
+            raise CheckpointMismatchError(f"{path / file}: {_first_line(err)}") from err
 
 
 def component_files(path: str | Path) -> dict[str, str]:
@@ -246,7 +285,7 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``folder``, or None."""
+    """The checkpoint ``latest`` names under ``folder`` when its record is there, or None."""
     pointer = Path(folder) / LATEST
     if not pointer.is_file():
         return None
@@ -254,23 +293,71 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     return path if (path / STATE).is_file() else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def checkpoints(folder: str | Path) -> list[Path]:
+    """The checkpoint folders under ``folder``, newest step first."""
+    found = [p for p in Path(folder).glob("step-*") if p.is_dir() and _step_of(p) is not None]
+    return sorted(found, key=lambda p: _step_of(p) or 0, reverse=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Resumed:
+    """The checkpoint a run resumed from, and what was skipped on the way (newest first)."""
+
+    state: TrainerState
+    path: Path
+    skipped: tuple[str, ...] = ()
 
 
-def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in steps[: max(len(steps) - keep, 0)]:
+def resume_from(folder: str | Path, components: Mapping[str, Stateful]) -> Resumed | None:
+    """Restore ``components`` from the newest checkpoint under ``folder`` that reads whole.
+
+    A ``latest`` that names a missing folder, and checkpoints with a missing or unreadable
+    file, are skipped (and reported in :attr:`Resumed.skipped`).
+
+    Returns:
+        None when ``folder`` holds no checkpoint at all.
+
+    Raises:
+        CorruptCheckpointError: Checkpoints exist but none reads whole (names every file).
+        CheckpointMismatchError: The newest whole checkpoint does not fit ``components``.
+    """
+    root = Path(folder)
+    skipped = []
+    named = _named_latest(root)
+    if named is not None and not (named / STATE).is_file():
+        skipped.append(f"{root / LATEST} names {named.name}, which is missing or incomplete")
+    for path in checkpoints(root):
+        try:
+            state, states = read_checkpoint(path)
+        except CorruptCheckpointError as err:
+            skipped.append(str(err))
+            continue
+        _restore(path, states, components)
+        return Resumed(state, path, tuple(skipped))
+    if skipped:
+        raise CorruptCheckpointError(f"no checkpoint under {root} loads: {'; '.join(skipped)}")
+    return None
+
+
+def _named_latest(root: Path) -> Path | None:
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    return root / pointer.read_text(encoding="utf-8").strip()
+
+
+def _step_of(path: Path) -> int | None:
+    digits = path.name.removeprefix("step-")
+    return int(digits) if digits.isdigit() else None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _prune(root: Path, keep: int, written: Path) -> None:
+    """Remove all but the newest ``keep`` checkpoints by step number, ``written`` kept."""
+    others = [p for p in checkpoints(root) if p != written]
+    for old in others[max(keep - 1, 0) :]:
         shutil.rmtree(old, ignore_errors=True)

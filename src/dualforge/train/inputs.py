@@ -12,17 +12,20 @@ import importlib.util
 from glob import glob
 from pathlib import Path
 
-from dualforge.config import Config, ConfigError, DataConfig
+from dualforge.config import Config, ConfigError, DataConfig, RunConfig
 from dualforge.data import available_splits
-from dualforge.modeling.io import ModelLoadError, check_model_name
+from dualforge.files import blocked
+from dualforge.modeling.names import ModelLoadError, check_model_name
 from dualforge.train.losses import LossRegistry, default_losses
+from dualforge.train.run_folder import check_run_folder
 from dualforge.train.tensorboard import summary_writer_class
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 
 
 def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
-    """Check that the loss is registered and that the data and model paths exist.
+    """Check that the loss is registered, that the data and model paths exist, and that the
+    run folder can be written and is free (not in use, not holding another run).
 
     Args:
         cfg: A validated config.
@@ -30,14 +33,26 @@ def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
 
     Raises:
         ConfigError: Naming the key and the path, e.g. ``data.path='/x': no such folder``.
+        RunFolderError: The run folder is in use, or holds a run neither resumed nor replaced.
     """
     (losses or default_losses()).entry(cfg.loss)
+    _check_output(cfg.run)
     _check_data(cfg.data)
     try:
         check_model_name(cfg.model.name)
     except ModelLoadError as err:
         raise ConfigError(f"model.name={err.name!r}: {err.reason}") from err
     _check_extras(cfg)
+
+
+def _check_output(run: RunConfig) -> None:
+    """The run folder can be created (its nearest existing parent is a writable folder) and
+    :func:`~dualforge.train.run_folder.check_run_folder` accepts it."""
+    run_dir = Path(run.output_dir) / run.name
+    problem = blocked(run_dir)
+    if problem is not None:
+        raise ConfigError(f"run.output_dir={run.output_dir!r}: {problem}")
+    check_run_folder(run_dir, run.resume, run.overwrite)
 
 
 def _check_extras(cfg: Config) -> None:

@@ -26,19 +26,12 @@ from dualforge.config import Config, save_config
 from dualforge.data import Batch, BatchSampler, EvalSet
 from dualforge.eval import RetrievalReport
 from dualforge.gradcache import StepResult
-from dualforge.modeling import DualEncoder, Model
-from dualforge.modeling.rotation import rotate_model
+from dualforge.modeling import Model
 from dualforge.train.cards import write_cards
-from dualforge.train.checkpoint import (
-    ModelWeights,
-    TrainerState,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from dualforge.train.checkpoint import TrainerState
 from dualforge.train.collate import collate
-from dualforge.train.components import build_model, projection_texts
-from dualforge.train.distributed import barrier, broadcast_object, gather_objects, teardown
+from dualforge.train.distributed import barrier, broadcast_object, teardown
+from dualforge.train.faults import InterruptedRunError, NonFiniteLossError, reported_faults
 from dualforge.train.kinds import reload
 from dualforge.train.losses import LossRegistry
 from dualforge.train.parts import (
@@ -49,17 +42,14 @@ from dualforge.train.parts import (
     seed_everything,
 )
 from dualforge.train.report import write_report
-from dualforge.train.state import GlobalRng
+from dualforge.train.run_folder import own_run_folder
+from dualforge.train.saving import checkpoint, export, resume_or_start
 
 __all__ = [
     "NonFiniteLossError", "Parts", "RunResult", "StepHook", "StepInfo", "StopCondition",
     "batches", "build_parts", "mining_encoder", "optimizer_step", "resume_or_start",
     "seed_everything", "train", "train_steps", "training_step",
 ]  # fmt: skip
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped, the last checkpoint is intact."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +81,11 @@ def train(
     started = time.perf_counter()
     p = build_parts(cfg, losses)
     try:
-        return run_job(p, hooks, started)
+        with (
+            own_run_folder(p.run_dir, cfg.run.resume, cfg.run.overwrite, p.proc),
+            reported_faults(p.run_dir),
+        ):
+            return run_job(p, hooks, started)
     finally:
         if p.owns_group:
             teardown()
@@ -101,7 +95,9 @@ def run_job(p: Parts, hooks: Sequence[StepHook], started: float) -> RunResult:
     """:func:`train` after the parts are built: evaluate before, train, finish, report."""
     cfg = p.cfg
     if p.proc.main:
-        save_config(cfg, p.run_dir / "config.yaml")
+        # how this invocation treated the folder is not part of the run: its config resumes
+        flags_off = replace(cfg.run, resume=False, overwrite=False)
+        save_config(replace(cfg, run=flags_off), p.run_dir / "config.yaml")
     p.log.write(
         "start", steps=p.steps, examples=p.data.size, config=cfg.to_dict(),
         **p.resolved(),
@@ -124,30 +120,6 @@ def run_job(p: Parts, hooks: Sequence[StepHook], started: float) -> RunResult:
     p.log.close()
     barrier()
     return RunResult(p.run_dir, state.step, seconds, before, after)
-
-
-def resume_or_start(p: Parts) -> TrainerState:
-    """Load the newest checkpoint when ``run.resume`` is set and one exists."""
-    latest = latest_checkpoint(p.run_dir / "checkpoints") if p.cfg.run.resume else None
-    if latest is None:
-        start_projection(p)
-        return TrainerState(step=0)
-    state = load_checkpoint(latest, p.restore_components())
-    p.log.write("resume", step=state.step, checkpoint=str(latest), processes=p.proc.world)
-    return state
-
-
-def start_projection(p: Parts) -> None:
-    """Fit the ``model.projection=pca`` rotation on sampled documents (fresh runs only; a
-    resumed run gets its projection from the checkpoint)."""
-    cfg = p.cfg.model
-    if cfg.projection != "pca":
-        return
-    if not isinstance(p.model, DualEncoder):  # late interaction: the config refuses a projection
-        return
-    texts = projection_texts(p.data.corpus, p.data.examples, cfg.projection_docs, p.cfg.run.seed)
-    rotate_model(p.model, texts, max_length=cfg.doc_max_length, show_progress=p.cfg.run.progress)
-    p.log.write("projection", kind="pca", documents=len(texts))
 
 
 def batches(sampler: BatchSampler) -> Iterator[Batch]:
@@ -179,24 +151,45 @@ def train_steps(
         return state
     show = p.cfg.run.progress and p.proc.main
     bar = tqdm(total=p.steps, initial=state.step, desc="train", disable=not show)
-    stream = batches(p.sampler)
+    try:
+        return _steps(p, state, batches(p.sampler), bar, done, hooks)
+    finally:
+        bar.close()
+
+
+def _steps(
+    p: Parts, state: TrainerState, stream: Iterator[Batch], bar: Any, done: StopCondition,
+    hooks: Sequence[StepHook],
+) -> TrainerState:  # fmt: skip
+    """The body of :func:`train_steps`: the steps until ``done``, each with its bookkeeping
+    and hooks; Ctrl-C names the last step whose optimizer step was taken."""
     last = False
-    while not last:
-        tick = time.perf_counter()
-        batch, mining_seconds = mine(p, next(stream), state.step + 1)
-        result = training_step(p, batch, state.step + 1)
-        lr = float(p.scheduler.get_last_lr()[0])  # the rate this step trains at
-        grad_norm = optimizer_step(p)
-        state = replace(state, step=state.step + 1)
-        info = step_info(p, state.step, result, grad_norm, lr, batch, tick, mining_seconds)
-        bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
-        bar.update(1)
-        last = done(state)
-        state = bookkeeping(p, state, info, last)
-        for hook in hooks:
-            hook(p, state, info)
-    bar.close()
+    try:
+        while not last:
+            state, info = _advance(p, state, stream, bar)
+            last = done(state)
+            state = bookkeeping(p, state, info, last)
+            for hook in hooks:
+                hook(p, state, info)
+    except KeyboardInterrupt:
+        raise InterruptedRunError(f"interrupted at step {state.step}") from None
     return state
+
+
+def _advance(
+    p: Parts, state: TrainerState, stream: Iterator[Batch], bar: Any
+) -> tuple[TrainerState, StepInfo]:
+    """One training step up to and including the optimizer step: the new state and the info."""
+    tick = time.perf_counter()
+    batch, mining_seconds = mine(p, next(stream), state.step + 1)
+    result = training_step(p, batch, state.step + 1)
+    lr = float(p.scheduler.get_last_lr()[0])  # the rate this step trains at
+    grad_norm = optimizer_step(p)
+    state = replace(state, step=state.step + 1)
+    info = step_info(p, state.step, result, grad_norm, lr, batch, tick, mining_seconds)
+    bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
+    bar.update(1)
+    return state, info
 
 
 def mine(p: Parts, batch: Batch, step: int) -> tuple[Batch, float]:
@@ -239,47 +232,6 @@ def bookkeeping(p: Parts, state: TrainerState, info: StepInfo, last: bool) -> Tr
     return state
 
 
-def checkpoint(p: Parts, state: TrainerState) -> None:
-    """Rank 0 writes the checkpoint with every rank's RNG state; under FSDP2 every rank takes
-    part in gathering the full states; the others wait for it."""
-    rngs = gather_objects(GlobalRng().state_dict(), p.proc) if p.proc.world > 1 else None
-    if p.proc.main or p.replicas.sharded:  # other DDP ranks hold copies rank 0 already has
-        states = {name: Captured(c.state_dict()) for name, c in p.components(rngs).items()}
-        if p.proc.main:
-            save_checkpoint(p.run_dir / "checkpoints", state, states, p.cfg.run.keep_checkpoints)
-    barrier()
-
-
-class Captured:
-    """A state read already, handed to :func:`save_checkpoint` as a component."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    def state_dict(self) -> Any:
-        """The captured state."""
-        return self.state
-
-    def load_state_dict(self, state: Any) -> None:
-        """Never loaded (it only carries a state to be written)."""
-        raise TypeError("a captured state is only written")
-
-
-def export(p: Parts, folder: Path) -> None:
-    """Save the model as a sentence-transformers folder (rank 0). Sharded weights are gathered
-    first (every rank must call this) and written through a fresh copy of the model."""
-    adapter = p.cfg.model.lora.adapter_export
-    if not p.replicas.sharded:
-        if p.proc.main:
-            p.kind.save(p.model, folder, adapter)
-        return
-    state = p.replicas.model_state()
-    if p.proc.main:
-        full = build_model(p.cfg.model)
-        ModelWeights(full).load_state_dict(state)
-        p.kind.save(full, folder, adapter)
-
-
 def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
     """Collate and run one GradCache step (gradients left in ``.grad``); stop on a non-finite
     loss.
@@ -303,8 +255,8 @@ def training_step(p: Parts, batch: Batch, step: int) -> StepResult:
     if not math.isfinite(loss):
         p.log.write("error", step=step, loss=loss)
         raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; training stopped. The last good checkpoint is "
-            f"kept under {p.run_dir / 'checkpoints'} (resume with run.resume=true after a fix)"
+            f"the loss is {loss} at step {step}: training stopped (a lower optim.lr, or "
+            "gradcache.precision=fp32, often helps)"
         )
     return result
 

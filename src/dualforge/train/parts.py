@@ -18,8 +18,14 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from dualforge.config import Config
-from dualforge.data import Batch, BatchSampler, EpochBatchSampler, StreamingBatchSampler
+from dualforge.config import Config, ConfigError
+from dualforge.data import (
+    Batch,
+    BatchSampler,
+    EpochBatchSampler,
+    StreamingBatchSampler,
+    TooFewExamplesError,
+)
 from dualforge.errors import UserError
 from dualforge.gradcache import GradCache
 from dualforge.gradcache.exchange import ProcessGroupExchange
@@ -225,6 +231,19 @@ def choose_precision(cfg: Config, device: torch.device, proc: ProcessInfo) -> Pr
     return choice
 
 
+def check_eval_dims(cfg: Config, model_dim: int) -> None:
+    """``eval.dims`` are prefixes of the model's vectors (token vectors for late interaction).
+
+    Raises:
+        ConfigError: A dim exceeds ``model_dim``.
+    """
+    if cfg.eval.dims and max(cfg.eval.dims) > model_dim:
+        raise ConfigError(
+            f"eval.dims={list(cfg.eval.dims)}: {max(cfg.eval.dims)} exceeds the model dim "
+            f"{model_dim} (its embeddings have {model_dim} dims)"
+        )
+
+
 def build_sampler(cfg: Config, data: RunData) -> BatchSampler:
     """The batches of the run: over the examples held, or over the stream read per epoch.
 
@@ -237,6 +256,31 @@ def build_sampler(cfg: Config, data: RunData) -> BatchSampler:
         "positives": cfg.data.positives, "num_negatives": cfg.data.num_negatives,
         "require_negatives": cfg.data.num_negatives > 0,
     }  # fmt: skip
+    try:
+        return _sampler(cfg, data, common)
+    except TooFewExamplesError as err:
+        raise UserError(too_few_message(cfg, err)) from err
+
+
+def too_few_message(cfg: Config, err: TooFewExamplesError) -> str:
+    """What a user reads when the training data cannot fill one batch: how many there are,
+    where they come from, and what to lower."""
+    source = (
+        f"{cfg.data.path}/qrels/{cfg.data.train_split}.tsv (rows with score > 0)"
+        if cfg.data.format == "beir"
+        else str(cfg.data.train_file)
+    )
+    if err.count == 0:
+        return f"data: no training examples in {source}"
+    lower = (
+        f"lower optim.batch_size to at most {err.count}" if err.count else "lower optim.batch_size"
+    )
+    return (
+        f"data: {err} (optim.batch_size={err.batch_size}) from {source}: {lower}, or add examples"
+    )
+
+
+def _sampler(cfg: Config, data: RunData, common: dict[str, Any]) -> BatchSampler:
     if data.stream is None:
         return EpochBatchSampler(data.examples, **common)
     if data.num_examples is None and cfg.optim.max_steps is None:
@@ -257,6 +301,7 @@ def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     data = load_run_data(cfg.data, cfg.run.seed)
     model = build_model(cfg.model).to(device)
+    check_eval_dims(cfg, model.dim)
     seed_ranks(cfg, proc)
     if cfg.gradcache.checkpointing:
         enable_checkpointing(model)

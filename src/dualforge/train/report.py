@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dualforge.config import Config
+from dualforge.files import write_text_atomic
 
 
 def write_report(
@@ -38,8 +38,8 @@ def write_report(
         "resolved": dict(resolved or {}),
     }
     path = run_dir / "report.json"
-    _atomic_text(path, json.dumps(report, indent=2) + "\n")
-    _atomic_text(run_dir / "summary.md", summary_markdown(cfg, report))
+    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(run_dir / "summary.md", summary_markdown(cfg, report))
     return path
 
 
@@ -66,10 +66,3 @@ def summary_markdown(cfg: Config, report: dict[str, Any]) -> str:
         chosen = ", ".join(f"{k} = {v}" for k, v in report["resolved"].items())
         lines += ["", f"Resolved on this machine: {chosen}."]
     return "\n".join(lines) + "\n"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -32,7 +32,17 @@ def read_cache(cache: Path, doc_ids: Sequence[str], dim: int) -> np.ndarray:
     """
     ids_file = cache.with_suffix(".ids.txt")
     cached_ids = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.is_file() else []
-    emb = np.load(cache)
+    try:
+        emb = np.load(cache, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(
+            f"--cache {cache}: not an embeddings matrix (.npy) written by dualforge "
+            f"({type(err).__name__}): delete it or name another file"
+        ) from None
+    if not isinstance(emb, np.ndarray) or emb.ndim != 2:
+        raise ValueError(
+            f"--cache {cache}: not a 2-d embeddings matrix: delete it or name another file"
+        )
     if cached_ids != list(doc_ids) or emb.shape != (len(doc_ids), dim):
         raise ValueError(
             f"--cache {cache} (shape {emb.shape}, ids {ids_file}) does not match this corpus "

@@ -1,0 +1,38 @@
+"""Flags that several subcommands share (imports no other CLI module)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dualforge.errors import UsageError
+from dualforge.files import occupied
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """``--resume`` and ``--overwrite`` (``run.resume`` / ``run.overwrite``)."""
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run from its newest whole checkpoint"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what an earlier run of this name wrote (checkpoints, final/, best/, report)",
+    )
+
+
+def overrides_with_flags(args: argparse.Namespace) -> list[str]:
+    """The command's overrides, then ``run.resume=true`` / ``run.overwrite=true`` as flagged."""
+    flags = [f"run.{name}=true" for name in ("resume", "overwrite") if getattr(args, name)]
+    return [*args.overrides, *flags]
+
+
+def check_new_folder(out: Path, flag: str) -> None:
+    """``out`` does not exist, or is an empty folder (nothing of the user's is replaced).
+
+    Raises:
+        UsageError: Naming the flag and what is there.
+    """
+    problem = occupied(out)
+    if problem is not None:
+        raise UsageError(f"{flag} {out}: {problem} (give a new folder)")
