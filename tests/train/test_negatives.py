@@ -16,6 +16,7 @@ from dualforge.config import ConfigError, MiningConfig, load_config
 from dualforge.data import EpochBatchSampler
 from dualforge.modeling import load_model
 from dualforge.train.checkpoint import component_files, latest_checkpoint, read_component
+from dualforge.train.faults import InterruptedRunError
 from dualforge.train.metrics_log import read_metrics_log
 from dualforge.train.negatives import Encode, NegativeMiner, build_miner
 from dualforge.train.run_data import load_run_data
@@ -201,7 +202,7 @@ def test_resume_with_dynamic_mining_is_exact(
         if state.step == 3:  # after step 3's checkpoint, before step 4
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(InterruptedRunError, match="at step 3; checkpoint step-0000003 kept"):
         loop.train(load_config(None, args), hooks=[crash_after_3])
     saved = latest_checkpoint(tmp_path / "killed" / "checkpoints")
     assert saved is not None and saved.name == "step-0000003"

@@ -10,7 +10,9 @@ numba is optional (``pip install dualforge[fast]``) and imported on first use on
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from functools import lru_cache
 from types import ModuleType
 from typing import Literal, get_args
@@ -100,6 +102,22 @@ def _load() -> ModuleType:
     return k
 
 
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Run numba's parallel kernels on torch's thread count (``run.threads``), and give torch its
+    count back after: numba's OpenMP layer shares torch's OpenMP runtime and resets its thread
+    count to every core, which made a one-thread run use two (and sum in another order)."""
+    import numba
+
+    threads = torch.get_num_threads()
+    most = int(getattr(numba.config, "NUMBA_NUM_THREADS", threads))  # the pool numba started
+    numba.set_num_threads(max(1, min(threads, most)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _stats(counters: np.ndarray, n_queries: int, num_samples: int, n_cut: int) -> SampleStats:
     """Sum the per-query counters; ``rounds`` is the most expansions of one query."""
     k = _load()
@@ -171,14 +189,15 @@ def sample_compiled(
     out_p = np.empty((n, num_samples), dtype=np.int64)
     counters = np.zeros((n, k.N_STATS), dtype=np.int64)
     step = max(1, BLOCK_ENTRIES // max(1, len(cut)))
-    for lo in range(0, n, step):
-        hi, limits[6] = min(n, lo + step), lo
-        cut_scores = (queries[lo:hi] @ centres.T).double().numpy()  # (rows, C)
-        k.sample_block(
-            queries[lo:hi].numpy(), qnorm[lo:hi].double().numpy(), cut.numpy(), cut_scores,
-            arrays, tree.ids.numpy(), ex_ptr[lo : hi + 1] - ex_ptr[lo], ex_ids[ex_ptr[lo]:],
-            params, limits, seed, out_s[lo:hi], out_p[lo:hi], counters[lo:hi],
-        )  # fmt: skip
+    with torch_threads_kept():
+        for lo in range(0, n, step):
+            hi, limits[6] = min(n, lo + step), lo
+            cut_scores = (queries[lo:hi] @ centres.T).double().numpy()  # (rows, C)
+            k.sample_block(
+                queries[lo:hi].numpy(), qnorm[lo:hi].double().numpy(), cut.numpy(), cut_scores,
+                arrays, tree.ids.numpy(), ex_ptr[lo : hi + 1] - ex_ptr[lo], ex_ids[ex_ptr[lo]:],
+                params, limits, seed, out_s[lo:hi], out_p[lo:hi], counters[lo:hi],
+            )  # fmt: skip
     if counters[:, k.FAILED].any():
         raise RuntimeError(
             f"sampler accepted too few proposals for {int(counters[:, k.FAILED].sum())} queries "
