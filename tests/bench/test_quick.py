@@ -1,5 +1,8 @@
 """Every bench script's ``--quick`` mode runs in a subprocess and writes finite results.
 
+The ones that take 30 s or more are marked ``slow`` (``pytest -m slow`` runs them), so the
+default run stays under 12 minutes on two cores.
+
 Each run is bounded by ``TIMEOUT_S``, runs in a temporary folder with one thread, and writes its
 outputs (JSON, the SciFact cut, run folders, saved vectors) under ``tmp_path`` only. Besides the
 exit code and the output keys, each test checks a number that a broken library would change: the
@@ -69,6 +72,7 @@ def read_finite(path: Path) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_gradcache_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "gradcache.json"
     run_bench("gradcache.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
@@ -80,6 +84,7 @@ def test_gradcache_quick(tmp_path: Path, shared_data: Path) -> None:
     assert report["rss_ratio"] > 0
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_matryoshka_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "matryoshka.json"
     run_bench("matryoshka.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
@@ -94,6 +99,7 @@ def test_matryoshka_quick(tmp_path: Path, shared_data: Path) -> None:
     assert synthetic[0]["quality"] > 0.5 and all(0 <= r["quality"] <= 1 for r in synthetic)
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_batch_size_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "batch_size.json"
     run_bench("batch_size.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
@@ -140,6 +146,7 @@ def test_mining_train_e_quick(tmp_path: Path, shared_data: Path) -> None:
     assert all(r["steps"] >= 1 and 0 < r["metrics"]["ndcg@10"] <= 1 for r in runs.values())
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_hardware_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "hardware.json"
     run_bench("hardware.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
@@ -159,6 +166,7 @@ def test_hardware_quick(tmp_path: Path, shared_data: Path) -> None:
     assert all(r["median_s"] > 0 and r["peak_mib"] > 0 and r["ratio_vs_plain"] > 0 for r in rows)
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_distributed_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "distributed.json"
     run_bench("distributed.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
@@ -176,6 +184,7 @@ def test_distributed_quick(tmp_path: Path, shared_data: Path) -> None:
     assert comm["ddp_all_reduce"]["tensor_bytes"] >= double["parameter_bytes"] > 0
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_late_interaction_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "late.json"
     args = ["--quick", "--pylate-python", "none", "--threads", "1", "--output", str(out)]
@@ -187,6 +196,7 @@ def test_late_interaction_quick(tmp_path: Path, shared_data: Path) -> None:
     assert abs(cached["first_loss"] - plain["first_loss"]) < 1e-4 * plain["first_loss"]
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_big_model_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "big.json"
     args = ["--quick", "--threads", "1", "--output", str(out)]
@@ -208,6 +218,7 @@ def test_big_model_quick(tmp_path: Path, shared_data: Path) -> None:
     assert all(f["extrapolated"] for f in report["fits_16gib"].values())
 
 
+@pytest.mark.slow  # 30-80 s; `pytest -m slow` runs it (the default run stays under 12 min)
 def test_loss_scale_quick(tmp_path: Path, shared_data: Path) -> None:
     out = tmp_path / "loss_scale.json"
     run_bench("loss_scale.py", ["--quick", "--output", str(out)], tmp_path, shared_data)

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 ZERO_SHOT = {"384": 0.645, "64": 0.484, "32": 0.337}
 
 
+@pytest.mark.slow  # the whole corpus, ~4-6 min on 2 cores; `pytest -m slow` runs it
 @pytest.mark.usefixtures("default_threads")  # the whole corpus: large matmuls
 def test_zero_shot_scifact_matches_known_figures(shared_data: Path) -> None:
     data = load_eval_set(shared_data / "scifact", "test", skip_bad=False)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from tests.reliability.conftest import Outcome, TinyRun, finish, spawn, steps, wait_for
 
 KILLS = 2  # bounded for CI; bench/soak.py runs as many as asked
-STEPS = 6
+STEPS = 8
 
 
 def test_kills_at_random_points_leave_the_weights_of_an_uninterrupted_run(
@@ -27,6 +27,8 @@ def test_kills_at_random_points_leave_the_weights_of_an_uninterrupted_run(
     folder = tiny_run.folder / "checkpoints"
     for _ in range(KILLS):
         done = max((int(name[5:]) for name in steps(tiny_run)), default=0)
+        if done >= STEPS - 1:  # a slow machine ran on past the last kill point
+            break
         target = rng.randint(done + 1, STEPS - 1)
         child = spawn([*tiny_run.argv(f"optim.max_steps={STEPS}"), "--resume"])
         children.append(child)
