@@ -16,6 +16,7 @@ from dualforge.config import Config, ConfigError, DataConfig, RunConfig
 from dualforge.data import available_splits
 from dualforge.files import blocked
 from dualforge.modeling.names import ModelLoadError, check_model_name
+from dualforge.train.distributed import ProcessInfo
 from dualforge.train.losses import LossRegistry, default_losses
 from dualforge.train.run_folder import check_run_folder
 from dualforge.train.tensorboard import summary_writer_class
@@ -52,7 +53,7 @@ def _check_output(run: RunConfig) -> None:
     problem = blocked(run_dir)
     if problem is not None:
         raise ConfigError(f"run.output_dir={run.output_dir!r}: {problem}")
-    check_run_folder(run_dir, run.resume, run.overwrite)
+    check_run_folder(run_dir, run.resume, run.overwrite, probe=ProcessInfo.from_env().main)
 
 
 def _check_extras(cfg: Config) -> None:

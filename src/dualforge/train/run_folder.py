@@ -49,12 +49,9 @@ class RunLock:
         handle = open(self.run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held open)
         if not _try_lock(handle):
             handle.seek(0)
-            pid = handle.read().strip() or "unknown"
+            pid = handle.read().strip()
             handle.close()
-            raise RunFolderError(
-                f"run folder {self.run_dir} is in use by pid {pid} (another run): wait for it "
-                "to end, or choose another run.name"
-            )
+            raise _in_use(self.run_dir, pid)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -70,14 +67,16 @@ class RunLock:
 
 
 def holder(run_dir: Path) -> RunFolderError | None:
-    """The error a run would get now because another process holds ``run_dir``, or None."""
-    if not (run_dir / LOCK).is_file():
+    """The error a run would get now because another process holds ``run_dir``, or None (a
+    probe: it takes the lock for an instant and writes nothing)."""
+    path = run_dir / LOCK
+    if not path.is_file():
         return None
-    try:
-        RunLock(run_dir).acquire().release()
-    except RunFolderError as err:
-        return err
-    return None
+    with open(path, "a+", encoding="utf-8") as handle:
+        if _try_lock(handle):
+            return None  # closing the file drops the lock
+        handle.seek(0)
+        return _in_use(run_dir, handle.read().strip())
 
 
 def earlier_work(run_dir: Path) -> list[str]:
@@ -93,14 +92,20 @@ def earlier_work(run_dir: Path) -> list[str]:
     return found
 
 
-def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool, probe: bool = True) -> None:
     """Refuse a folder in use, or one holding an earlier run that is neither resumed nor
     replaced (reads only; :func:`claim` checks again under the lock).
+
+    Args:
+        run_dir: The run folder.
+        resume: The run continues the folder's run.
+        overwrite: The run replaces the folder's run.
+        probe: Test the lock (rank 0 only: several ranks probing at once would see each other).
 
     Raises:
         RunFolderError: Naming the folder, what it holds and the flags that would accept it.
     """
-    busy = holder(run_dir)
+    busy = holder(run_dir) if probe else None
     if busy is not None:
         raise busy
     refuse_reuse(run_dir, resume, overwrite)
@@ -165,6 +170,13 @@ def own_run_folder(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _in_use(run_dir: Path, pid: str) -> RunFolderError:
+    return RunFolderError(
+        f"run folder {run_dir} is in use by pid {pid or 'unknown'} (another run): wait for it to "
+        "end, or choose another run.name"
+    )
 
 
 def _try_lock(handle: IO[str]) -> bool:
