@@ -174,4 +174,4 @@ def test_maxsim_loss_reports_each_token_dim() -> None:
     want = dense_nested(q, d, (4, 8), renormalize=True, tokens=True, mask=codes.dense(),
                         temperature=0.5)  # fmt: skip
     assert sorted(out.parts["loss_by_dim"]) == ["4", "8"]
-    assert abs(float(out.loss.detach()) - float(want.sum())) <= 1e-10
+    assert abs(float(out.loss.detach()) - float(want.detach().sum())) <= 1e-10
