@@ -139,7 +139,7 @@ def remove_stale(folder: str | Path) -> list[str]:
     removed = []
     for path, _ in stale:
         if path.exists() or path.is_symlink():
-            _remove(path)
+            remove(path, ignore_errors=True)
             removed.append(path.name)
     return removed
 
@@ -195,8 +195,9 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path, ignore_errors: bool = False) -> None:
+    """Remove a file, a link or a whole folder at ``path`` (nothing there is fine)."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=ignore_errors)
     else:
         path.unlink(missing_ok=True)

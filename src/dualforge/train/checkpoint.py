@@ -286,11 +286,8 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """The checkpoint ``latest`` names under ``folder`` when its record is there, or None."""
-    pointer = Path(folder) / LATEST
-    if not pointer.is_file():
-        return None
-    path = Path(folder) / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / STATE).is_file() else None
+    path = _named_latest(Path(folder))
+    return path if path is not None and (path / STATE).is_file() else None
 
 
 def checkpoints(folder: str | Path) -> list[Path]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from dualforge.errors import UserError
-from dualforge.files import remove_stale
+from dualforge.files import remove, remove_stale
 from dualforge.train.distributed import ProcessInfo, broadcast_object
 
 LOCK = ".lock"
@@ -138,7 +137,7 @@ def claim(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
         refuse_reuse(run_dir, resume, overwrite)
         if overwrite and not resume:
             for name in OUTPUTS:
-                _remove(run_dir / name)
+                remove(run_dir / name)
         removed = remove_stale(run_dir) + remove_stale(run_dir / CHECKPOINTS)
     except BaseException:
         lock.release()
@@ -196,10 +195,3 @@ def _try_lock(handle: IO[str]) -> bool:
     except BlockingIOError:
         return False
     return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)

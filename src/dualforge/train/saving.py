@@ -71,7 +71,7 @@ def checkpoint(p: Parts, state: TrainerState) -> None:
     if p.proc.main or p.replicas.sharded:  # other DDP ranks hold copies rank 0 already has
         states = {name: Captured(c.state_dict()) for name, c in p.components(rngs).items()}
         if p.proc.main:
-            save_checkpoint(p.run_dir / "checkpoints", state, states, p.cfg.run.keep_checkpoints)
+            save_checkpoint(p.run_dir / CHECKPOINTS, state, states, p.cfg.run.keep_checkpoints)
     barrier()
 
 
