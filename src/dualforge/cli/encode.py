@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dualforge.cli.flags import check_prefix_dims
 from dualforge.data import DataError, read_texts
 from dualforge.errors import UsageError
 from dualforge.files import write_text_atomic
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     except DataError as err:
         raise UsageError(str(err)) from None
     model = load_model(args.model).to(resolve_device(args.device, "--device"))
-    if args.dim is not None and not 1 <= args.dim <= model.dim:
-        raise UsageError(f"--dim {args.dim}: must be in 1..{model.dim} (the model's dim)")
+    if args.dim is not None:
+        check_prefix_dims("--dim", [args.dim], model.dim)
     emb = model.encode(texts, side=args.side, batch_size=args.batch_size, show_progress=True)
     if args.dim:
         emb = emb[:, : args.dim]

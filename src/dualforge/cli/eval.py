@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from dualforge.cli.flags import check_prefix_dims
 from dualforge.data import EvalSet, load_eval_sets
 from dualforge.errors import UsageError
 from dualforge.eval.late_search import late_report
@@ -124,22 +125,11 @@ def _evaluate(
     model = load_model(name, max_seq_length=args.max_length).to(
         resolve_device(args.device, "--device")
     )
-    check_dims_flag(dims, model.dim)
+    check_prefix_dims("--dims", dims, model.dim)
     with usage_errors():
         enc = encode_split(model, data, args.batch_size)
     report = evaluate_encoded(enc, data.qrels, k=args.k, metrics=DEFAULT_METRICS, dims=dims)
     return report.to_dict(), enc, model
-
-
-def check_dims_flag(dims: tuple[int, ...], model_dim: int) -> None:
-    """``--dims`` are prefixes of the model's vectors (before anything is encoded).
-
-    Raises:
-        UsageError: A dim outside ``1..model_dim``.
-    """
-    bad = [d for d in dims if not 1 <= d <= model_dim]
-    if bad:
-        raise UsageError(f"--dims {bad[0]}: must be in 1..{model_dim} (the model's dim)")
 
 
 def check_output_file(output: str | None) -> None:
@@ -204,7 +194,7 @@ def _late(args: argparse.Namespace) -> dict[str, Any]:
     model = load_late_model(resolve_model_path(args.model)).to(
         resolve_device(args.device, "--device")
     )
-    check_dims_flag(parse_dims(args.dims), model.dim)
+    check_prefix_dims("--dims", parse_dims(args.dims), model.dim)
     with usage_errors():
         report = late_report(
             partial(model.encode, side="query", batch_size=args.batch_size),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 from dualforge.errors import UsageError
@@ -36,3 +37,15 @@ def check_new_folder(out: Path, flag: str) -> None:
     problem = occupied(out)
     if problem is not None:
         raise UsageError(f"{flag} {out}: {problem} (give a new folder)")
+
+
+def check_prefix_dims(flag: str, dims: Iterable[int], model_dim: int) -> None:
+    """``dims`` (a ``--dim`` / ``--dims`` value) are prefix sizes of the model's vectors, checked
+    before anything is encoded.
+
+    Raises:
+        UsageError: Naming the flag and the first dim outside ``1..model_dim``.
+    """
+    bad = [d for d in dims if not 1 <= d <= model_dim]
+    if bad:
+        raise UsageError(f"{flag} {bad[0]}: must be in 1..{model_dim} (the model's dim)")

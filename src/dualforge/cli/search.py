@@ -15,6 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
+from dualforge.cli.flags import check_prefix_dims
 from dualforge.data import Document, load_corpus
 from dualforge.errors import UsageError
 from dualforge.eval.late_search import late_searcher
@@ -157,8 +158,8 @@ def check_search_args(args: argparse.Namespace, dim: int) -> None:
     """
     if args.queries is not None and not Path(args.queries).is_file():
         raise UsageError(f"--queries {args.queries}: no such file")
-    if args.dims is not None and not 1 <= args.dims <= dim:
-        raise UsageError(f"--dims {args.dims}: must be in 1..{dim} (the model's dim)")
+    if args.dims is not None:
+        check_prefix_dims("--dims", [args.dims], dim)
     if args.funnel:
         try:
             check_stages(parse_funnel_spec(args.funnel), dim)
