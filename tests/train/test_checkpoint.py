@@ -117,3 +117,16 @@ def test_resume_from_skips_what_does_not_read_whole(tmp_path: Path) -> None:
         (tmp_path / f"step-{step:07d}" / STATE).unlink()
     with pytest.raises(CorruptCheckpointError, match=r"no checkpoint under .* loads: .*missing"):
         resume_from(tmp_path, {"clock": RunClock()})
+
+
+def test_loading_some_components_reads_only_their_files(tmp_path: Path) -> None:
+    """Exporting the weights of a checkpoint does not read (nor need) its optimizer state."""
+    model = _tied()
+    parts = {"model": ModelWeights(model), "optimizer": Box({"big": [torch.ones(3)]})}
+    path = save_checkpoint(tmp_path, TrainerState(step=2), parts)
+    (path / "optimizer.pt").write_bytes(b"cut short")
+    fresh = _tied()
+    assert load_checkpoint(path, {"model": ModelWeights(fresh)}) == TrainerState(step=2)
+    assert torch.equal(fresh[0].weight, model[0].weight)
+    with pytest.raises(CorruptCheckpointError, match=r"optimizer\.pt: unreadable"):
+        load_checkpoint(path, {"model": ModelWeights(_tied()), "optimizer": Box(None)})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,11 +226,14 @@ def step_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def read_checkpoint(path: str | Path) -> tuple[TrainerState, dict[str, Any]]:
-    """Read checkpoint ``path`` whole: where training stood and every component's state.
+def read_checkpoint(
+    path: str | Path, names: Iterable[str] | None = None
+) -> tuple[TrainerState, dict[str, Any]]:
+    """Read checkpoint ``path``: where training stood and the states of the components
+    ``names`` (default: every one) that it holds.
 
     Raises:
-        CorruptCheckpointError: Its record or a component file is missing or unreadable.
+        CorruptCheckpointError: Its record or a component file read is missing or unreadable.
     """
     path = Path(path)
     record = read_component(path / STATE)
@@ -239,12 +242,13 @@ def read_checkpoint(path: str | Path) -> tuple[TrainerState, dict[str, Any]]:
         state = TrainerState(**record)
     except (AttributeError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(f"{path / STATE}: not a checkpoint record") from err
-    return state, {name: read_component(path / file) for name, file in files.items()}
+    wanted = files if names is None else {n: files[n] for n in names if n in files}
+    return state, {name: read_component(path / file) for name, file in wanted.items()}
 
 
 def load_checkpoint(path: str | Path, components: Mapping[str, Stateful]) -> TrainerState:
-    """Restore every named component from checkpoint ``path``, in the mapping's order; every
-    file is read before any component changes.
+    """Restore every named component from checkpoint ``path``, in the mapping's order; their
+    files are read before any component changes (the others are not read).
 
     Components the checkpoint holds but ``components`` does not name are left alone.
 
@@ -254,7 +258,7 @@ def load_checkpoint(path: str | Path, components: Mapping[str, Stateful]) -> Tra
             accept its state (the message names the file).
     """
     path = Path(path)
-    state, states = read_checkpoint(path)
+    state, states = read_checkpoint(path, components)
     _restore(path, states, components)
     return state
 
@@ -262,8 +266,9 @@ def load_checkpoint(path: str | Path, components: Mapping[str, Stateful]) -> Tra
 def _restore(path: Path, states: Mapping[str, Any], components: Mapping[str, Stateful]) -> None:
     for name, component in components.items():
         if name not in states:
+            has = sorted(component_files(path))
             raise CheckpointMismatchError(
-                f"{path}: no {name!r} state in this checkpoint (has {sorted(states)})"
+                f"{path}: no {name!r} state in this checkpoint (has {has})"
             )
         try:
             component.load_state_dict(states[name])
@@ -325,7 +330,7 @@ def resume_from(folder: str | Path, components: Mapping[str, Stateful]) -> Resum
         skipped.append(f"{root / LATEST} names {named.name}, which is missing or incomplete")
     for path in checkpoints(root):
         try:
-            state, states = read_checkpoint(path)
+            state, states = read_checkpoint(path, components)
         except CorruptCheckpointError as err:
             skipped.append(str(err))
             continue
