@@ -18,6 +18,7 @@ from dualforge.losses import (
     Nesting,
     PositiveCodes,
 )
+from dualforge.losses.inputs import TEACHER_SCORES
 from dualforge.tokens import join_tokens
 from dualforge.train.checkpoint import latest_checkpoint
 from dualforge.train.inputs import check_inputs
@@ -74,7 +75,10 @@ def test_bad_matryoshka_config_names_the_key() -> None:
 
 
 def test_a_loss_section_is_a_tagged_union() -> None:
-    with pytest.raises(ConfigError, match=r"^loss.name='triplet': must be one of \['info_nce'\]$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^loss.name='triplet': must be one of \['info_nce', 'kl', 'margin_mse'\]$",
+    ):
         load_config(None, ["loss.name=triplet"])
     with pytest.raises(
         ConfigError, match=r"unknown key\(s\) \['margin'\] for loss.name='info_nce'"
@@ -178,7 +182,12 @@ def test_every_registered_loss_splits_into_shares_that_sum(
     q.requires_grad_()
     d.requires_grad_()
     ids = [f"d{j % 7}" for j in range(b * n)]
-    inputs = LossInputs(step=5, positives=PositiveCodes.from_ids(ids, [[i] for i in ids[::n]]))
+    teacher = torch.rand(b, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    inputs = LossInputs(
+        step=5,
+        positives=PositiveCodes.from_ids(ids, [[i] for i in ids[::n]]),
+        extras={TEACHER_SCORES: teacher * 10},
+    )
     whole = loss(q, d, inputs, slice(0, b)).loss
     want = torch.autograd.grad(whole, [q, d])
     share = b // world

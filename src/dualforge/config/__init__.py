@@ -11,7 +11,16 @@ and passes plain values.
 
 from dualforge.config.checks import ConfigError
 from dualforge.config.loading import apply_override, from_dict, load_config, save_config
-from dualforge.config.loss import BUILTIN_LOSSES, InfoNceConfig, LossConfig, MatryoshkaConfig
+from dualforge.config.loss import (
+    BUILTIN_LOSSES,
+    DistillConfig,
+    DistillLossConfig,
+    InfoNceConfig,
+    KlConfig,
+    LossConfig,
+    MarginMseConfig,
+    MatryoshkaConfig,
+)
 from dualforge.config.mining import Correction, MiningConfig, Strategy
 from dualforge.config.model import LoraConfig, ModelConfig, Projection
 from dualforge.config.sections import (
@@ -32,11 +41,15 @@ __all__ = [
     "Correction",
     "DataConfig",
     "DataFormat",
+    "DistillConfig",
+    "DistillLossConfig",
     "EvalConfig",
     "GradCacheConfig",
     "InfoNceConfig",
+    "KlConfig",
     "LoraConfig",
     "LossConfig",
+    "MarginMseConfig",
     "MatryoshkaConfig",
     "MiningConfig",
     "ModelConfig",

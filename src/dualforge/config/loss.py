@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from dualforge.config.checks import ConfigError, _optional_at_least, _validate
 from dualforge.losses.contrastive import Similarity
+from dualforge.losses.distill import Normalization
 from dualforge.matryoshka import check_dims
 
 MIN_TILE_BUDGET = 1024
@@ -110,5 +111,65 @@ class InfoNceConfig(LossConfig):
         _validate(self, "loss", [(self.temperature > 0, "temperature", "> 0")])
 
 
-BUILTIN_LOSSES: Mapping[str, type[LossConfig]] = MappingProxyType({"info_nce": InfoNceConfig})
+@dataclass(frozen=True)
+class DistillConfig:
+    """``loss.distill``: where teacher scores come from and how they are read.
+
+    ``teacher_temperature``: the teacher's scores are divided by it before the softmax (``kl``).
+    ``normalize``: per-query normalisation of the teacher scores, ``none`` (default, scores as
+    given), ``minmax`` (to [0, 1]) or ``zscore`` (mean 0, standard deviation 1). ``weight``:
+    InfoNCE over the whole batch is added with this weight (0: distillation only).
+    """
+
+    teacher_temperature: float = 1.0
+    normalize: Normalization = "none"
+    weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        _validate(
+            self,
+            "loss.distill",
+            [
+                (self.teacher_temperature > 0, "teacher_temperature", "> 0"),
+                (self.weight >= 0, "weight", ">= 0"),
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class DistillLossConfig(LossConfig):
+    """Keys every distillation loss has: the student's similarity and temperature (also those
+    of the added InfoNCE term), its symmetry, and the ``distill`` settings."""
+
+    temperature: float = 0.05
+    symmetric: bool = False
+    similarity: Similarity = "dot"
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        """Check values; errors name the key."""
+        super().__post_init__()
+        _validate(self, "loss", [(self.temperature > 0, "temperature", "> 0")])
+
+
+@dataclass(frozen=True)
+class KlConfig(DistillLossConfig):
+    """``loss.name: kl``: listwise KL between the teacher's softmax over each query's scored
+    candidates (at ``distill.teacher_temperature``) and the student's (at ``temperature``)."""
+
+    name: str = "kl"
+
+
+@dataclass(frozen=True)
+class MarginMseConfig(DistillLossConfig):
+    """``loss.name: margin_mse``: squared error between the student's and the teacher's margins
+    (positive minus each negative), on raw scores (``temperature`` only scales InfoNCE)."""
+
+    name: str = "margin_mse"
+
+
+BUILTIN_LOSSES: Mapping[str, type[LossConfig]] = MappingProxyType(
+    {"info_nce": InfoNceConfig, "kl": KlConfig, "margin_mse": MarginMseConfig}
+)
 """The section class of each loss dualforge ships, by ``loss.name``."""

@@ -6,6 +6,7 @@ naming file, line and field; with ``skip_bad=True`` bad records are skipped, cou
 :func:`load_beir`) and reported in one logged warning.
 """
 
+from dualforge.data.batch import TEACHER_SCORES, Batch, Column
 from dualforge.data.beir import (
     BeirDataset,
     Document,
@@ -37,16 +38,18 @@ from dualforge.data.examples import (
     load_tsv_triples,
 )
 from dualforge.data.hf import hf_num_rows, iter_hf_examples, load_hf_examples
-from dualforge.data.sampler import Batch, EpochBatchSampler, TooFewExamplesError
+from dualforge.data.sampler import EpochBatchSampler, TooFewExamplesError
 from dualforge.data.streaming import BatchSampler, StreamingBatchSampler
 from dualforge.data.texts import read_texts
 
 __all__ = [
+    "TEACHER_SCORES",
     "BadRecordCounter",
     "BadRecords",
     "Batch",
     "BatchSampler",
     "BeirDataset",
+    "Column",
     "DataError",
     "Document",
     "EpochBatchSampler",

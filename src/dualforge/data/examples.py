@@ -54,6 +54,8 @@ class TrainingExample:
         query_id: The query's id, if known.
         positive_ids: Ids aligned with ``positives``, or empty when the texts came inline.
         negative_ids: Ids aligned with ``negatives``, or empty when the texts came inline.
+        positive_scores: Teacher scores aligned with ``positives``, or empty (no scores).
+        negative_scores: Teacher scores aligned with ``negatives`` (empty with no scores).
     """
 
     query: str
@@ -62,12 +64,15 @@ class TrainingExample:
     query_id: str | None = None
     positive_ids: tuple[str, ...] = ()
     negative_ids: tuple[str, ...] = ()
+    positive_scores: tuple[float, ...] = ()
+    negative_scores: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Check that there is a positive and that ids, when given, align with the texts.
 
         Raises:
-            ValueError: No positive, or ids not aligned with their texts.
+            ValueError: No positive, ids not aligned with their texts, or scores that are not
+                given for every candidate.
         """
         if not self.positives:
             raise ValueError(f"training example for query {self.query[:60]!r} has no positive")
@@ -77,6 +82,17 @@ class TrainingExample:
         ):
             if ids and len(ids) != len(texts):
                 raise ValueError(f"{len(ids)} {what} ids for {len(texts)} {what} texts")
+        counts = (len(self.positive_scores), len(self.negative_scores))
+        if any(counts) and counts != (len(self.positives), len(self.negatives)):
+            raise ValueError(
+                f"{counts[0]} + {counts[1]} teacher scores for {len(self.positives)} "
+                f"positive(s) + {len(self.negatives)} negative(s)"
+            )
+
+    @property
+    def scored(self) -> bool:
+        """Whether the example carries teacher scores (for every candidate)."""
+        return bool(self.positive_scores)
 
 
 def examples_from_beir(dataset: BeirDataset, min_score: int = 1) -> list[TrainingExample]:

@@ -15,9 +15,9 @@ import logging
 import random
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
+from dualforge.data.batch import Batch, Pick, batch_of
 from dualforge.data.examples import TrainingExample
 from dualforge.errors import UserError
 
@@ -50,32 +50,6 @@ _LOOKAHEAD_BATCHES = 64  # how far (in batches) packing looks ahead for a non-co
 _REPAIR_BUDGET = 200_000  # entries examined per epoch when swapping remaining clashes away
 
 _Key = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Aligned lists for one training batch; ids are None where the data has none.
-
-    Attributes:
-        queries: Query texts.
-        positives: One positive text per query.
-        negatives: Hard-negative texts per query (``num_negatives`` each, or none for an
-            example that has no negatives).
-        query_ids: Query ids.
-        positive_ids: Positive ids.
-        negative_ids: Negative ids, aligned with ``negatives``.
-    """
-
-    queries: list[str]
-    positives: list[str]
-    negatives: list[list[str]]
-    query_ids: list[str | None]
-    positive_ids: list[str | None]
-    negative_ids: list[list[str | None]]
-
-    def __len__(self) -> int:
-        """Number of queries."""
-        return len(self.queries)
 
 
 class _Unit(NamedTuple):
@@ -392,18 +366,4 @@ class EpochBatchSampler:
                     budget -= _swap_out(batches, counts, (bi, i), spare)
 
     def _batch(self, units: list[_Unit]) -> Batch:
-        exs = [self.examples[u.example] for u in units]
-        return Batch(
-            queries=[ex.query for ex in exs],
-            positives=[ex.positives[u.positive] for ex, u in zip(exs, units)],
-            negatives=[[ex.negatives[j] for j in u.neg_rows] for ex, u in zip(exs, units)],
-            query_ids=[ex.query_id for ex in exs],
-            positive_ids=[
-                ex.positive_ids[u.positive] if ex.positive_ids else None
-                for ex, u in zip(exs, units)
-            ],
-            negative_ids=[
-                [ex.negative_ids[j] if ex.negative_ids else None for j in u.neg_rows]
-                for ex, u in zip(exs, units)
-            ],
-        )
+        return batch_of([Pick(self.examples[u.example], u.positive, u.neg_rows) for u in units])

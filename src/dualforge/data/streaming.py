@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from dualforge.data.batch import Batch, Pick, batch_of
 from dualforge.data.examples import TrainingExample
-from dualforge.data.sampler import Batch, TooFewExamplesError, conflict_keys, draw_negatives
+from dualforge.data.sampler import TooFewExamplesError, conflict_keys, draw_negatives
 
 logger = logging.getLogger("dualforge.data")
 
@@ -367,19 +368,5 @@ class StreamingBatchSampler:
             )  # fmt: skip
 
     def _batch(self, entries: list[_Entry]) -> Batch:
-        """The texts and ids of ``entries``."""
-        exs = [e.example for e in entries]
-        return Batch(
-            queries=[ex.query for ex in exs],
-            positives=[e.example.positives[e.positive] for e in entries],
-            negatives=[[e.example.negatives[j] for j in e.neg_rows] for e in entries],
-            query_ids=[ex.query_id for ex in exs],
-            positive_ids=[
-                e.example.positive_ids[e.positive] if e.example.positive_ids else None
-                for e in entries
-            ],
-            negative_ids=[
-                [e.example.negative_ids[j] if e.example.negative_ids else None for j in e.neg_rows]
-                for e in entries
-            ],
-        )
+        """The texts, ids and columns of ``entries``."""
+        return batch_of([Pick(e.example, e.positive, e.neg_rows) for e in entries])

@@ -16,7 +16,15 @@ from dualforge.losses.contrastive import (
     nested_info_nce,
     similarity,
 )
-from dualforge.losses.inputs import Loss, LossInputs, PositiveCodes, all_rows
+from dualforge.losses.distill import (
+    Distillation,
+    ListwiseKL,
+    dense_candidates,
+    margin_mse,
+    maxsim_candidates,
+    normalize_scores,
+)
+from dualforge.losses.inputs import TEACHER_SCORES, Loss, LossInputs, PositiveCodes, all_rows
 from dualforge.losses.matryoshka import MatryoshkaLoss, Nesting, matryoshka_losses
 from dualforge.losses.maxsim import (
     MaxSimNCE,
@@ -32,7 +40,10 @@ from dualforge.matryoshka import prefix
 
 __all__ = [
     "BUDGET",
+    "TEACHER_SCORES",
+    "Distillation",
     "InfoNCE",
+    "ListwiseKL",
     "Loss",
     "LossInputs",
     "LossOutput",
@@ -42,13 +53,17 @@ __all__ = [
     "PositiveCodes",
     "all_rows",
     "default_dims",
+    "dense_candidates",
     "docs_per_query",
     "info_nce",
+    "margin_mse",
     "matryoshka_losses",
     "maxsim",
+    "maxsim_candidates",
     "maxsim_nce",
     "nested_info_nce",
     "nested_maxsim_nce",
+    "normalize_scores",
     "prefix",
     "similarity",
     "split_output",

@@ -23,6 +23,9 @@ import torch
 
 from dualforge.losses.output import LossOutput
 
+TEACHER_SCORES = "teacher_scores"
+"""Key of :attr:`LossInputs.extras` holding the ``(B, 1 + K)`` teacher scores of each query's
+candidates (``[positive] + negatives``), for distillation."""
 UNKNOWN = -1
 """Code of a document without a known id (matches nothing) and padding of positive codes."""
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from dualforge.data import Batch
 from dualforge.losses import LossInputs, PositiveCodes
 from dualforge.modeling import Model
 from dualforge.train.distributed import shard_batch
@@ -45,7 +46,7 @@ def grouped_documents(positives: Sequence[str], negatives: Sequence[Sequence[str
 
 def collate(
     model: Model,
-    batch: Any,
+    batch: Batch,
     query_max_length: int,
     doc_max_length: int,
     known_positives: dict[str, set[str]] | None = None,
@@ -75,15 +76,30 @@ def collate(
     return StepInputs(
         queries=model.tokenize(local.queries, "query", query_max_length),
         documents=model.tokenize(docs, "document", doc_max_length),
-        loss=LossInputs(step=step, positives=codes),
+        loss=LossInputs(step=step, positives=codes, extras=column_tensors(batch)),
     )
+
+
+def column_tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    """The numeric columns of a (global) batch as tensors, rows in batch order: ``(B,)`` per
+    example, ``(B, 1 + K)`` per candidate (float64, so teacher scores keep their precision)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, column in batch.extras.items():
+        if _numeric(column.values):
+            out[name] = torch.tensor(column.values, dtype=torch.float64)
+    return out
+
+
+def _numeric(values: list[Any]) -> bool:
+    flat = [v for row in values for v in row] if values and isinstance(values[0], list) else values
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat)
 
 
 def _doc_key(doc_id: str | None, text: str) -> str:
     return doc_id if doc_id is not None else f"text:{text}"
 
 
-def _codes(batch: Any, known: dict[str, set[str]]) -> PositiveCodes:
+def _codes(batch: Batch, known: dict[str, set[str]]) -> PositiveCodes:
     """Codes that mask a document row for query ``i`` when it is a known positive of ``i``
     (qrels ids) or a copy of ``i``'s own positive elsewhere in the batch (matched by id, else by
     text)."""

@@ -14,7 +14,7 @@ The rules a run follows (docs/distributed.md):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -105,13 +105,7 @@ def shard_batch(batch: Batch, rank: int, world: int) -> Batch:
             "processes; make the global batch a multiple of the process count"
         )
     b = len(batch) // world
-    rows = slice(rank * b, (rank + 1) * b)
-    return replace(
-        batch,
-        queries=batch.queries[rows], positives=batch.positives[rows],
-        negatives=batch.negatives[rows], query_ids=batch.query_ids[rows],
-        positive_ids=batch.positive_ids[rows], negative_ids=batch.negative_ids[rows],
-    )  # fmt: skip
+    return batch.take(slice(rank * b, (rank + 1) * b))
 
 
 def barrier() -> None:

@@ -22,11 +22,26 @@ import torch
 from dualforge.config import (
     BUILTIN_LOSSES,
     ConfigError,
+    DistillLossConfig,
     InfoNceConfig,
+    KlConfig,
     LossConfig,
+    MarginMseConfig,
     MatryoshkaConfig,
 )
-from dualforge.losses import InfoNCE, Loss, MaxSimNCE, Nesting, default_dims
+from dualforge.losses import (
+    Distillation,
+    InfoNCE,
+    ListwiseKL,
+    Loss,
+    MaxSimNCE,
+    Nesting,
+    default_dims,
+    dense_candidates,
+    margin_mse,
+    maxsim_candidates,
+)
+from dualforge.losses.distill import Objective
 from dualforge.losses.tiles import default_budget
 
 
@@ -102,7 +117,7 @@ class LossRegistry:
         return found
 
 
-def build_info_nce(cfg: InfoNceConfig, ctx: LossContext) -> Loss:
+def build_info_nce(cfg: InfoNceConfig | DistillLossConfig, ctx: LossContext) -> Loss:
     """InfoNCE with the section's temperature, symmetry and similarity; over MaxSim scores for
     token-level representations."""
     if ctx.tokens:
@@ -110,7 +125,34 @@ def build_info_nce(cfg: InfoNceConfig, ctx: LossContext) -> Loss:
     return InfoNCE(cfg.temperature, cfg.symmetric, cfg.similarity, ctx.nesting, ctx.budget)
 
 
-_BUILDERS: Mapping[str, LossBuilder] = MappingProxyType({"info_nce": build_info_nce})
+def _distillation(cfg: DistillLossConfig, ctx: LossContext, objective: Objective) -> Loss:
+    """A :class:`Distillation` with ``objective`` over the student's scores of each query's
+    candidates (MaxSim for token representations), plus InfoNCE when ``distill.weight > 0``."""
+    renormalize = ctx.nesting.renormalize if ctx.nesting is not None else False
+    scorer = (
+        maxsim_candidates(renormalize, ctx.budget)
+        if ctx.tokens
+        else dense_candidates(cfg.similarity, renormalize)
+    )
+    weight = cfg.distill.weight
+    nce = build_info_nce(cfg, ctx) if weight > 0 else None
+    return Distillation(objective, scorer, cfg.distill.normalize, ctx.nesting, nce, weight)
+
+
+def build_kl(cfg: KlConfig, ctx: LossContext) -> Loss:
+    """Listwise KL from teacher scores (``loss.name: kl``)."""
+    objective = ListwiseKL(cfg.temperature, cfg.distill.teacher_temperature)
+    return _distillation(cfg, ctx, objective)
+
+
+def build_margin_mse(cfg: MarginMseConfig, ctx: LossContext) -> Loss:
+    """MarginMSE from teacher scores (``loss.name: margin_mse``)."""
+    return _distillation(cfg, ctx, margin_mse)
+
+
+_BUILDERS: Mapping[str, LossBuilder] = MappingProxyType(
+    {"info_nce": build_info_nce, "kl": build_kl, "margin_mse": build_margin_mse}
+)
 
 
 def default_losses() -> LossRegistry:

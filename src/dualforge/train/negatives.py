@@ -13,7 +13,6 @@ Known positives of a query (qrels) are never mined.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -126,10 +125,9 @@ class NegativeMiner:
         self._count_hits(batch, rows)
         seen = [self.row[p] for p in batch.positive_ids if p is not None and p in self.row]
         self.policy.observe(np.concatenate([np.asarray(seen, np.int64), rows.reshape(-1)]))
-        mined = replace(
-            batch,
-            negatives=[[self.texts[int(r)] for r in row] for row in rows],
-            negative_ids=[[self.ids[int(r)] for r in row] for row in rows],
+        mined = batch.with_negatives(
+            [[self.texts[int(r)] for r in row] for row in rows],
+            [[self.ids[int(r)] for r in row] for row in rows],
         )
         return mined, report
 
