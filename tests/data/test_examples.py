@@ -69,7 +69,7 @@ def test_jsonl_texts_ids_and_aliases(tmp_path: Path) -> None:
         [
             {"query": "q1", "positive_ids": ["a"], "negative_ids": "b", "query_id": "1"},
             {"query": "q2", "positive": "text pos", "negatives": ["n1", "n2"]},
-            {"query": "q3", "positives": ["p1", "p2"], "neg": [], "pos_scores": [1.0]},
+            {"query": "q3", "positives": ["p1", "p2"], "neg": [], "pos_scores": [1.0, 0.5]},
             {"query": "q4", "pos": ["p"], "positive_ids": ["a"], "negative": "n"},
         ],
     )
@@ -77,6 +77,7 @@ def test_jsonl_texts_ids_and_aliases(tmp_path: Path) -> None:
     assert first == TrainingExample("q1", ("A alpha",), ("beta",), "1", ("a",), ("b",))
     assert second == TrainingExample("q2", ("text pos",), ("n1", "n2"))
     assert third.positives == ("p1", "p2") and third.negatives == ()
+    assert third.positive_scores == (1.0, 0.5) and third.negative_scores == ()
     assert fourth.positives == ("p",) and fourth.positive_ids == ("a",)
 
 

@@ -32,15 +32,22 @@ SEED_LIMIT = 2**32  # NumPy seeds must lie in [0, 2**32)
 class ColumnsConfig:
     """Which columns of a Hugging Face dataset hold what (null: sentence-transformers' names are
     detected: ``anchor``/``query``/``question``, ``positive``, ``negative`` or
-    ``negative_1..n``). Once ``query`` is set, detection is off: roles left null are not read."""
+    ``negative_1..n``, and teacher scores ``scores`` / ``pos_scores`` / ``neg_scores``). Once
+    ``query`` is set, detection is off: roles left null are not read. ``scores`` names a column
+    of teacher scores aligned with ``[positive] + negatives`` (a sentence-transformers ``score``
+    column, say: it is not detected, since ``score`` often holds a label or a margin)."""
 
     query: str | None = None
     positive: str | None = None
     negative: tuple[str, ...] = ()
+    scores: str | None = None
+    pos_scores: str | None = None
+    neg_scores: str | None = None
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
-        mapped = self.query is not None or self.positive is not None or bool(self.negative)
+        named = (self.positive, self.scores, self.pos_scores, self.neg_scores)
+        mapped = self.query is not None or any(c is not None for c in named) or bool(self.negative)
         complete = self.query is not None and self.positive is not None
         _validate(
             self,
@@ -55,6 +62,10 @@ class ColumnsConfig:
         out: dict[str, str | list[str]] = {"query": self.query, "positive": self.positive}
         if self.negative:
             out["negative"] = list(self.negative)
+        for role in ("scores", "pos_scores", "neg_scores"):
+            column = getattr(self, role)
+            if column is not None:
+                out[role] = column
         return out
 
 

@@ -11,12 +11,14 @@ from typing import Any
 from dualforge.data.beir import BeirDataset, Document
 from dualforge.data.errors import BadRecordCounter, DataError, make_counter
 from dualforge.data.lines import iter_jsonl, iter_lines, split_columns, string_field
+from dualforge.data.scores import SCORE_KEYS, read_scores
 
 logger = logging.getLogger("dualforge.data")
 
 POSITIVE_KEYS = ("positive", "positives", "pos")
 NEGATIVE_KEYS = ("negatives", "negative", "neg")
 TRIPLE_COLUMNS = ("query", "positive", "negative")
+JSONL_SCORE_KEYS = {key: key for key in SCORE_KEYS}
 # first-line column names taken as a header (compared lower-case, digits and separators dropped)
 HEADER_WORDS = frozenset(
     [
@@ -196,7 +198,13 @@ def parse_example(
     qid = obj.get("query_id")
     if qid is not None and not isinstance(qid, str):
         raise DataError(path, n, "query_id", "expected a string")
-    return TrainingExample(query, positives, negatives, qid, pos_ids, neg_ids)
+    pos_scores, neg_scores = read_scores(
+        obj, JSONL_SCORE_KEYS, (len(positives), len(negatives)),
+        lambda key, message: DataError(path, n, key, message),
+    )  # fmt: skip
+    return TrainingExample(
+        query, positives, negatives, qid, pos_ids, neg_ids, pos_scores, neg_scores
+    )
 
 
 def iter_jsonl_examples(
@@ -211,8 +219,10 @@ def iter_jsonl_examples(
     or a list of strings; ``"positives"`` and FlagEmbedding's ``"pos"`` are aliases) and
     optional negatives under ``"negatives"`` (aliases ``"negative"``, ``"neg"``). With
     ``corpus``, ``"positive_ids"``/``"negative_ids"`` may name corpus documents instead of
-    giving texts (or alongside them, aligned, to attach ids). ``"query_id"`` is stored as is;
-    other keys (``pos_scores``, ``prompt``...) are ignored.
+    giving texts (or alongside them, aligned, to attach ids). ``"query_id"`` is stored as is.
+    Teacher scores (for distillation): ``"scores"`` aligned with ``[positive] + negatives``, or
+    FlagEmbedding's ``"pos_scores"`` / ``"neg_scores"`` (:mod:`dualforge.data.scores`). Other
+    keys (``prompt``, ``type``...) are ignored.
 
     Args:
         path: The file.

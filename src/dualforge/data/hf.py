@@ -9,9 +9,10 @@ positive is ``positive`` (a string, or a list of strings: several positives); ne
 ``negative`` (a string or a list) or ``negative_1`` .. ``negative_n`` (in numeric order). The
 aliases of dualforge's JSONL format (``positives``/``pos``, ``negatives``/``neg``) are read too,
 so a JSONL file of examples reads the same either way. Optional id columns: ``query_id``,
-``positive_id(s)`` and ``negative_id(s)`` (aligned with the texts). Other columns (``label``,
-``score``, ...) are ignored. ``columns={"query": ..., "positive": ..., "negative": ...}``
-replaces the detection (``negative`` may name several columns).
+``positive_id(s)`` and ``negative_id(s)`` (aligned with the texts). Teacher scores are read
+from ``scores`` (aligned with ``[positive] + negatives``) or ``pos_scores`` / ``neg_scores``; other
+columns (``label``, ``score``...) are ignored. ``columns={"query": ..., "positive": ...,
+"negative": ..., "scores": ...}`` replaces the detection (``negative`` may name several columns).
 
 ``datasets`` is an optional extra (``pip install 'dualforge[hf]'``), imported on first use.
 """

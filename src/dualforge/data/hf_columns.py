@@ -14,6 +14,7 @@ from typing import Any
 
 from dualforge.data.errors import DataError
 from dualforge.data.examples import NEGATIVE_KEYS, POSITIVE_KEYS, TrainingExample
+from dualforge.data.scores import NEGATIVE_SCORES, POSITIVE_SCORES, SCORES, read_scores
 
 QUERY_COLUMNS = ("anchor", "query", "question")
 DETECTED: dict[str, tuple[str, ...]] = {
@@ -23,6 +24,9 @@ DETECTED: dict[str, tuple[str, ...]] = {
     "query_id": ("query_id",),
     "positive_id": ("positive_id", "positive_ids"),
     "negative_id": ("negative_id", "negative_ids"),
+    SCORES: (SCORES,),
+    POSITIVE_SCORES: (POSITIVE_SCORES,),
+    NEGATIVE_SCORES: (NEGATIVE_SCORES,),
 }
 """Column names detected per role (``negative_1..n`` are detected as well)."""
 ROLES = tuple(DETECTED)
@@ -60,6 +64,9 @@ class HfColumns:
         query_id: The query id column, or None.
         positive_id: Ids aligned with the positives, or None.
         negative_id: Ids aligned with all the negatives of a row, or None.
+        scores: Teacher scores aligned with ``[positive] + negatives`` (one positive), or None.
+        pos_scores: Teacher scores aligned with the positives, or None.
+        neg_scores: Teacher scores aligned with all the negatives of a row, or None.
     """
 
     query: str
@@ -68,12 +75,20 @@ class HfColumns:
     query_id: str | None = None
     positive_id: str | None = None
     negative_id: str | None = None
+    scores: str | None = None
+    pos_scores: str | None = None
+    neg_scores: str | None = None
 
     def names(self) -> list[str]:
         """Every column read, without repeats."""
-        ids = (self.query_id, self.positive_id, self.negative_id)
+        ids = (self.query_id, self.positive_id, self.negative_id, *self.score_columns().values())
         named = [self.query, self.positive, *self.negatives, *(c for c in ids if c)]
         return list(dict.fromkeys(named))
+
+    def score_columns(self) -> dict[str, str | None]:
+        """Where each teacher-score layout is read (:func:`~dualforge.data.scores.read_scores`)."""
+        return {SCORES: self.scores, POSITIVE_SCORES: self.pos_scores,
+                NEGATIVE_SCORES: self.neg_scores}  # fmt: skip
 
 
 def _detect(names: Sequence[str], role: str, path: str, required: bool) -> str | None:
@@ -123,6 +138,7 @@ def _mapped(names: Sequence[str], columns: ColumnMap, path: str) -> HfColumns:
     return HfColumns(
         one["query"], one["positive"], chosen.get("negative", ()),
         one.get("query_id"), one.get("positive_id"), one.get("negative_id"),
+        one.get(SCORES), one.get(POSITIVE_SCORES), one.get(NEGATIVE_SCORES),
     )  # fmt: skip
 
 
@@ -154,7 +170,8 @@ def hf_columns(
     return HfColumns(
         query, positive, _detect_negatives(names, where),
         _detect(names, "query_id", where, False), _detect(names, "positive_id", where, False),
-        _detect(names, "negative_id", where, False),
+        _detect(names, "negative_id", where, False), _detect(names, SCORES, where, False),
+        _detect(names, POSITIVE_SCORES, where, False), _detect(names, NEGATIVE_SCORES, where, False),
     )  # fmt: skip
 
 
@@ -222,6 +239,11 @@ def parse_row(row: Mapping[str, Any], cols: HfColumns, path: str, n: int) -> Tra
     qid = _ids(row, cols.query_id, 1, (path, n))
     pos_ids = _ids(row, cols.positive_id, len(positives), (path, n))
     neg_ids = _ids(row, cols.negative_id, len(negatives), (path, n))
+    pos_scores, neg_scores = read_scores(
+        row, cols.score_columns(), (len(positives), len(negatives)),
+        lambda column, message: RowError(path, n, column, message),
+    )  # fmt: skip
     return TrainingExample(
-        query, positives, negatives, qid[0] if qid else None, tuple(pos_ids), tuple(neg_ids)
-    )
+        query, positives, negatives, qid[0] if qid else None, tuple(pos_ids), tuple(neg_ids),
+        pos_scores, neg_scores,
+    )  # fmt: skip
