@@ -78,7 +78,8 @@ def test_hf_rows_detect_score_columns_and_take_a_mapping() -> None:
     assert ex.positive_scores == (9.0,) and ex.negative_scores == (5.0, 1.0)
     assert hf_columns(["anchor", "positive", "score"]).scores is None  # a label or a margin
     mapped = hf_columns(
-        ["q", "p", "n", "score"], {"query": "q", "positive": "p", "negative": "n", "scores": "score"}
+        ["q", "p", "n", "score"],
+        {"query": "q", "positive": "p", "negative": "n", "scores": "score"},
     )
     got = parse_row({"q": "x", "p": "y", "n": "z", "score": [2.0, 1.0]}, mapped, "ds", 0)
     assert got.negative_scores == (1.0,)

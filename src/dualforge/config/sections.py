@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dualforge.config.checks import ConfigError, _optional_at_least, _validate
-from dualforge.config.loss import InfoNceConfig, LossConfig
+from dualforge.config.loss import DistillLossConfig, InfoNceConfig, LossConfig
 from dualforge.config.mining import MiningConfig
 from dualforge.config.model import ModelConfig
 from dualforge.data.sampler import PositiveMode
@@ -319,11 +319,37 @@ class Config:
                 f"mining.strategy={self.mining.strategy!r} needs a corpus to mine from: "
                 f"data.format must be 'beir', got {self.data.format!r}"
             )
+        if isinstance(self.loss, DistillLossConfig):
+            _check_distillation(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly)."""
         out: dict[str, Any] = _plain(dataclasses.asdict(self))
         return out
+
+
+def _check_distillation(cfg: Config) -> None:
+    """A distillation loss reads teacher scores stored with each example's candidates.
+
+    Raises:
+        ConfigError: The data cannot carry them (BEIR qrels, mined negatives) or no negatives.
+    """
+    name = f"loss.name={cfg.loss.name!r}"
+    if cfg.data.format == "beir":
+        raise ConfigError(
+            f"{name} needs teacher scores and data.format='beir' has none: give JSONL or a "
+            "Hugging Face dataset with 'scores' (or 'pos_scores' / 'neg_scores')"
+        )
+    if cfg.mining.active:
+        raise ConfigError(
+            f"{name} reads the teacher scores stored with each example's negatives; "
+            f"mining.strategy={cfg.mining.strategy!r} replaces them by unscored ones"
+        )
+    if cfg.data.num_negatives < 1:
+        raise ConfigError(
+            f"{name} compares each query's candidates: set data.num_negatives >= 1 (the "
+            "scored negatives drawn per query)"
+        )
 
 
 def _plain(value: Any) -> Any:

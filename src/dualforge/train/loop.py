@@ -43,7 +43,7 @@ from dualforge.train.parts import (
 )
 from dualforge.train.report import write_report
 from dualforge.train.run_folder import own_run_folder
-from dualforge.train.saving import checkpoint, export, resume_or_start
+from dualforge.train.saving import checkpoint, export, resume_or_start, say
 
 __all__ = [
     "NonFiniteLossError", "Parts", "RunResult", "StepHook", "StepInfo", "StopCondition",
@@ -102,6 +102,8 @@ def run_job(p: Parts, hooks: Sequence[StepHook], started: float) -> RunResult:
         "start", steps=p.steps, examples=p.data.size, config=cfg.to_dict(),
         **p.resolved(),
     )  # fmt: skip
+    for line in p.teacher.warnings if p.teacher is not None else ():
+        say(p, f"warning: {line}")
     state = resume_or_start(p)
     before = None
     if cfg.eval.before and state.step == 0 and p.data.test is not None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from dualforge.config import Config, ConfigError
+from dualforge.config import Config, ConfigError, DistillLossConfig
 from dualforge.data import (
     Batch,
     BatchSampler,
@@ -35,6 +35,7 @@ from dualforge.modeling import Model
 from dualforge.modeling.adapters import enable_checkpointing
 from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_model, tower_encoders
+from dualforge.train.distill import TeacherSummary, summarize_teacher
 from dualforge.train.distributed import ProcessInfo, setup
 from dualforge.train.evaluation import encode_texts
 from dualforge.train.kinds import KINDS, Kind, kind_of
@@ -83,6 +84,7 @@ class Parts:
     owns_group: bool = False
     mine_batch: MineBatch | None = None
     kind: Kind = field(default_factory=lambda: KINDS["single_vector"])
+    teacher: TeacherSummary | None = None
 
     def resolved(self) -> dict[str, Any]:
         """Choices made from ``auto`` settings on this machine (logged and reported)."""
@@ -98,6 +100,8 @@ class Parts:
             out["precision_warning"] = self.precision.warning
         if self.miner is not None:
             out["mining_backend"] = self.miner.backend
+        if self.teacher is not None:
+            out["teacher"] = self.teacher.record()
         return out
 
     def components(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Stateful]:
@@ -300,6 +304,7 @@ def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
     proc, device, started = place(cfg)
     run_dir = Path(cfg.run.output_dir) / cfg.run.name
     data = load_run_data(cfg.data, cfg.run.seed)
+    teacher = teacher_of(cfg, data)
     model = build_model(cfg.model).to(device)
     check_eval_dims(cfg, model.dim)
     seed_ranks(cfg, proc)
@@ -336,8 +341,16 @@ def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps,
         replicas, miner, device=device, proc=proc, precision=precision, owns_group=started,
-        mine_batch=mine_batch, kind=kind,
+        mine_batch=mine_batch, kind=kind, teacher=teacher,
     )  # fmt: skip
+
+
+def teacher_of(cfg: Config, data: RunData) -> TeacherSummary | None:
+    """The teacher scores of a distillation run, checked (None for other losses, and for a
+    stream, whose examples are checked as they come)."""
+    if not isinstance(cfg.loss, DistillLossConfig) or data.stream is not None:
+        return None
+    return summarize_teacher(cfg.loss, data.examples, cfg.data.num_negatives)
 
 
 def build_mining(
