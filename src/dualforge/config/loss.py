@@ -118,12 +118,17 @@ class DistillConfig:
     ``teacher_temperature``: the teacher's scores are divided by it before the softmax (``kl``).
     ``normalize``: per-query normalisation of the teacher scores, ``none`` (default, scores as
     given), ``minmax`` (to [0, 1]) or ``zscore`` (mean 0, standard deviation 1). ``weight``:
-    InfoNCE over the whole batch is added with this weight (0: distillation only).
+    InfoNCE over the whole batch is added with this weight (0: distillation only). ``teacher``:
+    a model folder (bi-encoder, late interaction or cross-encoder) that scores each query's
+    candidates in the loop, mined negatives included (null: the scores stored with the data);
+    ``teacher_batch_size``: texts (or pairs) it scores at a time.
     """
 
     teacher_temperature: float = 1.0
     normalize: Normalization = "none"
     weight: float = 0.0
+    teacher: str | None = None
+    teacher_batch_size: int = 64
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -133,6 +138,8 @@ class DistillConfig:
             [
                 (self.teacher_temperature > 0, "teacher_temperature", "> 0"),
                 (self.weight >= 0, "weight", ">= 0"),
+                (self.teacher is None or bool(self.teacher), "teacher", "a model folder or null"),
+                (self.teacher_batch_size >= 1, "teacher_batch_size", ">= 1"),
             ],
         )
 

@@ -320,7 +320,7 @@ class Config:
                 f"data.format must be 'beir', got {self.data.format!r}"
             )
         if isinstance(self.loss, DistillLossConfig):
-            _check_distillation(self)
+            _check_distillation(self, self.loss)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly)."""
@@ -328,24 +328,27 @@ class Config:
         return out
 
 
-def _check_distillation(cfg: Config) -> None:
+def _check_distillation(cfg: Config, loss: DistillLossConfig) -> None:
     """A distillation loss reads teacher scores stored with each example's candidates.
 
     Raises:
         ConfigError: The data cannot carry them (BEIR qrels, mined negatives) or no negatives.
     """
-    name = f"loss.name={cfg.loss.name!r}"
-    if cfg.data.format == "beir":
+    name = f"loss.name={loss.name!r}"
+    teacher = loss.distill.teacher is not None
+    if cfg.data.format == "beir" and not teacher:
         raise ConfigError(
             f"{name} needs teacher scores and data.format='beir' has none: give JSONL or a "
-            "Hugging Face dataset with 'scores' (or 'pos_scores' / 'neg_scores')"
+            "Hugging Face dataset with 'scores' (or 'pos_scores' / 'neg_scores'), or a "
+            "teacher model (loss.distill.teacher)"
         )
-    if cfg.mining.active:
+    if cfg.mining.active and not teacher:
         raise ConfigError(
             f"{name} reads the teacher scores stored with each example's negatives; "
-            f"mining.strategy={cfg.mining.strategy!r} replaces them by unscored ones"
+            f"mining.strategy={cfg.mining.strategy!r} replaces them by unscored ones (set "
+            "loss.distill.teacher to score them in the loop)"
         )
-    if cfg.data.num_negatives < 1:
+    if cfg.data.num_negatives < 1 and not cfg.mining.active:
         raise ConfigError(
             f"{name} compares each query's candidates: set data.num_negatives >= 1 (the "
             "scored negatives drawn per query)"

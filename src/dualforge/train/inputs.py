@@ -12,7 +12,7 @@ import importlib.util
 from glob import glob
 from pathlib import Path
 
-from dualforge.config import Config, ConfigError, DataConfig, RunConfig
+from dualforge.config import Config, ConfigError, DataConfig, DistillLossConfig, RunConfig
 from dualforge.data import available_splits
 from dualforge.files import blocked
 from dualforge.modeling.names import ModelLoadError, check_model_name
@@ -43,6 +43,11 @@ def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
         check_model_name(cfg.model.name)
     except ModelLoadError as err:
         raise ConfigError(f"model.name={err.name!r}: {err.reason}") from err
+    if isinstance(cfg.loss, DistillLossConfig) and cfg.loss.distill.teacher is not None:
+        try:
+            check_model_name(cfg.loss.distill.teacher)
+        except ModelLoadError as err:
+            raise ConfigError(f"loss.distill.teacher={err.name!r}: {err.reason}") from err
     _check_extras(cfg)
 
 

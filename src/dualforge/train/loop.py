@@ -184,11 +184,15 @@ def _advance(
     """One training step up to and including the optimizer step: the new state and the info."""
     tick = time.perf_counter()
     batch, mining_seconds = mine(p, next(stream), state.step + 1)
+    if p.teacher_model is not None:
+        batch = p.teacher_model.annotate(batch, p.proc)
     result = training_step(p, batch, state.step + 1)
     lr = float(p.scheduler.get_last_lr()[0])  # the rate this step trains at
     grad_norm = optimizer_step(p)
     state = replace(state, step=state.step + 1)
     info = step_info(p, state.step, result, grad_norm, lr, batch, tick, mining_seconds)
+    if p.teacher_model is not None:
+        info = replace(info, teacher=p.teacher_model.last)
     bar.set_postfix(loss=f"{info.loss:.4f}", lr=f"{info.lr:.2e}")
     bar.update(1)
     return state, info

@@ -46,6 +46,7 @@ from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
 from dualforge.train.shared_mining import FollowingMiner, LeadingMiner, announcing
 from dualforge.train.state import GlobalRng, RankedRng, ReplicaModel, ReplicaOptimizer, RunClock
+from dualforge.train.teacher import Teacher, build_teacher
 from dualforge.train.tensorboard import FanOutLog, build_logs
 
 MineBatch = Callable[[Batch, int], tuple[Batch, RefreshReport | None]]
@@ -85,6 +86,7 @@ class Parts:
     mine_batch: MineBatch | None = None
     kind: Kind = field(default_factory=lambda: KINDS["single_vector"])
     teacher: TeacherSummary | None = None
+    teacher_model: Teacher | None = None
 
     def resolved(self) -> dict[str, Any]:
         """Choices made from ``auto`` settings on this machine (logged and reported)."""
@@ -102,6 +104,8 @@ class Parts:
             out["mining_backend"] = self.miner.backend
         if self.teacher is not None:
             out["teacher"] = self.teacher.record()
+        if self.teacher_model is not None:
+            out["teacher_model"] = self.teacher_model.kind
         return out
 
     def components(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Stateful]:
@@ -145,6 +149,7 @@ class StepInfo:
         seconds: Wall time of the step, mining included.
         mining: Miner telemetry and the run's mining/training seconds (empty without a miner).
         batch: The global batch the step trained on (mined negatives filled in).
+        teacher: The in-loop teacher's cost (seconds, pairs, pairs not cached), else empty.
     """
 
     step: int
@@ -156,13 +161,14 @@ class StepInfo:
     seconds: float
     mining: dict[str, Any]
     batch: Batch
+    teacher: dict[str, Any] = field(default_factory=dict)
 
     def record(self, epoch: int) -> dict[str, Any]:
         """Fields of the step's ``train`` event."""
         return {
             "step": self.step, "epoch": epoch, "loss": self.loss, "lr": self.lr,
             "grad_norm": self.grad_norm, "examples_per_s": self.examples / self.seconds,
-            **self.parts, **self.mining,
+            **self.parts, **self.mining, **self.teacher,
         }  # fmt: skip
 
 
@@ -342,6 +348,7 @@ def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps,
         replicas, miner, device=device, proc=proc, precision=precision, owns_group=started,
         mine_batch=mine_batch, kind=kind, teacher=teacher,
+        teacher_model=build_teacher(cfg, device),
     )  # fmt: skip
 
 
@@ -349,6 +356,8 @@ def teacher_of(cfg: Config, data: RunData) -> TeacherSummary | None:
     """The teacher scores of a distillation run, checked (None for other losses, and for a
     stream, whose examples are checked as they come)."""
     if not isinstance(cfg.loss, DistillLossConfig) or data.stream is not None:
+        return None
+    if cfg.loss.distill.teacher is not None:  # scored in the loop
         return None
     return summarize_teacher(cfg.loss, data.examples, cfg.data.num_negatives)
 
