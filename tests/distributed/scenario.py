@@ -15,13 +15,19 @@ import torch
 from dualforge.gradcache import GradCache
 from dualforge.gradcache.chunking import scatter_rows
 from dualforge.losses import (
+    TEACHER_SCORES,
+    Distillation,
     InfoNCE,
+    ListwiseKL,
     LossInputs,
     LossOutput,
     MaxSimNCE,
     Nesting,
     PositiveCodes,
+    dense_candidates,
     info_nce,
+    margin_mse,
+    maxsim_candidates,
 )
 from dualforge.modeling import DualEncoder, Encoder
 from dualforge.train.components import tower_encoders
@@ -82,12 +88,26 @@ def loss_fn(spec: Spec):  # type: ignore[no-untyped-def]
     (``sample``: 2 of the 3 dims per step, drawn from the step number)."""
     if spec.get("learned"):
         return LearnedTemperature(spec["symmetric"])
+    if spec.get("distill"):
+        return distillation(spec)
     if spec.get("late"):
         return MaxSimNCE(temperature=0.05, symmetric=spec["symmetric"])
     nesting = None
     if spec["matryoshka"]:
         nesting = Nesting((16, 32, 64), sample_dims=2 if spec.get("sample") else None)
     return InfoNCE(temperature=0.05, symmetric=spec["symmetric"], nesting=nesting, budget=256)
+
+
+def distillation(spec: Spec) -> Distillation:
+    """``distill``: ``kl`` (+ InfoNCE, Matryoshka dims) or ``margin_mse``, over MaxSim with
+    ``late``."""
+    late = bool(spec.get("late"))
+    nesting = Nesting((4, 8, 16) if late else (16, 32, 64), renormalize=late)
+    scorer = maxsim_candidates(late, budget=512) if late else dense_candidates("dot", False)
+    if spec["distill"] == "margin_mse":
+        return Distillation(margin_mse, scorer, "minmax", nesting)
+    nce = MaxSimNCE(0.05, nesting=nesting) if late else InfoNCE(0.05, nesting=nesting, budget=256)
+    return Distillation(ListwiseKL(0.05, 2.0), scorer, "zscore", nesting, nce, 0.5)
 
 
 def global_texts(spec: Spec) -> tuple[list[str], list[str]]:
@@ -150,8 +170,13 @@ def engine(spec: Spec, encoders: list[Any], **kwargs: Any) -> GradCache:
 
 
 def loss_inputs(spec: Spec, step: int = 3) -> LossInputs:
-    """The step's loss inputs."""
-    return LossInputs(step=step, positives=codes(spec))
+    """The step's loss inputs (teacher scores of every candidate with ``distill``)."""
+    extras = {}
+    if spec.get("distill"):
+        n = 1 + spec["negatives"]
+        g = torch.Generator().manual_seed(7)
+        extras[TEACHER_SCORES] = torch.rand(spec["batch"], n, generator=g, dtype=torch.float64) * 10
+    return LossInputs(step=step, positives=codes(spec), extras=extras)
 
 
 def oracle(spec: Spec, tok: Any) -> tuple[dict[str, torch.Tensor], float]:

@@ -45,6 +45,9 @@ CASES = {
     "learned-temperature": {"learned": True, "symmetric": True, "masked": True},
     "late-interaction": {"late": True, "dropout": 0.1, "symmetric": True, "masked": True},
     "late-interaction-uneven": {"late": True, "uneven": True, "chunk": None, "token_budget": 96},
+    "distill-kl": {"distill": "kl", "negatives": 2, "dropout": 0.1, "masked": True},
+    "distill-margin-mse": {"distill": "margin_mse", "negatives": 2},
+    "distill-late": {"distill": "kl", "late": True, "negatives": 1, "dropout": 0.1},
 }
 
 
