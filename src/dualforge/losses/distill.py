@@ -93,14 +93,21 @@ def own_candidates(d: torch.Tensor, n: int, rows: slice) -> torch.Tensor:
     return part.view(-1, n, *part.shape[1:])
 
 
-def dense_candidates(similarity: Similarity, renormalize: bool) -> CandidateScorer:
-    """The scorer of single-vector students: dot products of (L2-renormalised, when
-    ``renormalize`` or ``similarity="cos"``) prefixes."""
-    normalize = renormalize or similarity == "cos"
+@dataclass(frozen=True)
+class DenseCandidates:
+    """The :data:`CandidateScorer` of single-vector students: dot products of (L2-renormalised,
+    when ``renormalize`` or ``similarity="cos"``) prefixes."""
 
-    def scores(q: torch.Tensor, d: torch.Tensor, dims: Sequence[int], rows: slice) -> torch.Tensor:
+    similarity: Similarity = "dot"
+    renormalize: bool = False
+
+    def __call__(
+        self, q: torch.Tensor, d: torch.Tensor, dims: Sequence[int], rows: slice
+    ) -> torch.Tensor:
+        """``(M, b, n)`` scores of queries ``rows`` against their own candidates."""
         n = docs_per_query(q, d)
         qs, ds = q[rows], own_candidates(d, n, rows)  # (b, D), (b, n, D)
+        normalize = self.renormalize or self.similarity == "cos"
         out = []
         for m in dims:
             a, c = qs[:, :m], ds[..., :m]
@@ -109,33 +116,49 @@ def dense_candidates(similarity: Similarity, renormalize: bool) -> CandidateScor
             out.append(torch.einsum("bd,bnd->bn", a, c))
         return torch.stack(out)  # (M, b, n)
 
-    return scores
 
+@dataclass(frozen=True)
+class MaxSimCandidates:
+    """The :data:`CandidateScorer` of late-interaction students: MaxSim of each query's token
+    vectors against its own candidates' at every token dim (masks as
+    :mod:`dualforge.losses.maxsim`), in blocks of queries whose ``(b, T_q, n, T_d)`` similarities
+    fit ``budget``."""
 
-def maxsim_candidates(renormalize: bool, budget: int = BUDGET) -> CandidateScorer:
-    """The scorer of late-interaction students: MaxSim of each query's token vectors against its
-    own candidates' at every token dim (masks as :mod:`dualforge.losses.maxsim`), in blocks of
-    queries whose ``(b, T_q, n, T_d)`` similarities fit ``budget``."""
+    renormalize: bool = False
+    budget: int = BUDGET
 
-    def scores(q: torch.Tensor, d: torch.Tensor, dims: Sequence[int], rows: slice) -> torch.Tensor:
+    def __call__(
+        self, q: torch.Tensor, d: torch.Tensor, dims: Sequence[int], rows: slice
+    ) -> torch.Tensor:
+        """``(M, b, n)`` MaxSim scores of queries ``rows`` against their own candidates."""
         n = docs_per_query(q, d)
         qv, qm = split_tokens(q[rows])  # (b, Tq, D), (b, Tq)
         dv, dm = split_tokens(own_candidates(d, n, rows).flatten(0, 1))  # (b*n, Td, D)
         dv, dm = dv.view(-1, n, *dv.shape[1:]), dm.view(-1, n, dm.shape[-1])  # (b, n, Td, D)
         if not bool(dm.any(dim=-1).all()):
             raise ValueError("every document needs at least one scored token")
-        step = max(1, budget // max(1, qv.shape[1] * n * dv.shape[2]))
+        step = max(1, self.budget // max(1, qv.shape[1] * n * dv.shape[2]))
         out = []
         for m in dims:
             a, c = qv[..., :m], dv[..., :m]
-            if renormalize:
+            if self.renormalize:
                 a, c = F.normalize(a, dim=-1), F.normalize(c, dim=-1)
-            blocks = [_own_maxsim(a[i : i + step], qm[i : i + step], c[i : i + step],
-                                  dm[i : i + step]) for i in range(0, a.shape[0], step)]  # fmt: skip
+            blocks = [
+                _own_maxsim(a[i : i + step], qm[i : i + step], c[i : i + step], dm[i : i + step])
+                for i in range(0, a.shape[0], step)
+            ]
             out.append(torch.cat(blocks))
         return torch.stack(out)  # (M, b, n)
 
-    return scores
+
+def dense_candidates(similarity: Similarity, renormalize: bool) -> CandidateScorer:
+    """:class:`DenseCandidates` (the scorer of single-vector students)."""
+    return DenseCandidates(similarity, renormalize)
+
+
+def maxsim_candidates(renormalize: bool, budget: int = BUDGET) -> CandidateScorer:
+    """:class:`MaxSimCandidates` (the scorer of late-interaction students)."""
+    return MaxSimCandidates(renormalize, budget)
 
 
 def _own_maxsim(
