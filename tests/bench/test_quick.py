@@ -231,3 +231,25 @@ def test_loss_scale_quick(tmp_path: Path, shared_data: Path) -> None:
         assert abs(tiled["grad_norm_q"] - dense["grad_norm_q"]) <= 1e-3 * dense["grad_norm_q"]
     assert [r["arm"] for r in report["e2e"]] == ["dualforge", "st-cached-mnrl"]
     assert all(r["step_s"] > 0 and r["peak_rss_mib"] > 0 for r in report["e2e"])
+
+
+@pytest.mark.slow  # 50-100 s; `pytest -m slow` runs it (the default run stays under 12 min)
+def test_distill_quick(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "distill.json"
+    run_bench("distill.py", ["--quick", "--output", str(out)], tmp_path, shared_data)
+    report = read_finite(out)
+    arms = report["step"]["arms"]
+    assert list(arms) == ["info_nce", "kl", "margin_mse", "kl+nce"]
+    assert all(a["median_step_s"] > 0 and min(a["peak_rss_mib"]) > 0 for a in arms.values())
+    assert arms["info_nce"]["ratio_vs_info_nce"] == 1.0
+    assert (
+        set(report["loss_phase"]["arms"])
+        == set(report["loss_phase_step_shape"]["arms"])
+        == set(arms)
+    )
+    (run,) = report["teach"]["runs"]
+    assert run["loss"] == "kl" and run["steps"] == 4
+    for side in (run["before"], run["after"]):
+        assert len(side["spearman"]) == 10 and -1 <= side["spearman_mean"] <= 1
+    # 4 KL steps already move the student's order toward the teacher's (0.26 -> 0.42).
+    assert run["after"]["spearman_mean"] > run["before"]["spearman_mean"] + 0.05

@@ -90,3 +90,12 @@ def test_scores_must_cover_every_candidate() -> None:
     with pytest.raises(ValueError, match=r"1 \+ 2 teacher scores for 1 positive\(s\) \+ 3"):
         TrainingExample("q", ("p",), ("a", "b", "c"), positive_scores=(1.0,),
                         negative_scores=(1.0, 2.0))  # fmt: skip
+
+
+def test_a_batch_with_columns_pickles() -> None:
+    """Rank 0 sends mined batches to the other ranks (broadcast_object pickles them)."""
+    import pickle
+
+    b = _batch(2)
+    back = pickle.loads(pickle.dumps(b))
+    assert back == b and back.extras[TEACHER_SCORES].per_candidate

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dualforge.cli.flags import check_prefix_dims
+from dualforge.cli.flags import check_prefix_dims, retrieval_kind
 from dualforge.data import DataError, read_texts
 from dualforge.errors import UsageError
 from dualforge.files import write_text_atomic
 from dualforge.hardware import resolve_device
-from dualforge.modeling import load_model
-from dualforge.modeling.late_io import is_late_folder
+from dualforge.modeling import resolve_model_path
 from dualforge.modeling.names import check_model_name
 
 
@@ -39,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, encode and save (the ``.npy`` appears whole, last)."""
     check_model_name(args.model)
-    if is_late_folder(args.model):
+    kind = retrieval_kind(args.model)
+    if kind.tokens:
         raise UsageError(
             f"--model {args.model}: a late-interaction model encodes texts as token matrices, "
             f"not one vector each; search with it: dualforge search --model {args.model} ..."
@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
         ids, texts = read_texts(args.input)
     except DataError as err:
         raise UsageError(str(err)) from None
-    model = load_model(args.model).to(resolve_device(args.device, "--device"))
+    model = kind.load(resolve_model_path(args.model)).to(resolve_device(args.device, "--device"))
     if args.dim is not None:
         check_prefix_dims("--dim", [args.dim], model.dim)
-    emb = model.encode(texts, side=args.side, batch_size=args.batch_size, show_progress=True)
+    emb = kind.encode(model, texts, args.side, args.batch_size, show_progress=True).one_per_text()
     if args.dim:
         emb = emb[:, : args.dim]
     out = Path(args.output)

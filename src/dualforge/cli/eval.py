@@ -14,7 +14,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dualforge.cli.flags import check_prefix_dims
+import numpy as np
+
+from dualforge.cli.flags import check_prefix_dims, retrieval_kind
 from dualforge.data import EvalSet, load_eval_sets
 from dualforge.errors import UsageError
 from dualforge.eval.late_search import late_report
@@ -23,6 +25,7 @@ from dualforge.eval.plots import plot_eval_report
 from dualforge.eval.reports import (
     BUDGET_METRIC,
     EncodedSplit,
+    TextEncoder,
     budget_cv_report,
     budget_report,
     check_budget,
@@ -33,8 +36,9 @@ from dualforge.eval.reports import (
 from dualforge.eval.retrieval import Stage, parse_funnel_spec
 from dualforge.files import blocked, write_text_atomic
 from dualforge.hardware import resolve_device
-from dualforge.modeling import DualEncoder, load_model, resolve_model_path
-from dualforge.modeling.late_io import is_late_folder, load_late_model
+from dualforge.modeling import load_model, resolve_model_path
+from dualforge.modeling.encoder import search_metric
+from dualforge.modeling.late_io import load_late_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,16 +124,22 @@ def usage_errors(prefix: str = "") -> Iterator[None]:
 
 def _evaluate(
     name: str, args: argparse.Namespace, data: EvalSet, dims: tuple[int, ...]
-) -> tuple[dict[str, Any], EncodedSplit, DualEncoder]:
-    """Load, encode and evaluate one model: its report dict, embeddings and the model."""
+) -> tuple[dict[str, Any], EncodedSplit, TextEncoder]:
+    """Load, encode and evaluate one model: its report dict, embeddings and its encoder."""
     model = load_model(name, max_seq_length=args.max_length).to(
         resolve_device(args.device, "--device")
     )
     check_prefix_dims("--dims", dims, model.dim)
+
+    def encode(texts: list[str], side: str) -> np.ndarray:
+        return model.encode(
+            texts, "query" if side == "query" else "document", args.batch_size, True
+        )
+
     with usage_errors():
-        enc = encode_split(model, data, args.batch_size)
+        enc = encode_split(encode, search_metric(model), data)
     report = evaluate_encoded(enc, data.qrels, k=args.k, metrics=DEFAULT_METRICS, dims=dims)
-    return report.to_dict(), enc, model
+    return report.to_dict(), enc, encode
 
 
 def check_output_file(output: str | None) -> None:
@@ -151,7 +161,7 @@ def check_output_file(output: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (and optionally write) the JSON report."""
     check_output_file(args.output)
-    if is_late_folder(resolve_model_path(args.model)):
+    if retrieval_kind(args.model).tokens:
         return _emit(args, _late(args))
     stages = _parse_funnel(args.funnel)
     if args.plot and not args.dims:
@@ -166,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     splits = [args.split, args.dev_split] if on_dev else [args.split]
     sets = load_eval_sets(Path(args.data), splits, args.skip_bad)
     data = sets[args.split]
-    report, enc, model = _evaluate(args.model, args, data, parse_dims(args.dims))
+    report, enc, encode = _evaluate(args.model, args, data, parse_dims(args.dims))
     report.update(model=args.model, data=args.data, split=args.split)
     if args.compare:
         compared = _evaluate(args.compare, args, data, parse_dims(args.dims))[0]
@@ -177,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 enc, data.qrels, stages, DEFAULT_METRICS, args.index_factory, args.index_params
             )
     with usage_errors():
-        report.update(_budget(args, model, enc, data, sets))
+        report.update(_budget(args, encode, enc, data, sets))
     if args.plot:
         plot_eval_report(report, args.plot, args.model, args.compare)
     return _emit(args, report)
@@ -218,7 +228,7 @@ def _emit(args: argparse.Namespace, report: dict[str, Any]) -> int:
 
 def _budget(
     args: argparse.Namespace,
-    model: DualEncoder,
+    encode: TextEncoder,
     enc: EncodedSplit,
     data: EvalSet,
     sets: dict[str, EvalSet],
@@ -233,8 +243,8 @@ def _budget(
         )  # fmt: skip
         return {"budget_cv": cv}
     budget = budget_report(
-        model, enc, data.qrels, sets[args.dev_split], tolerance=args.budget,
-        confidence=args.budget_confidence, dev_split=args.dev_split, batch_size=args.batch_size,
+        encode, enc, data.qrels, sets[args.dev_split], tolerance=args.budget,
+        confidence=args.budget_confidence, dev_split=args.dev_split,
         metrics=DEFAULT_METRICS, factory=args.index_factory, params=args.index_params,
     )  # fmt: skip
     return {"budget": budget}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from dualforge.errors import UsageError
 from dualforge.files import occupied
+from dualforge.modeling.kinds import CROSS_ENCODER, ModelKind, kind_of_folder
+from dualforge.modeling.names import resolve_model_path
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -49,3 +51,18 @@ def check_prefix_dims(flag: str, dims: Iterable[int], model_dim: int) -> None:
     bad = [d for d in dims if not 1 <= d <= model_dim]
     if bad:
         raise UsageError(f"{flag} {bad[0]}: must be in 1..{model_dim} (the model's dim)")
+
+
+def retrieval_kind(name: str, flag: str = "--model") -> ModelKind:
+    """The kind of the model folder ``name`` (``minilm`` allowed), one that retrieves.
+
+    Raises:
+        UsageError: A cross-encoder (it scores pairs; it cannot index a corpus).
+    """
+    kind = kind_of_folder(resolve_model_path(name))
+    if kind is CROSS_ENCODER:
+        raise UsageError(
+            f"{flag} {name}: a cross-encoder scores (query, document) pairs and cannot index a "
+            "corpus; use it as a distillation teacher (loss.distill.teacher)"
+        )
+    return kind

@@ -15,16 +15,16 @@ from typing import TextIO
 
 import numpy as np
 
-from dualforge.cli.flags import check_prefix_dims
+from dualforge.cli.flags import check_prefix_dims, retrieval_kind
 from dualforge.data import Document, load_corpus
 from dualforge.errors import UsageError
 from dualforge.eval.late_search import late_searcher
-from dualforge.eval.reports import search_metric
 from dualforge.eval.retrieval.funnel import check_stages, parse_funnel_spec
 from dualforge.eval.retrieval.search import corpus_embeddings, make_search
 from dualforge.hardware import resolve_device
 from dualforge.modeling import load_model
-from dualforge.modeling.late_io import is_late_folder, load_late_model
+from dualforge.modeling.encoder import search_metric
+from dualforge.modeling.late_io import load_late_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     """Encode (or read) the corpus, then answer each query."""
     if args.k < 1:
         raise UsageError(f"--k must be >= 1, got {args.k}")
-    if is_late_folder(args.model):
+    if retrieval_kind(args.model).tokens:
         return run_late(args)
     if args.candidates:
         raise UsageError("--candidates is for late-interaction models (a folder of one)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from dualforge.data.examples import TrainingExample
@@ -51,7 +50,8 @@ class Batch:
         query_ids: Query ids.
         positive_ids: Positive ids.
         negative_ids: Negative ids, aligned with ``negatives``.
-        extras: Named per-example columns (e.g. :data:`TEACHER_SCORES`).
+        extras: Named per-example columns (e.g. :data:`TEACHER_SCORES`); a plain dict, so a
+            batch pickles (rank 0 sends mined batches to the other ranks).
     """
 
     queries: list[str]
@@ -60,7 +60,7 @@ class Batch:
     query_ids: list[str | None]
     positive_ids: list[str | None]
     negative_ids: list[list[str | None]]
-    extras: Mapping[str, Column] = field(default_factory=lambda: MappingProxyType({}))
+    extras: Mapping[str, Column] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check that every field has one entry per example.
@@ -91,20 +91,18 @@ class Batch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         taken = {k: v[rows] for k, v in values.items() if k != "extras"}
         extras = {k: c.take(rows) for k, c in self.extras.items()}
-        return type(self)(**taken, extras=MappingProxyType(extras))
+        return type(self)(**taken, extras=extras)
 
     def with_negatives(
         self, negatives: list[list[str]], negative_ids: list[list[str | None]]
     ) -> Batch:
         """The batch with other negatives; columns aligned with the old candidates are dropped."""
         kept = {k: c for k, c in self.extras.items() if not c.per_candidate}
-        return replace(
-            self, negatives=negatives, negative_ids=negative_ids, extras=MappingProxyType(kept)
-        )
+        return replace(self, negatives=negatives, negative_ids=negative_ids, extras=kept)
 
     def with_column(self, name: str, column: Column) -> Batch:
         """The batch with column ``name`` added (or replaced)."""
-        return replace(self, extras=MappingProxyType({**self.extras, name: column}))
+        return replace(self, extras={**self.extras, name: column})
 
 
 class Pick(NamedTuple):
@@ -143,5 +141,5 @@ def batch_of(picks: Sequence[Pick]) -> Batch:
             [p.example.negative_ids[j] if p.example.negative_ids else None for j in p.neg_rows]
             for p in picks
         ],
-        extras=MappingProxyType(extras),
+        extras=extras,
     )

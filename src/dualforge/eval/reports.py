@@ -9,7 +9,7 @@ is what ``dualforge eval`` prints; every argument is a plain value. Bad values r
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +31,13 @@ from dualforge.eval.retrieval import (
     run_from_search,
 )
 from dualforge.eval.retrieval_eval import RetrievalReport, evaluate_embeddings, judged_query_ids
-from dualforge.modeling import DualEncoder
 
 BUDGET_METRIC = "ndcg@10"
 """The metric the budget mode keeps within its tolerance."""
 
 
-def search_metric(model: DualEncoder) -> str:
-    """``"cos"`` for a model that L2-normalises its embeddings, else ``"ip"``."""
-    return "cos" if model.query_encoder.normalize else "ip"
+TextEncoder = Callable[[list[str], str], np.ndarray]
+"""``encode(texts, side) -> (N, D)`` embeddings (``side``: ``"query"`` or ``"document"``)."""
 
 
 @dataclass(frozen=True)
@@ -62,14 +60,14 @@ class EncodedSplit:
 
 
 def encode_split(
-    model: DualEncoder, data: EvalSet, batch_size: int, docs: np.ndarray | None = None
+    encode: TextEncoder, metric: str, data: EvalSet, docs: np.ndarray | None = None
 ) -> EncodedSplit:
     """Encode ``data``'s judged queries and (unless ``docs`` is given) its corpus.
 
     Args:
-        model: The encoder.
+        encode: The model's encoder.
+        metric: ``"cos"`` for a model that normalises its embeddings, else ``"ip"``.
         data: The split.
-        batch_size: Texts per encoder batch.
         docs: ``(N, D)`` embeddings of ``data.corpus`` computed before (another split of the
             same corpus), or None to encode the corpus.
 
@@ -83,10 +81,10 @@ def encode_split(
     if not qids:
         raise ValueError("no query with judgments in the qrels has a text in the queries")
     doc_ids = list(data.corpus)
-    q_emb = model.encode([data.queries[q] for q in qids], "query", batch_size, True)  # (Q, D)
+    q_emb = encode([data.queries[q] for q in qids], "query")  # (Q, D)
     if docs is None:
-        docs = model.encode([data.corpus[d] for d in doc_ids], "document", batch_size, True)
-    return EncodedSplit(qids, doc_ids, q_emb, docs, search_metric(model))
+        docs = encode([data.corpus[d] for d in doc_ids], "document")  # (N, D)
+    return EncodedSplit(qids, doc_ids, q_emb, docs, metric)
 
 
 def evaluate_encoded(
@@ -204,7 +202,7 @@ def check_budget(
 
 
 def budget_report(
-    model: DualEncoder,
+    encode: TextEncoder,
     enc: EncodedSplit,
     qrels: Qrels,
     dev: EvalSet,
@@ -212,7 +210,6 @@ def budget_report(
     tolerance: float,
     confidence: float | None = None,
     dev_split: str = "dev",
-    batch_size: int = 32,
     metrics: Sequence[str] = DEFAULT_METRICS,
     factory: str = "Flat",
     params: str | None = None,
@@ -220,7 +217,8 @@ def budget_report(
     """Choose the cheapest cascade on the dev split, then run it on the evaluated split.
 
     Args:
-        model: The encoder (encodes the dev queries; the corpus embeddings of ``enc`` are reused).
+        encode: The model's encoder (encodes the dev queries; the corpus embeddings of ``enc``
+            are reused).
         enc: The evaluated split, encoded.
         qrels: Its judgments.
         dev: The split to choose on; its corpus must be ``enc``'s.
@@ -228,7 +226,6 @@ def budget_report(
         confidence: Pass only cascades whose one-sided ``confidence`` lower bound of the paired
             per-query loss is within ``tolerance`` (None: the dev mean).
         dev_split: Name of ``dev`` (for the report).
-        batch_size: Texts per encoder batch.
         metrics: Metrics of the evaluated split's funnel report.
         factory: faiss factory string of the first stage's index.
         params: faiss search parameters of the first stage.
@@ -242,7 +239,7 @@ def budget_report(
     """
     if list(dev.corpus) != enc.doc_ids:
         raise ValueError(f"the {dev_split!r} corpus differs from the evaluated split's corpus")
-    dev_enc = encode_split(model, dev, batch_size, docs=enc.docs)
+    dev_enc = encode_split(encode, enc.metric, dev, docs=enc.docs)
     quality = qrels_quality(
         dev.qrels, dev_enc.query_ids, dev_enc.doc_ids, BUDGET_METRIC,
         per_query=confidence is not None,

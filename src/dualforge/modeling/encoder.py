@@ -182,3 +182,8 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+def search_metric(model: DualEncoder) -> str:
+    """``"cos"`` for a model that L2-normalises its embeddings, else ``"ip"``."""
+    return "cos" if model.query_encoder.normalize else "ip"

@@ -10,47 +10,47 @@ import numpy as np
 from dualforge.config import EvalConfig
 from dualforge.data import EvalSet
 from dualforge.eval import RetrievalReport, evaluate_retrieval
-from dualforge.eval.reports import search_metric
 from dualforge.modeling import DualEncoder, Model
-from dualforge.modeling.encoder import Side
+from dualforge.modeling.encoder import Side, search_metric
+from dualforge.modeling.kinds import SINGLE_VECTOR, Encoded, ModelKind, TokenVectors, Vectors
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
 
 def encode_texts(
+    kind: ModelKind,
     model: Model,
     texts: Sequence[str],
     side: Side,
     batch_size: int,
-    *,
     proc: ProcessInfo | None = None,
     show_progress: bool = False,
     max_length: int | None = None,
-) -> Any:
-    """``(N, D)`` float32 embeddings of ``texts`` (a late-interaction model: one ``(T_i, D)``
-    array per text); under several processes (``proc``) every
-    process encodes every W-th text of the length-sorted list (equal shares of work) and every
-    process returns all ``N`` rows (gathered). Every process must call it."""
+) -> Encoded:
+    """The representations of ``texts`` (``kind.encode``); under several processes (``proc``)
+    every process encodes every W-th text of the length-sorted list (equal shares of work) and
+    every process returns all ``N`` (gathered). Every process must call it."""
     if proc is None or proc.world == 1:
-        return model.encode(list(texts), side, batch_size, show_progress, max_length)
+        return kind.encode(model, texts, side, batch_size, show_progress, max_length)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     mine = order[proc.rank :: proc.world]
     share = -(-len(texts) // proc.world)  # every rank encodes as many texts (FSDP: as many
     padded = [texts[i] for i in mine] + [texts[order[0]]] * (share - len(mine))  # forwards)
-    emb = model.encode(padded, side, batch_size, show_progress, max_length)[: len(mine)]
-    shares = gather_objects((mine, emb), proc)
-    if isinstance(emb, list):  # token vectors: one array per text
+    part = kind.encode(model, padded, side, batch_size, show_progress, max_length)
+    shares = gather_objects((mine, part.head(len(mine)).values), proc)
+    if isinstance(part, TokenVectors):
         tokens: list[Any] = [None] * len(texts)
-        for rows, part in shares:
-            for row, array in zip(rows, part):
+        for rows, arrays in shares:
+            for row, array in zip(rows, arrays):
                 tokens[row] = array
-        return tokens
-    out = np.zeros((len(texts), model.dim), dtype=np.float32)
-    for rows, part in shares:
-        out[rows] = part
-    return out
+        return TokenVectors(tokens)
+    out = np.zeros((len(texts), part.array.shape[1]), dtype=np.float32)
+    for rows, array in shares:
+        out[rows] = array
+    return Vectors(out)
 
 
 def text_encoder(
+    kind: ModelKind,
     model: Model,
     side: Side,
     batch_size: int,
@@ -61,7 +61,7 @@ def text_encoder(
     ``(T_i, D)`` array per text), sharded under several processes (:func:`encode_texts`)."""
 
     def run(texts: Sequence[str]) -> Any:
-        return encode_texts(model, texts, side, batch_size, proc=proc, show_progress=show_progress)
+        return encode_texts(kind, model, texts, side, batch_size, proc, show_progress).values
 
     return run
 
@@ -80,8 +80,8 @@ def evaluate_split(
     the encoding is sharded and gathered (:func:`text_encoder`), and every process gets the report.
     """
     return evaluate_retrieval(
-        text_encoder(model, "query", cfg.batch_size, show_progress, proc),
-        text_encoder(model, "document", cfg.batch_size, show_progress, proc),
+        text_encoder(SINGLE_VECTOR, model, "query", cfg.batch_size, show_progress, proc),
+        text_encoder(SINGLE_VECTOR, model, "document", cfg.batch_size, show_progress, proc),
         data.corpus,
         data.queries,
         data.qrels,

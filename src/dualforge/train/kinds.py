@@ -2,8 +2,9 @@
 
 ``single_vector`` (a :class:`~dualforge.modeling.DualEncoder`: one pooled vector per text, dot or
 cosine scores) and ``late_interaction`` (a :class:`~dualforge.modeling.LateInteractionModel`: one
-vector per token, MaxSim). The loop asks the run's :class:`Kind` how to build, save, reload and
-evaluate its model and whether its representations are token-level; it never branches on the name.
+vector per token, MaxSim). A :class:`Kind` is the model kind of :mod:`dualforge.modeling.kinds`
+(load, save, encode, score) plus what a run adds: how to build the model from its ``model:``
+section and how to evaluate it. The loop asks it; it never branches on the name.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from dualforge.config import EvalConfig, ModelConfig
 from dualforge.data import EvalSet
 from dualforge.eval import RetrievalReport
 from dualforge.eval.late import evaluate_late
-from dualforge.modeling import DualEncoder, LateInteractionModel, Model, load_model, save_model
+from dualforge.modeling import DualEncoder, LateInteractionModel, Model, load_model
 from dualforge.modeling.adapters import LoraSettings, add_lora
 from dualforge.modeling.encoder import Side
+from dualforge.modeling.kinds import LATE_INTERACTION, SINGLE_VECTOR, ModelKind
 from dualforge.modeling.late_interaction import PUNCTUATION
-from dualforge.modeling.late_io import build_late_model, load_late_model, save_late_model
+from dualforge.modeling.late_io import build_late_model
 from dualforge.modeling.rotation import add_identity_projection
 from dualforge.train.distributed import ProcessInfo
 from dualforge.train.evaluation import evaluate_split, text_encoder
@@ -32,19 +34,27 @@ class Kind:
     """How a run handles its kind of model.
 
     Attributes:
-        tokens: Representations are token-level ``(B, T, D + 1)`` (the loss scores with MaxSim).
+        model: The model kind (load, save, encode, score).
         build: The model named by a ``model:`` config section.
-        save: ``save(model, folder, adapter)``: write the model as a folder (LoRA models merged,
-            or with ``adapter`` as their adapters alone).
-        load: Read a folder written by ``save``.
         evaluate: ``evaluate(model, split, eval_cfg, show_progress, proc)``, a retrieval report.
     """
 
-    tokens: bool
+    model: ModelKind
     build: Callable[[ModelConfig], Any]
-    save: Callable[[Any, Path, bool], Path]
-    load: Callable[[str], Any]
     evaluate: Callable[[Any, EvalSet, EvalConfig, bool, ProcessInfo | None], RetrievalReport]
+
+    @property
+    def tokens(self) -> bool:
+        """Representations are token-level ``(B, T, D + 1)`` (the loss scores with MaxSim)."""
+        return self.model.tokens
+
+    def save(self, model: Any, folder: Path, adapter: bool = False) -> Path:
+        """Write ``model`` as a folder (LoRA merged, or with ``adapter`` its adapters alone)."""
+        return self.model.save(model, folder, adapter)
+
+    def load(self, folder: str) -> Any:
+        """Read a folder written by :meth:`save`."""
+        return self.model.load(folder)
 
 
 def build_single(cfg: ModelConfig) -> DualEncoder:
@@ -82,13 +92,6 @@ def build_late(cfg: ModelConfig) -> LateInteractionModel:
     return model
 
 
-def save_late(model: LateInteractionModel, folder: Path, adapter: bool = False) -> Path:
-    """:func:`save_late_model` (late-interaction folders are always written merged)."""
-    if adapter:
-        raise ValueError("late-interaction models are exported merged, not as adapters")
-    return save_late_model(model, folder)
-
-
 def evaluate_late_split(
     model: LateInteractionModel,
     data: EvalSet,
@@ -100,7 +103,7 @@ def evaluate_late_split(
     dim of ``eval.dims``."""
 
     def encoder(side: Side) -> Callable[[Sequence[str]], Any]:
-        return text_encoder(model, side, cfg.batch_size, show_progress, proc)
+        return text_encoder(LATE_INTERACTION, model, side, cfg.batch_size, show_progress, proc)
 
     return evaluate_late(
         encoder("query"), encoder("document"), data.corpus, data.queries, data.qrels,
@@ -109,8 +112,8 @@ def evaluate_late_split(
 
 
 KINDS: dict[str, Kind] = {
-    "single_vector": Kind(False, build_single, save_model, load_model, evaluate_split),
-    "late_interaction": Kind(True, build_late, save_late, load_late_model, evaluate_late_split),
+    "single_vector": Kind(SINGLE_VECTOR, build_single, evaluate_split),
+    "late_interaction": Kind(LATE_INTERACTION, build_late, evaluate_late_split),
 }
 
 
@@ -121,5 +124,5 @@ def kind_of(cfg: ModelConfig) -> Kind:
 
 def reload(kind: Kind, folder: Path) -> Model:
     """A saved model folder, read back."""
-    out: Model = kind.load(str(folder))
+    out: Model = kind.model.load(str(folder))
     return out

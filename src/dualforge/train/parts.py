@@ -33,6 +33,7 @@ from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, 
 from dualforge.mining.policies import RefreshReport
 from dualforge.modeling import Model
 from dualforge.modeling.adapters import enable_checkpointing
+from dualforge.modeling.kinds import kind_named
 from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_model, tower_encoders
 from dualforge.train.distill import TeacherSummary, summarize_teacher
@@ -179,31 +180,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pooled_tokens(tokens: list[np.ndarray]) -> np.ndarray:
-    """``(N, D)`` unit means of each text's ``(T_i, D)`` token vectors: what a late-interaction
-    model mines with (the index needs one vector per text; the loss still scores by MaxSim)."""
-    means = np.stack([t.mean(axis=0) for t in tokens]).astype(np.float32)  # (N, D)
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    out: np.ndarray = means / np.maximum(norms, 1e-12)
-    return out
-
-
 def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -> Encode:
     """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths
-    (late-interaction models: their pooled token vectors, :func:`pooled_tokens`);
+    (late-interaction models: their pooled token vectors, :meth:`~dualforge.modeling.kinds.TokenVectors.one_per_text`);
     under several processes each encodes a share and all get every row (so every rank's miner
     holds the same vectors and draws the same negatives)."""
     lengths = {
         "query": cfg.model.query_max_length,
         "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
     }
+    kind = kind_named(cfg.model.kind)
 
     def encode(texts: list[str], side: Side) -> np.ndarray:
         out = encode_texts(
-            model, texts, side, cfg.mining.encode_batch_size, proc=proc,
-            max_length=lengths[side],
-        )  # fmt: skip
-        return pooled_tokens(out) if isinstance(out, list) else np.asarray(out)
+            kind, model, texts, side, cfg.mining.encode_batch_size, proc, max_length=lengths[side]
+        )
+        return out.one_per_text()
 
     return encode
 

@@ -12,25 +12,18 @@ holds the whole batch's, as collate needs.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dualforge.config import Config, DistillLossConfig
 from dualforge.data import TEACHER_SCORES, Batch, Column
-from dualforge.modeling import DualEncoder, LateInteractionModel, load_model
-from dualforge.modeling.late_io import is_late_folder, load_late_model
-from dualforge.modeling.names import ModelLoadError, check_model_name, resolve_model_path
+from dualforge.modeling.kinds import PairScorer, kind_of_folder
+from dualforge.modeling.names import check_model_name, resolve_model_path
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
-PairScorer = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
-"""``score(queries, candidates) -> scores``: one list of scores per query, aligned with its
-candidates."""
 CAPACITY = 1 << 20  # cached (query, candidate) scores
 
 
@@ -98,66 +91,6 @@ class Teacher:
             self.cache.popitem(last=False)
 
 
-def bi_encoder_scorer(model: DualEncoder, batch_size: int = 64) -> PairScorer:
-    """Dot products of the model's query and document embeddings (cosine when it normalises)."""
-
-    def score(queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        docs = list(dict.fromkeys(d for row in candidates for d in row))
-        where = {d: i for i, d in enumerate(docs)}
-        q = model.encode(list(queries), "query", batch_size)  # (Q, D)
-        d = model.encode(docs, "document", batch_size)  # (N, D)
-        return [[float(q[i] @ d[where[c]]) for c in row] for i, row in enumerate(candidates)]
-
-    return score
-
-
-def late_scorer(model: LateInteractionModel, batch_size: int = 32) -> PairScorer:
-    """MaxSim of the model's query and document token vectors."""
-
-    def score(queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        docs = list(dict.fromkeys(d for row in candidates for d in row))
-        where = {d: i for i, d in enumerate(docs)}
-        q = model.encode(list(queries), "query", batch_size)  # [(Tq, D)]
-        d = model.encode(docs, "document", batch_size)  # [(Td, D)]
-        return [
-            [float((q[i] @ d[where[c]].T).max(axis=1).sum()) for c in row]
-            for i, row in enumerate(candidates)
-        ]
-
-    return score
-
-
-def cross_encoder_scorer(
-    model: Any, tokenizer: Any, batch_size: int = 32, max_length: int = 512
-) -> PairScorer:
-    """The one-label logit of a sequence-classification model on each ``(query, candidate)``."""
-    device = next(model.parameters()).device
-
-    def score(queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-        pairs = [(q, c) for q, row in zip(queries, candidates) for c in row]
-        values: list[float] = []
-        with torch.no_grad():
-            for i in range(0, len(pairs), batch_size):
-                chunk = pairs[i : i + batch_size]
-                enc = tokenizer([a for a, _ in chunk], [b for _, b in chunk], padding=True,
-                                truncation=True, max_length=max_length, return_tensors="pt")  # fmt: skip
-                logits = model(**{k: v.to(device) for k, v in enc.items()}).logits  # (b, 1)
-                values.extend(logits[:, 0].float().cpu().tolist())
-        it = iter(values)
-        return [[next(it) for _ in row] for row in candidates]
-
-    return score
-
-
-def is_cross_encoder_folder(folder: str) -> bool:
-    """Whether ``folder`` holds a sequence-classification transformer (a cross-encoder)."""
-    config = Path(folder) / "config.json"
-    if not config.is_file():
-        return False
-    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
-
-
 def build_teacher(cfg: Config, device: torch.device) -> Teacher | None:
     """The in-loop teacher of ``loss.distill.teacher`` (None: none, or not a distillation)."""
     loss = cfg.loss
@@ -167,33 +100,14 @@ def build_teacher(cfg: Config, device: torch.device) -> Teacher | None:
 
 
 def load_teacher(name: str, device: torch.device, batch_size: int = 64) -> Teacher:
-    """The teacher in model folder ``name`` (see the module docstring), in eval mode on
-    ``device``.
+    """The teacher in model folder ``name`` (its kind: :func:`~dualforge.modeling.kinds.
+    kind_of_folder`), in eval mode on ``device``.
 
     Raises:
         ModelLoadError: No such folder, no weights, or a cross-encoder with several labels.
     """
     check_model_name(name)
     folder = resolve_model_path(name)
-    if is_late_folder(folder):
-        late = load_late_model(folder).to(device).eval()
-        return Teacher(late_scorer(late, batch_size), "late_interaction")
-    if is_cross_encoder_folder(folder):
-        return Teacher(_cross_encoder(folder, device, batch_size), "cross_encoder")
-    bi = load_model(folder).to(device).eval()
-    return Teacher(bi_encoder_scorer(bi, batch_size), "bi_encoder")
-
-
-def _cross_encoder(folder: str, device: torch.device, batch_size: int) -> PairScorer:
-    """The scorer of a cross-encoder folder (transformers' sequence classification)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
-    if model.config.num_labels != 1:
-        raise ModelLoadError(
-            folder,
-            f"a cross-encoder teacher needs one label (a score), it has {model.config.num_labels}",
-        )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    limit = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-    return cross_encoder_scorer(model, tokenizer, batch_size, limit)
+    kind = kind_of_folder(folder)
+    model = kind.load(folder).to(device).eval()
+    return Teacher(kind.scorer(model, batch_size), kind.name)
