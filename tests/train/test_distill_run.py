@@ -48,6 +48,8 @@ def test_a_kl_run_on_stored_scores_trains_and_logs_the_teacher(
     assert all({"distill", "info_nce"} <= set(r) for r in steps), steps[0]
     report = json.loads((result.run_dir / "report.json").read_text())
     assert report["resolved"]["teacher"]["normalize"] == "zscore"
+    card = (result.run_dir / "final" / "README.md").read_text()
+    assert "### Distillation" in card and "| normalisation (per query) | zscore |" in card
 
 
 def test_saturated_or_normalised_scores_are_warned_about(

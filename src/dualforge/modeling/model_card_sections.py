@@ -149,8 +149,34 @@ def training(config: Mapping[str, Any], facts: CardFacts) -> str:
     ]
     resolved = facts.run.resolved
     parts = ["## Training", "\n".join(lines), gradcache_section(config, resolved)]
-    parts += [matryoshka_section(config, facts), mining_section(config, resolved)]
+    parts += [distillation_section(config, resolved), matryoshka_section(config, facts)]
+    parts.append(mining_section(config, resolved))
     return "\n\n".join(p for p in parts if p)
+
+
+def distillation_section(config: Mapping[str, Any], resolved: Mapping[str, Any]) -> str:
+    """Where the teacher scores came from and how they were read (empty without distillation)."""
+    distill = _section(_section(config, "loss"), "distill")
+    if not distill:
+        return ""
+    teacher = distill.get("teacher")
+    source = (
+        f"teacher model `{teacher}`, scoring in the loop" if teacher else "stored with the data"
+    )
+    rows = [
+        ("teacher scores", source),
+        ("normalisation (per query)", str(distill.get("normalize"))),
+        ("teacher temperature", str(distill.get("teacher_temperature"))),
+        ("InfoNCE weight", str(distill.get("weight"))),
+    ]
+    stats = resolved.get("teacher")
+    if isinstance(stats, Mapping):
+        rows.append(
+            ("stored score range", f"{_number(stats.get('low'))} .. {_number(stats.get('high'))}")
+        )
+        if stats.get("looks_normalized"):
+            rows.append(("stored scores look", f"{stats['looks_normalized']}-normalised already"))
+    return f"### Distillation\n\n{_table(SETTING, rows)}"
 
 
 def gradcache_section(config: Mapping[str, Any], resolved: Mapping[str, Any]) -> str:
