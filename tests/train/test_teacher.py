@@ -62,7 +62,7 @@ def test_pairs_are_scored_once_and_cached() -> None:
 
 def test_a_bi_encoder_teacher_scores_dot_products(tiny_model_dir: Path) -> None:
     teacher = load_teacher(str(tiny_model_dir), CPU, batch_size=2)
-    assert teacher.kind == "bi_encoder"
+    assert teacher.kind == "single_vector"
     got = teacher.annotate(_batch()).extras[TEACHER_SCORES].values
     model = load_model(str(tiny_model_dir))
     q = model.encode(["sleep memory"], "query")
@@ -120,7 +120,7 @@ def test_a_run_distils_mined_negatives_scored_in_the_loop(
     result = train(load_config(None, overrides))
     rows = read_metrics_log(result.run_dir / "metrics.jsonl")
     start = next(r for r in rows if r["event"] == "start")
-    assert start["teacher_model"] == "bi_encoder"
+    assert start["teacher_model"] == "single_vector"
     steps = [r for r in rows if r["event"] == "train"]
     assert len(steps) == 3 and all(r["teacher_pairs"] == 8 * 4 for r in steps)
     assert all(r["teacher_seconds"] > 0 and "distill" in r for r in steps)
@@ -131,3 +131,25 @@ def test_a_missing_teacher_is_caught_before_anything_loads(tmp_path: Path) -> No
                              f"run.output_dir={tmp_path}", "data.num_negatives=1"])  # fmt: skip
     with pytest.raises(ConfigError, match=r"^loss.distill.teacher='.*nope': "):
         check_inputs(cfg)
+
+
+def test_qrels_grades_as_teacher_scores(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        *tiny_overrides(tiny_model_dir, tiny_beir, tmp_path), "optim.max_steps=2",
+        "eval.before=false", "mining.strategy=static", "mining.num_negatives=2",
+        "mining.branching=4", "mining.leaf_size=4", "loss.name=kl", "loss.distill.teacher=qrels",
+        "loss.distill.teacher_temperature=0.5",
+    ]  # fmt: skip
+    seen: list[list[list[float]]] = []
+    result = train(
+        load_config(None, overrides),
+        hooks=[lambda p, s, info: seen.append(info.batch.extras[TEACHER_SCORES].values)],
+    )
+    assert result.steps == 2 and len(seen) == 2
+    for rows in seen:  # the positive carries its grade (>= 1), mined negatives are unjudged: 0
+        assert all(r[0] >= 1 and r[1:] == [0.0, 0.0] for r in rows), rows
+    with pytest.raises(ConfigError, match=r"data\.format must be 'beir'"):
+        load_config(None, ["loss.name=kl", "loss.distill.teacher=qrels", "data.format=jsonl",
+                           "data.num_negatives=1"])  # fmt: skip

@@ -120,7 +120,8 @@ class DistillConfig:
     given), ``minmax`` (to [0, 1]) or ``zscore`` (mean 0, standard deviation 1). ``weight``:
     InfoNCE over the whole batch is added with this weight (0: distillation only). ``teacher``:
     a model folder (bi-encoder, late interaction or cross-encoder) that scores each query's
-    candidates in the loop, mined negatives included (null: the scores stored with the data);
+    candidates in the loop, mined negatives included, or ``qrels``: the training qrels' grades
+    (BEIR data; 0 for unjudged documents) (null: the scores stored with the data);
     ``teacher_batch_size``: texts (or pairs) it scores at a time.
     """
 

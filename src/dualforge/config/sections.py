@@ -348,6 +348,11 @@ def _check_distillation(cfg: Config, loss: DistillLossConfig) -> None:
             f"mining.strategy={cfg.mining.strategy!r} replaces them by unscored ones (set "
             "loss.distill.teacher to score them in the loop)"
         )
+    if loss.distill.teacher == "qrels" and cfg.data.format != "beir":
+        raise ConfigError(
+            f"loss.distill.teacher='qrels' scores candidates by their qrels grades: data.format "
+            f"must be 'beir', got {cfg.data.format!r}"
+        )
     if cfg.data.num_negatives < 1 and not cfg.mining.active:
         raise ConfigError(
             f"{name} compares each query's candidates: set data.num_negatives >= 1 (the "

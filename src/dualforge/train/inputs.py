@@ -43,9 +43,10 @@ def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
         check_model_name(cfg.model.name)
     except ModelLoadError as err:
         raise ConfigError(f"model.name={err.name!r}: {err.reason}") from err
-    if isinstance(cfg.loss, DistillLossConfig) and cfg.loss.distill.teacher is not None:
+    teacher = cfg.loss.distill.teacher if isinstance(cfg.loss, DistillLossConfig) else None
+    if teacher is not None and teacher != "qrels":
         try:
-            check_model_name(cfg.loss.distill.teacher)
+            check_model_name(teacher)
         except ModelLoadError as err:
             raise ConfigError(f"loss.distill.teacher={err.name!r}: {err.reason}") from err
     _check_extras(cfg)

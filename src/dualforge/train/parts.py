@@ -47,7 +47,7 @@ from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
 from dualforge.train.shared_mining import FollowingMiner, LeadingMiner, announcing
 from dualforge.train.state import GlobalRng, RankedRng, ReplicaModel, ReplicaOptimizer, RunClock
-from dualforge.train.teacher import Teacher, build_teacher
+from dualforge.train.teacher import BatchScorer, build_teacher
 from dualforge.train.tensorboard import FanOutLog, build_logs
 
 MineBatch = Callable[[Batch, int], tuple[Batch, RefreshReport | None]]
@@ -87,7 +87,7 @@ class Parts:
     mine_batch: MineBatch | None = None
     kind: Kind = field(default_factory=lambda: KINDS["single_vector"])
     teacher: TeacherSummary | None = None
-    teacher_model: Teacher | None = None
+    teacher_model: BatchScorer | None = None
 
     def resolved(self) -> dict[str, Any]:
         """Choices made from ``auto`` settings on this machine (logged and reported)."""
@@ -340,7 +340,7 @@ def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps,
         replicas, miner, device=device, proc=proc, precision=precision, owns_group=started,
         mine_batch=mine_batch, kind=kind, teacher=teacher,
-        teacher_model=build_teacher(cfg, device),
+        teacher_model=build_teacher(cfg, device, data.grades),
     )  # fmt: skip
 
 

@@ -31,7 +31,8 @@ logger = logging.getLogger("dualforge.train")
 @dataclass(frozen=True)
 class RunData:
     """Training examples, evaluation sets, known positives (false-negative masking, mining) and
-    the training corpus (doc id -> text; BEIR data only), the targets of negative mining."""
+    the training corpus (doc id -> text; BEIR data only), the targets of negative mining; the
+    training qrels with their grades (BEIR data only; ``loss.distill.teacher=qrels``)."""
 
     examples: list[TrainingExample]
     dev: EvalSet | None
@@ -40,6 +41,7 @@ class RunData:
     corpus: Mapping[str, str] | None = None
     stream: Callable[[int], Iterator[TrainingExample]] | None = None
     num_examples: int | None = None
+    grades: Mapping[str, Mapping[str, int]] | None = None
 
     @property
     def size(self) -> int | None:
@@ -128,7 +130,7 @@ def _from_beir(cfg: DataConfig, folder: Path, seed: int, load_splits: SplitsLoad
         dev_corpus = _subsample(corpus, qrels, cfg.dev_corpus_size, seed)
         dev = EvalSet(dev_corpus, {q: train.queries[q] for q in qids}, qrels)
     test = None if test_split is None else eval_set(loaded[test_split], corpus)
-    return RunData(examples, dev, test, known, corpus)
+    return RunData(examples, dev, test, known, corpus, grades=train.qrels)
 
 
 def _carve(

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 
-from dualforge.config import Config, DistillLossConfig
+from dualforge.config import Config, ConfigError, DistillLossConfig
 from dualforge.data import TEACHER_SCORES, Batch, Column
 from dualforge.modeling.kinds import PairScorer, kind_of_folder
 from dualforge.modeling.names import check_model_name, resolve_model_path
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
 CAPACITY = 1 << 20  # cached (query, candidate) scores
+QRELS = "qrels"  # loss.distill.teacher: the training qrels' grades, not a model
 
 
 class Teacher:
@@ -32,7 +34,7 @@ class Teacher:
 
     Args:
         score: The teacher's scorer.
-        kind: What the teacher is (``bi_encoder``, ``late_interaction``, ``cross_encoder``).
+        kind: What the teacher is (``single_vector``, ``late_interaction``, ``cross_encoder``).
         capacity: Cached pairs at most.
     """
 
@@ -91,11 +93,54 @@ class Teacher:
             self.cache.popitem(last=False)
 
 
-def build_teacher(cfg: Config, device: torch.device) -> Teacher | None:
-    """The in-loop teacher of ``loss.distill.teacher`` (None: none, or not a distillation)."""
+class BatchScorer(Protocol):
+    """What the loop asks of a teacher: the batch with its candidates' scores, and the cost."""
+
+    kind: str
+    last: dict[str, Any]
+
+    def annotate(self, batch: Batch, proc: ProcessInfo | None = None) -> Batch:
+        """``batch`` with the :data:`~dualforge.data.TEACHER_SCORES` column."""
+        ...
+
+
+class QrelsTeacher:
+    """Graded relevance as teacher scores (``loss.distill.teacher=qrels``): each candidate's
+    training qrels grade, 0 for an unjudged document (mined negatives, mostly) or one without an
+    id.
+
+    Args:
+        grades: Query id -> document id -> grade.
+    """
+
+    kind = QRELS
+
+    def __init__(self, grades: Mapping[str, Mapping[str, int]]) -> None:
+        self.grades = grades
+        self.last: dict[str, Any] = {}
+
+    def annotate(self, batch: Batch, proc: ProcessInfo | None = None) -> Batch:
+        """``batch`` with its candidates' grades (every rank looks them up: no model runs)."""
+        rows = []
+        for qid, pid, nids in zip(batch.query_ids, batch.positive_ids, batch.negative_ids):
+            judged = self.grades.get(qid, {}) if qid is not None else {}
+            rows.append([float(judged.get(d, 0)) if d is not None else 0.0 for d in [pid, *nids]])
+        self.last = {"teacher_pairs": sum(len(r) for r in rows)}
+        return batch.with_column(TEACHER_SCORES, Column(rows, per_candidate=True))
+
+
+def build_teacher(
+    cfg: Config, device: torch.device, grades: Mapping[str, Mapping[str, int]] | None = None
+) -> BatchScorer | None:
+    """The in-loop teacher of ``loss.distill.teacher`` (None: none, or not a distillation);
+    ``grades``: the training qrels, for ``qrels``."""
     loss = cfg.loss
     if not isinstance(loss, DistillLossConfig) or loss.distill.teacher is None:
         return None
+    if loss.distill.teacher == QRELS:
+        if grades is None:
+            raise ConfigError("loss.distill.teacher='qrels' needs BEIR training data (data.format)")
+        return QrelsTeacher(grades)
     return load_teacher(loss.distill.teacher, device, loss.distill.teacher_batch_size)
 
 
