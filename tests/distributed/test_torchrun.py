@@ -142,6 +142,28 @@ def test_sharded_evaluation_equals_one_process(runs: dict[str, Path]) -> None:
         assert reports["w2"]["metrics"][name] == pytest.approx(value, abs=1e-6), name
 
 
+def test_distilling_from_a_teacher_in_the_loop_under_two_processes(
+    tmp_path: Path, still_model: Path, tiny_beir: Path
+) -> None:
+    """Each rank's teacher scores its rows of the mined batch and the scores are gathered: the
+    two-process run distils exactly as one process does."""
+    distill = ["mining.strategy=static", "mining.num_negatives=2", "mining.backend=torch",
+               "eval.before=false", "data.test_split=null", "loss.name=kl",
+               f"loss.distill.teacher={still_model}", "loss.distill.normalize=zscore",
+               "loss.distill.weight=0.5"]  # fmt: skip
+    for world in (1, 2):
+        args = [*overrides(still_model, tiny_beir, tmp_path, f"w{world}", steps=3), *distill]
+        launch(world, args, tmp_path)
+    logs = {w: read_metrics_log(tmp_path / f"w{w}" / "metrics.jsonl") for w in (1, 2)}
+    steps = {w: [r for r in log if r["event"] == "train"] for w, log in logs.items()}
+    assert [r["distill"] for r in steps[2]] == pytest.approx(
+        [r["distill"] for r in steps[1]], rel=1e-5
+    )
+    assert [r["loss"] for r in steps[2]] == pytest.approx([r["loss"] for r in steps[1]], rel=1e-5)
+    assert [r["teacher_pairs"] for r in steps[2]] == [8 * 3] * 3  # rank 0 scored its 8 rows
+    assert max_diff(weights(tmp_path / "w1"), weights(tmp_path / "w2")) <= 1e-4
+
+
 @pytest.mark.parametrize(("strategy", "holder"), [("refresh", "ddp"), ("dynamic", "fsdp")])
 def test_mined_negatives_under_two_processes_are_the_one_process_ones(
     tmp_path: Path, still_model: Path, tiny_beir: Path, strategy: str, holder: str
