@@ -27,6 +27,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from dualforge.errors import UserError
 from dualforge.losses.contrastive import Similarity, docs_per_query
 from dualforge.losses.inputs import TEACHER_SCORES, Loss, LossInputs
 from dualforge.losses.matryoshka import Nesting, nested_output
@@ -217,6 +218,10 @@ class Distillation:
         return LossOutput(out.loss + self.weight * nce.loss, parts)
 
 
+class MissingTeacherScoresError(UserError, ValueError):
+    """A distillation batch without teacher scores (a streamed example without any, say)."""
+
+
 def _full_dim(q: torch.Tensor, d: torch.Tensor) -> int:
     """The representation dim (token vectors: without the mask channel)."""
     return q.shape[-1] - 1 if q.dim() == 3 else q.shape[-1]
@@ -226,13 +231,15 @@ def _teacher(inputs: LossInputs, batch: int, n: int) -> torch.Tensor:
     """The ``(B, n)`` teacher scores of the batch.
 
     Raises:
-        ValueError: None given, or not one per candidate.
+        MissingTeacherScoresError: None given.
+        ValueError: Not one per candidate.
     """
     scores = inputs.extras.get(TEACHER_SCORES)
     if scores is None:
-        raise ValueError(
-            "distillation needs teacher scores: give them in the data (JSONL 'scores', or "
-            "'pos_scores' / 'neg_scores') or set loss.distill.teacher"
+        raise MissingTeacherScoresError(
+            "distillation needs teacher scores and a batch has examples without them: give them "
+            "for every example (JSONL 'scores', or 'pos_scores' / 'neg_scores') or set "
+            "loss.distill.teacher"
         )
     if tuple(scores.shape) != (batch, n):
         raise ValueError(
