@@ -199,3 +199,59 @@ def test_late_interaction_distillation_is_exact_at_every_token_dim(
     for dtype, tol in ((torch.float64, FP64_TOL), (torch.float32, FP32_TOL)):
         diff = compare_grads(grads(dtype, cached=True), oracle)
         assert diff.max_rel <= tol, (dtype, diff)
+
+
+# ---- in-batch distillation: every document of the batch is a scored candidate ----------------
+
+
+def test_in_batch_kl_scores_every_document_and_splits_into_shares() -> None:
+    q = torch.randn(4, 16, dtype=torch.float64, generator=G).requires_grad_()
+    d = torch.randn(8, 16, dtype=torch.float64, generator=G).requires_grad_()
+    t = _teacher(4, 8)
+    loss = Distillation(ListwiseKL(0.1, 2.0), dense_candidates("cos", False, in_batch=True),
+                        "zscore", Nesting((8, 16)), in_batch=True)  # fmt: skip
+    whole = loss(q, d, _inputs(t), slice(0, 4))
+    for m in (8, 16):
+        s = F.normalize(q[:, :m], dim=1) @ F.normalize(d[:, :m], dim=1).T  # (4, 8)
+        want = ListwiseKL(0.1, 2.0)(s, normalize_scores(t, "zscore")).sum() / 4
+        assert float(whole.parts["loss_by_dim"][str(m)]) == pytest.approx(float(want), rel=1e-12)
+    g_whole = torch.autograd.grad(whole.loss, [q, d])
+    shares = [loss(q, d, _inputs(t), slice(r, r + 2)).loss for r in (0, 2)]
+    g_split = torch.autograd.grad(shares[0] + shares[1], [q, d])
+    assert float(shares[0] + shares[1]) == pytest.approx(float(whole.loss), rel=1e-12)
+    for a, b in zip(g_split, g_whole):
+        assert torch.allclose(a, b, atol=1e-12)
+    with pytest.raises(ValueError, match="in-batch distillation"):
+        loss(q, d, _inputs(_teacher(4, 2)), slice(0, 4))
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_in_batch_distillation_is_exact_under_gradient_cache(tokenizer, late: bool) -> None:  # type: ignore[no-untyped-def]
+    n_q, k = 4, 1
+    if late:
+        model: Any = late_model(tokenizer, dropout=0.1)
+        q = model.tokenize(texts(n_q, seed=1, max_words=10), "query")
+        d = model.tokenize(texts(n_q * (1 + k), seed=2, max_words=20), "document")
+        scorer = maxsim_candidates(True, budget=200, in_batch=True)
+        nest = Nesting((4, 8, 16), renormalize=True)
+    else:
+        model = encoder(make_tiny_bert(len(tokenizer), dropout=0.1, seed=0))
+        q = tokenize(tokenizer, texts(n_q, seed=1, max_words=12))
+        d = tokenize(tokenizer, texts(n_q * (1 + k), seed=2))
+        scorer = dense_candidates("dot", False, in_batch=True)
+        nest = Nesting((8, 16, 32))
+    loss = Distillation(ListwiseKL(0.5, 1.0), scorer, "zscore", nest, in_batch=True)
+    inputs = _inputs(_teacher(n_q, n_q * (1 + k)), step=2)
+
+    def grads(dtype: torch.dtype, cached: bool) -> dict[str, torch.Tensor]:
+        m = copy.deepcopy(model).to(dtype)
+        encs = tower_encoders(m) if late else [m, m]
+        gc = GradCache(encs, loss, 2, sort_by_length=True)
+        torch.manual_seed(0)
+        gc.step(q, d, inputs) if cached else plain_chunked_step(gc, q, d, inputs)
+        return {k: v.double() for k, v in snapshot_grads([m]).items()}
+
+    oracle = grads(torch.float64, cached=False)
+    for dtype, tol in ((torch.float64, FP64_TOL), (torch.float32, FP32_TOL)):
+        diff = compare_grads(grads(dtype, cached=True), oracle)
+        assert diff.max_rel <= tol, (dtype, diff)

@@ -175,7 +175,10 @@ def test_every_registered_loss_splits_into_shares_that_sum(
 ) -> None:
     """The contract: W processes' shares (rows) sum to the one-process loss and gradient."""
     settings, tokens = CONTEXTS[context]
-    cfg = load_config(None, [f"loss.name={name}", *(f"{k}={v}" for k, v in settings.items())])
+    data = ["data.format=jsonl", "data.num_negatives=1"]  # data any loss can train on
+    cfg = load_config(
+        None, [*data, f"loss.name={name}", *(f"{k}={v}" for k, v in settings.items())]
+    )
     loss = build_loss(cfg.loss, default_losses(), model_dim=16, normalized=False, tokens=tokens)
     b, n = 6, 2
     q, d = _reps(tokens, b, n)

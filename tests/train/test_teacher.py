@@ -19,7 +19,7 @@ from dualforge.tokens import join_tokens
 from dualforge.train.inputs import check_inputs
 from dualforge.train.loop import train
 from dualforge.train.metrics_log import read_metrics_log
-from dualforge.train.teacher import Teacher, load_teacher
+from dualforge.train.teacher import QrelsTeacher, Teacher, load_teacher
 from tests.conftest import make_tiny_bert
 from tests.modeling.test_late_interaction import late_model
 from tests.train.helpers import tiny_overrides
@@ -153,3 +153,31 @@ def test_qrels_grades_as_teacher_scores(
     with pytest.raises(ConfigError, match=r"data\.format must be 'beir'"):
         load_config(None, ["loss.name=kl", "loss.distill.teacher=qrels", "data.format=jsonl",
                            "data.num_negatives=1"])  # fmt: skip
+
+
+def test_in_batch_scores_every_document_of_the_batch(tiny_model_dir: Path) -> None:
+    teacher = load_teacher(str(tiny_model_dir), CPU, in_batch=True)
+    got = teacher.annotate(_batch()).extras[TEACHER_SCORES].values
+    assert [len(r) for r in got] == [9, 9, 9]
+    own = load_teacher(str(tiny_model_dir), CPU).annotate(_batch()).extras[TEACHER_SCORES].values
+    assert np.allclose(got[1][3:6], own[1], atol=1e-6)  # its own candidates, where they sit
+    grades = QrelsTeacher({"q0": {"d1": 2, "d4": 1}}, in_batch=True)
+    b = _batch()
+    b = Batch(b.queries, b.positives, b.negatives, ["q0", "q1", None], ["d0", "d2", "d4"],
+              [["d1", None], ["d3", "d1"], ["d5", "d6"]])  # fmt: skip
+    rows = grades.annotate(b).extras[TEACHER_SCORES].values
+    assert rows[0] == [0, 2, 0, 0, 0, 2, 1, 0, 0] and rows[1] == [0.0] * 9
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.distill.in_batch=true"], "needs loss.distill.teacher"),
+        (["loss.distill.in_batch=true", "loss.distill.teacher=x", "loss.name=margin_mse"],
+         "loss.name='kl'"),
+    ],
+)  # fmt: skip
+def test_in_batch_needs_a_teacher_and_kl(overrides: list[str], message: str) -> None:
+    base = ["loss.name=kl", "data.format=jsonl", "data.num_negatives=1"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*base, *overrides])

@@ -122,7 +122,9 @@ class DistillConfig:
     a model folder (bi-encoder, late interaction or cross-encoder) that scores each query's
     candidates in the loop, mined negatives included, or ``qrels``: the training qrels' grades
     (BEIR data; 0 for unjudged documents) (null: the scores stored with the data);
-    ``teacher_batch_size``: texts (or pairs) it scores at a time.
+    ``teacher_batch_size``: texts (or pairs) it scores at a time. ``in_batch`` (``kl`` with a
+    ``teacher``): the teacher scores every document of the batch for every query and the KL covers
+    them all, in-batch negatives included (a ``(B, B * (1 + K))`` matrix of teacher scores).
     """
 
     teacher_temperature: float = 1.0
@@ -130,6 +132,7 @@ class DistillConfig:
     weight: float = 0.0
     teacher: str | None = None
     teacher_batch_size: int = 64
+    in_batch: bool = False
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""

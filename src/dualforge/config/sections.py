@@ -353,6 +353,12 @@ def _check_distillation(cfg: Config, loss: DistillLossConfig) -> None:
             f"loss.distill.teacher='qrels' scores candidates by their qrels grades: data.format "
             f"must be 'beir', got {cfg.data.format!r}"
         )
+    if loss.distill.in_batch and (not teacher or loss.name == "margin_mse"):
+        raise ConfigError(
+            "loss.distill.in_batch: the teacher scores every document of the batch in the loop; "
+            "it needs loss.distill.teacher and loss.name='kl' (stored scores cover each "
+            "example's own candidates)"
+        )
     if cfg.data.num_negatives < 1 and not cfg.mining.active:
         raise ConfigError(
             f"{name} compares each query's candidates: set data.num_negatives >= 1 (the "

@@ -31,6 +31,7 @@ from dualforge.errors import UserError
 from dualforge.losses.contrastive import Similarity, docs_per_query
 from dualforge.losses.inputs import TEACHER_SCORES, Loss, LossInputs
 from dualforge.losses.matryoshka import Nesting, nested_output
+from dualforge.losses.maxsim import maxsim, token_prefix
 from dualforge.losses.output import LossOutput
 from dualforge.losses.tiles import BUDGET
 from dualforge.matryoshka import check_dims
@@ -101,21 +102,24 @@ class DenseCandidates:
 
     similarity: Similarity = "dot"
     renormalize: bool = False
+    in_batch: bool = False
 
     def __call__(
         self, q: torch.Tensor, d: torch.Tensor, dims: Sequence[int], rows: slice
     ) -> torch.Tensor:
-        """``(M, b, n)`` scores of queries ``rows`` against their own candidates."""
+        """``(M, b, n)`` scores of queries ``rows`` against their own candidates (``(M, b, B*n)``
+        against every document of the batch when ``in_batch``)."""
         n = docs_per_query(q, d)
-        qs, ds = q[rows], own_candidates(d, n, rows)  # (b, D), (b, n, D)
+        qs = q[rows]  # (b, D)
+        ds = d if self.in_batch else own_candidates(d, n, rows)  # (B*n, D) or (b, n, D)
         normalize = self.renormalize or self.similarity == "cos"
         out = []
         for m in dims:
             a, c = qs[:, :m], ds[..., :m]
             if normalize:
                 a, c = F.normalize(a, dim=-1), F.normalize(c, dim=-1)
-            out.append(torch.einsum("bd,bnd->bn", a, c))
-        return torch.stack(out)  # (M, b, n)
+            out.append(a @ c.T if self.in_batch else torch.einsum("bd,bnd->bn", a, c))
+        return torch.stack(out)  # (M, b, n) or (M, b, B*n)
 
 
 @dataclass(frozen=True)
@@ -127,11 +131,16 @@ class MaxSimCandidates:
 
     renormalize: bool = False
     budget: int = BUDGET
+    in_batch: bool = False
 
     def __call__(
         self, q: torch.Tensor, d: torch.Tensor, dims: Sequence[int], rows: slice
     ) -> torch.Tensor:
-        """``(M, b, n)`` MaxSim scores of queries ``rows`` against their own candidates."""
+        """``(M, b, n)`` MaxSim scores of queries ``rows`` against their own candidates
+        (``(M, b, B*n)`` against every document of the batch when ``in_batch``)."""
+        if self.in_batch:
+            qs = q[rows]
+            return torch.stack([maxsim(self._at(qs, m), self._at(d, m), self.budget) for m in dims])
         n = docs_per_query(q, d)
         qv, qm = split_tokens(q[rows])  # (b, Tq, D), (b, Tq)
         dv, dm = split_tokens(own_candidates(d, n, rows).flatten(0, 1))  # (b*n, Td, D)
@@ -151,15 +160,29 @@ class MaxSimCandidates:
             out.append(torch.cat(blocks))
         return torch.stack(out)  # (M, b, n)
 
+    def _at(self, reps: torch.Tensor, dim: int) -> torch.Tensor:
+        """Token representations at token dim ``dim`` (themselves at the full dim, unless
+        renormalised)."""
+        full = reps.shape[-1] - 1
+        return (
+            reps
+            if dim == full and not self.renormalize
+            else token_prefix(reps, dim, self.renormalize)
+        )
 
-def dense_candidates(similarity: Similarity, renormalize: bool) -> CandidateScorer:
+
+def dense_candidates(
+    similarity: Similarity, renormalize: bool, in_batch: bool = False
+) -> CandidateScorer:
     """:class:`DenseCandidates` (the scorer of single-vector students)."""
-    return DenseCandidates(similarity, renormalize)
+    return DenseCandidates(similarity, renormalize, in_batch)
 
 
-def maxsim_candidates(renormalize: bool, budget: int = BUDGET) -> CandidateScorer:
+def maxsim_candidates(
+    renormalize: bool, budget: int = BUDGET, in_batch: bool = False
+) -> CandidateScorer:
     """:class:`MaxSimCandidates` (the scorer of late-interaction students)."""
-    return MaxSimCandidates(renormalize, budget)
+    return MaxSimCandidates(renormalize, budget, in_batch)
 
 
 def _own_maxsim(
@@ -186,6 +209,8 @@ class Distillation:
         nesting: Matryoshka dims and weights (None: the full dim only).
         nce: InfoNCE over the whole batch, added with ``weight`` (None: none).
         weight: Weight of ``nce``.
+        in_batch: The teacher scored every document of the batch for every query (``(B, B*n)``
+            scores; the scorer must score them too): the KD term covers in-batch negatives.
     """
 
     objective: Objective
@@ -194,13 +219,15 @@ class Distillation:
     nesting: Nesting | None = None
     nce: Loss | None = None
     weight: float = 0.0
+    in_batch: bool = False
 
     def __call__(
         self, q: torch.Tensor, d: torch.Tensor, inputs: LossInputs, rows: slice, /
     ) -> LossOutput:
         """This process's share; ``parts``: ``distill`` (and ``loss_by_dim``, ``info_nce``)."""
         batch, full = q.shape[0], _full_dim(q, d)
-        teacher = _teacher(inputs, batch, docs_per_query(q, d))[rows]
+        columns = d.shape[0] if self.in_batch else docs_per_query(q, d)
+        teacher = _teacher(inputs, batch, columns)[rows]
         t = normalize_scores(teacher, self.normalize).to(q.dtype)  # (b, n)
         dims = self.nesting.chosen(inputs.step) if self.nesting is not None else (full,)
         check_dims(dims, full=full)
@@ -244,6 +271,6 @@ def _teacher(inputs: LossInputs, batch: int, n: int) -> torch.Tensor:
     if tuple(scores.shape) != (batch, n):
         raise ValueError(
             f"teacher scores are {tuple(scores.shape)}, the batch has {batch} queries with {n} "
-            "candidates each"
+            "candidates each (in-batch distillation: every document of the batch)"
         )
     return scores

@@ -129,14 +129,17 @@ def _distillation(cfg: DistillLossConfig, ctx: LossContext, objective: Objective
     """A :class:`Distillation` with ``objective`` over the student's scores of each query's
     candidates (MaxSim for token representations), plus InfoNCE when ``distill.weight > 0``."""
     renormalize = ctx.nesting.renormalize if ctx.nesting is not None else False
+    every = cfg.distill.in_batch
     scorer = (
-        maxsim_candidates(renormalize, ctx.budget)
+        maxsim_candidates(renormalize, ctx.budget, every)
         if ctx.tokens
-        else dense_candidates(cfg.similarity, renormalize)
+        else dense_candidates(cfg.similarity, renormalize, every)
     )
     weight = cfg.distill.weight
     nce = build_info_nce(cfg, ctx) if weight > 0 else None
-    return Distillation(objective, scorer, cfg.distill.normalize, ctx.nesting, nce, weight)
+    return Distillation(
+        objective, scorer, cfg.distill.normalize, ctx.nesting, nce, weight, in_batch=every
+    )
 
 
 def build_kl(cfg: KlConfig, ctx: LossContext) -> Loss:

@@ -21,8 +21,8 @@ import torch
 
 from dualforge.config import Config, ConfigError, DistillLossConfig
 from dualforge.data import TEACHER_SCORES, Batch, Column
-from dualforge.modeling.kinds import PairScorer, kind_of_folder
-from dualforge.modeling.names import check_model_name, resolve_model_path
+from dualforge.modeling.kinds import CROSS_ENCODER, PairScorer, kind_of_folder
+from dualforge.modeling.names import ModelLoadError, check_model_name, resolve_model_path
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
 CAPACITY = 1 << 20  # cached (query, candidate) scores
@@ -36,10 +36,14 @@ class Teacher:
         score: The teacher's scorer.
         kind: What the teacher is (``single_vector``, ``late_interaction``, ``cross_encoder``).
         capacity: Cached pairs at most.
+        in_batch: Score every document of the batch for every query (``[pos_0, neg_0..,
+            pos_1, ...]``), not only its own candidates.
     """
 
-    def __init__(self, score: PairScorer, kind: str, capacity: int = CAPACITY) -> None:
-        self.score, self.kind, self.capacity = score, kind, capacity
+    def __init__(
+        self, score: PairScorer, kind: str, capacity: int = CAPACITY, in_batch: bool = False
+    ) -> None:
+        self.score, self.kind, self.capacity, self.in_batch = score, kind, capacity, in_batch
         self.cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.last: dict[str, Any] = {}
 
@@ -50,7 +54,8 @@ class Teacher:
         world, rank = (proc.world, proc.rank) if proc is not None else (1, 0)
         share = len(batch) // world
         mine = batch.take(slice(rank * share, (rank + 1) * share)) if world > 1 else batch
-        local, fresh = self._scores(mine)
+        every = candidates_of(batch) if self.in_batch else None
+        local, fresh = self._scores(mine, every)
         rows: list[list[float]] = local
         if world > 1 and proc is not None:
             rows = [r for part in gather_objects(local, proc) for r in part]
@@ -61,9 +66,13 @@ class Teacher:
         }
         return batch.with_column(TEACHER_SCORES, Column(rows, per_candidate=True))
 
-    def _scores(self, batch: Batch) -> tuple[list[list[float]], int]:
-        """Scores of ``batch``'s candidates and how many pairs were scored (not cached)."""
-        candidates = [[p, *n] for p, n in zip(batch.positives, batch.negatives)]
+    def _scores(
+        self, batch: Batch, every: list[str] | None = None
+    ) -> tuple[list[list[float]], int]:
+        """Scores of ``batch``'s candidates (or of ``every`` document, for every query) and how
+        many pairs were scored (not cached)."""
+        own = [[p, *n] for p, n in zip(batch.positives, batch.negatives)]
+        candidates = own if every is None else [every] * len(own)
         todo: dict[str, dict[str, None]] = {}  # query -> its unscored candidates, in order
         for query, docs in zip(batch.queries, candidates):
             for doc in docs:
@@ -93,6 +102,11 @@ class Teacher:
             self.cache.popitem(last=False)
 
 
+def candidates_of(batch: Batch) -> list[str]:
+    """Every document of ``batch`` in the grouped layout ``[pos_0, neg_0_1.., pos_1, ...]``."""
+    return [d for p, n in zip(batch.positives, batch.negatives) for d in (p, *n)]
+
+
 class BatchScorer(Protocol):
     """What the loop asks of a teacher: the batch with its candidates' scores, and the cost."""
 
@@ -111,20 +125,23 @@ class QrelsTeacher:
 
     Args:
         grades: Query id -> document id -> grade.
+        in_batch: Grade every document of the batch for every query.
     """
 
     kind = QRELS
 
-    def __init__(self, grades: Mapping[str, Mapping[str, int]]) -> None:
-        self.grades = grades
+    def __init__(self, grades: Mapping[str, Mapping[str, int]], in_batch: bool = False) -> None:
+        self.grades, self.in_batch = grades, in_batch
         self.last: dict[str, Any] = {}
 
     def annotate(self, batch: Batch, proc: ProcessInfo | None = None) -> Batch:
         """``batch`` with its candidates' grades (every rank looks them up: no model runs)."""
+        every = [d for p, n in zip(batch.positive_ids, batch.negative_ids) for d in (p, *n)]
         rows = []
         for qid, pid, nids in zip(batch.query_ids, batch.positive_ids, batch.negative_ids):
             judged = self.grades.get(qid, {}) if qid is not None else {}
-            rows.append([float(judged.get(d, 0)) if d is not None else 0.0 for d in [pid, *nids]])
+            docs = every if self.in_batch else [pid, *nids]
+            rows.append([float(judged.get(d, 0)) if d is not None else 0.0 for d in docs])
         self.last = {"teacher_pairs": sum(len(r) for r in rows)}
         return batch.with_column(TEACHER_SCORES, Column(rows, per_candidate=True))
 
@@ -140,11 +157,15 @@ def build_teacher(
     if loss.distill.teacher == QRELS:
         if grades is None:
             raise ConfigError("loss.distill.teacher='qrels' needs BEIR training data (data.format)")
-        return QrelsTeacher(grades)
-    return load_teacher(loss.distill.teacher, device, loss.distill.teacher_batch_size)
+        return QrelsTeacher(grades, loss.distill.in_batch)
+    return load_teacher(
+        loss.distill.teacher, device, loss.distill.teacher_batch_size, loss.distill.in_batch
+    )
 
 
-def load_teacher(name: str, device: torch.device, batch_size: int = 64) -> Teacher:
+def load_teacher(
+    name: str, device: torch.device, batch_size: int = 64, in_batch: bool = False
+) -> Teacher:
     """The teacher in model folder ``name`` (its kind: :func:`~dualforge.modeling.kinds.
     kind_of_folder`), in eval mode on ``device``.
 
@@ -154,5 +175,10 @@ def load_teacher(name: str, device: torch.device, batch_size: int = 64) -> Teach
     check_model_name(name)
     folder = resolve_model_path(name)
     kind = kind_of_folder(folder)
+    if in_batch and kind is CROSS_ENCODER:
+        raise ModelLoadError(
+            name, "loss.distill.in_batch with a cross-encoder teacher would score B x B(1+K) "
+            "pairs a step; use a bi-encoder or late-interaction teacher, or in_batch=false",
+        )  # fmt: skip
     model = kind.load(folder).to(device).eval()
-    return Teacher(kind.scorer(model, batch_size), kind.name)
+    return Teacher(kind.scorer(model, batch_size), kind.name, in_batch=in_batch)
