@@ -22,6 +22,8 @@ from dualforge.losses.distill import Normalization
 from dualforge.matryoshka import check_dims
 
 MIN_TILE_BUDGET = 1024
+QRELS_TEACHER = "qrels"
+"""``loss.distill.teacher``: the training qrels' grades, not a model folder."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dualforge.config.checks import ConfigError, _optional_at_least, _validate
-from dualforge.config.loss import DistillLossConfig, InfoNceConfig, LossConfig
+from dualforge.config.loss import QRELS_TEACHER, DistillLossConfig, InfoNceConfig, LossConfig
 from dualforge.config.mining import MiningConfig
 from dualforge.config.model import ModelConfig
 from dualforge.data.sampler import PositiveMode
@@ -348,7 +348,7 @@ def _check_distillation(cfg: Config, loss: DistillLossConfig) -> None:
             f"mining.strategy={cfg.mining.strategy!r} replaces them by unscored ones (set "
             "loss.distill.teacher to score them in the loop)"
         )
-    if loss.distill.teacher == "qrels" and cfg.data.format != "beir":
+    if loss.distill.teacher == QRELS_TEACHER and cfg.data.format != "beir":
         raise ConfigError(
             f"loss.distill.teacher='qrels' scores candidates by their qrels grades: data.format "
             f"must be 'beir', got {cfg.data.format!r}"

@@ -31,7 +31,7 @@ from dualforge.errors import UserError
 from dualforge.losses.contrastive import Similarity, docs_per_query
 from dualforge.losses.inputs import TEACHER_SCORES, Loss, LossInputs
 from dualforge.losses.matryoshka import Nesting, nested_output
-from dualforge.losses.maxsim import maxsim, token_prefix
+from dualforge.losses.maxsim import maxsim, token_dim
 from dualforge.losses.output import LossOutput
 from dualforge.losses.tiles import BUDGET
 from dualforge.matryoshka import check_dims
@@ -139,8 +139,11 @@ class MaxSimCandidates:
         """``(M, b, n)`` MaxSim scores of queries ``rows`` against their own candidates
         (``(M, b, B*n)`` against every document of the batch when ``in_batch``)."""
         if self.in_batch:
-            qs = q[rows]
-            return torch.stack([maxsim(self._at(qs, m), self._at(d, m), self.budget) for m in dims])
+            qs, full, r = q[rows], q.shape[-1] - 1, self.renormalize
+            return torch.stack([
+                maxsim(token_dim(qs, m, full, r), token_dim(d, m, full, r), self.budget)
+                for m in dims
+            ])  # fmt: skip
         n = docs_per_query(q, d)
         qv, qm = split_tokens(q[rows])  # (b, Tq, D), (b, Tq)
         dv, dm = split_tokens(own_candidates(d, n, rows).flatten(0, 1))  # (b*n, Td, D)
@@ -159,16 +162,6 @@ class MaxSimCandidates:
             ]
             out.append(torch.cat(blocks))
         return torch.stack(out)  # (M, b, n)
-
-    def _at(self, reps: torch.Tensor, dim: int) -> torch.Tensor:
-        """Token representations at token dim ``dim`` (themselves at the full dim, unless
-        renormalised)."""
-        full = reps.shape[-1] - 1
-        return (
-            reps
-            if dim == full and not self.renormalize
-            else token_prefix(reps, dim, self.renormalize)
-        )
 
 
 def dense_candidates(

@@ -217,7 +217,7 @@ def _split(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     return vectors.to(dtype), mask
 
 
-def _token_dim(reps: torch.Tensor, dim: int, full: int, renormalize: bool) -> torch.Tensor:
+def token_dim(reps: torch.Tensor, dim: int, full: int, renormalize: bool) -> torch.Tensor:
     """``reps`` at token dim ``dim`` (itself at the full dim without renormalisation)."""
     return reps if dim == full and not renormalize else token_prefix(reps, dim, renormalize)
 
@@ -234,8 +234,8 @@ class MaxSimPair:
         _check_pair(qv, dv, dm)
         full = qv.shape[-1]
         dims = check_dims(dims, full=full)
-        self.q = [_token_dim(q, m, full, renormalize) for m in dims]
-        self.d = [_token_dim(d, m, full, renormalize) for m in dims]
+        self.q = [token_dim(q, m, full, renormalize) for m in dims]
+        self.d = [token_dim(d, m, full, renormalize) for m in dims]
 
     def queries_vs_docs(self, rows: slice) -> tuple[ScorerFactory, list[Any]]:
         """Queries ``rows`` against every document."""

@@ -8,8 +8,9 @@
   ``(query, document)`` pair); it only scores, as a distillation teacher.
 
 A kind is resolved once, from a folder (:func:`kind_of_folder`) or a config's ``model.kind``
-(:func:`kind_named`); callers ask it, never ``isinstance`` or the shape of a result. ``encode``
-returns a typed :data:`Encoded`: :class:`Vectors` or :class:`TokenVectors`.
+(:func:`dualforge.train.kinds.kind_of`, whose ``Kind.model`` it is); callers ask it, never
+``isinstance`` or the shape of a result. ``encode`` returns a typed :data:`Encoded`:
+:class:`Vectors` or :class:`TokenVectors`.
 """
 
 from __future__ import annotations
@@ -267,22 +268,9 @@ class CrossEncoder:
 SINGLE_VECTOR: ModelKind = SingleVector()
 LATE_INTERACTION: ModelKind = LateInteraction()
 CROSS_ENCODER: ModelKind = CrossEncoder()
-TRAINABLE: dict[str, ModelKind] = {k.name: k for k in (SINGLE_VECTOR, LATE_INTERACTION)}
-"""The kinds ``model.kind`` may name."""
 
 
 def kind_of_folder(folder: str) -> ModelKind:
     """The kind of the model in ``folder`` (late interaction, cross-encoder, else single
     vector)."""
     return next(k for k in (LATE_INTERACTION, CROSS_ENCODER, SINGLE_VECTOR) if k.claims(folder))
-
-
-def kind_named(name: str) -> ModelKind:
-    """The kind ``model.kind`` names.
-
-    Raises:
-        ValueError: Not a trainable kind.
-    """
-    if name not in TRAINABLE:
-        raise ValueError(f"model.kind={name!r}: must be one of {sorted(TRAINABLE)}")
-    return TRAINABLE[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -13,6 +13,8 @@ from dualforge.data import Batch
 from dualforge.losses import LossInputs, PositiveCodes
 from dualforge.modeling import Model
 from dualforge.train.distributed import shard_batch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,13 @@ class StepInputs:
         )
 
 
-def grouped_documents(positives: Sequence[str], negatives: Sequence[Sequence[str]]) -> list[str]:
-    """``[pos_0, neg_0_1..neg_0_K, pos_1, ...]``; every query must have the same K."""
+def grouped_documents(positives: Sequence[T], negatives: Sequence[Sequence[T]]) -> list[T]:
+    """``[pos_0, neg_0_1..neg_0_K, pos_1, ...]`` (texts, or ids); every query must have the same
+    K."""
     counts = {len(n) for n in negatives}
     if len(counts) > 1:
         raise ValueError(f"every query needs the same number of negatives, got {sorted(counts)}")
-    out: list[str] = []
+    out: list[T] = []
     for pos, negs in zip(positives, negatives):
         out.append(pos)
         out.extend(negs)

@@ -13,6 +13,7 @@ from glob import glob
 from pathlib import Path
 
 from dualforge.config import Config, ConfigError, DataConfig, DistillLossConfig, RunConfig
+from dualforge.config.loss import QRELS_TEACHER
 from dualforge.data import available_splits
 from dualforge.files import blocked
 from dualforge.modeling.names import ModelLoadError, check_model_name
@@ -44,7 +45,7 @@ def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
     except ModelLoadError as err:
         raise ConfigError(f"model.name={err.name!r}: {err.reason}") from err
     teacher = cfg.loss.distill.teacher if isinstance(cfg.loss, DistillLossConfig) else None
-    if teacher is not None and teacher != "qrels":
+    if teacher is not None and teacher != QRELS_TEACHER:
         try:
             check_model_name(teacher)
         except ModelLoadError as err:

@@ -33,7 +33,6 @@ from dualforge.hardware import PrecisionChoice, native_bf16, resolve_precision, 
 from dualforge.mining.policies import RefreshReport
 from dualforge.modeling import Model
 from dualforge.modeling.adapters import enable_checkpointing
-from dualforge.modeling.kinds import kind_named
 from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_model, tower_encoders
 from dualforge.train.distill import TeacherSummary, summarize_teacher
@@ -189,7 +188,7 @@ def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -
         "query": cfg.model.query_max_length,
         "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
     }
-    kind = kind_named(cfg.model.kind)
+    kind = kind_of(cfg.model).model
 
     def encode(texts: list[str], side: Side) -> np.ndarray:
         out = encode_texts(

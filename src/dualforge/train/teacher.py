@@ -20,13 +20,14 @@ from typing import Any, Protocol
 import torch
 
 from dualforge.config import Config, ConfigError, DistillLossConfig
+from dualforge.config.loss import QRELS_TEACHER
 from dualforge.data import TEACHER_SCORES, Batch, Column
 from dualforge.modeling.kinds import CROSS_ENCODER, PairScorer, kind_of_folder
 from dualforge.modeling.names import ModelLoadError, check_model_name, resolve_model_path
+from dualforge.train.collate import grouped_documents
 from dualforge.train.distributed import ProcessInfo, gather_objects
 
 CAPACITY = 1 << 20  # cached (query, candidate) scores
-QRELS = "qrels"  # loss.distill.teacher: the training qrels' grades, not a model
 
 
 class Teacher:
@@ -54,7 +55,7 @@ class Teacher:
         world, rank = (proc.world, proc.rank) if proc is not None else (1, 0)
         share = len(batch) // world
         mine = batch.take(slice(rank * share, (rank + 1) * share)) if world > 1 else batch
-        every = candidates_of(batch) if self.in_batch else None
+        every = grouped_documents(batch.positives, batch.negatives) if self.in_batch else None
         local, fresh = self._scores(mine, every)
         rows: list[list[float]] = local
         if world > 1 and proc is not None:
@@ -102,11 +103,6 @@ class Teacher:
             self.cache.popitem(last=False)
 
 
-def candidates_of(batch: Batch) -> list[str]:
-    """Every document of ``batch`` in the grouped layout ``[pos_0, neg_0_1.., pos_1, ...]``."""
-    return [d for p, n in zip(batch.positives, batch.negatives) for d in (p, *n)]
-
-
 class BatchScorer(Protocol):
     """What the loop asks of a teacher: the batch with its candidates' scores, and the cost."""
 
@@ -128,7 +124,7 @@ class QrelsTeacher:
         in_batch: Grade every document of the batch for every query.
     """
 
-    kind = QRELS
+    kind = QRELS_TEACHER
 
     def __init__(self, grades: Mapping[str, Mapping[str, int]], in_batch: bool = False) -> None:
         self.grades, self.in_batch = grades, in_batch
@@ -136,7 +132,7 @@ class QrelsTeacher:
 
     def annotate(self, batch: Batch, proc: ProcessInfo | None = None) -> Batch:
         """``batch`` with its candidates' grades (every rank looks them up: no model runs)."""
-        every = [d for p, n in zip(batch.positive_ids, batch.negative_ids) for d in (p, *n)]
+        every = grouped_documents(batch.positive_ids, batch.negative_ids)
         rows = []
         for qid, pid, nids in zip(batch.query_ids, batch.positive_ids, batch.negative_ids):
             judged = self.grades.get(qid, {}) if qid is not None else {}
@@ -154,7 +150,7 @@ def build_teacher(
     loss = cfg.loss
     if not isinstance(loss, DistillLossConfig) or loss.distill.teacher is None:
         return None
-    if loss.distill.teacher == QRELS:
+    if loss.distill.teacher == QRELS_TEACHER:
         if grades is None:
             raise ConfigError("loss.distill.teacher='qrels' needs BEIR training data (data.format)")
         return QrelsTeacher(grades, loss.distill.in_batch)
