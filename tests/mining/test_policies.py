@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dualforge.mining import TreeIndex
 from dualforge.mining.policies import (
@@ -13,12 +14,13 @@ from dualforge.mining.policies import (
     RefreshPolicy,
     StaticPolicy,
     TargetVectors,
-    TreeParams,
+    refresh,
 )
+from dualforge.mining.stores import StoreParams, StoreSpec
 from tests.mining.helpers import clustered
 
 N, D = 300, 8
-TREE = TreeParams(branching=4, leaf_size=8, seed=0)
+TREE = StoreSpec("tree", StoreParams(branching=4, leaf_size=8, seed=0))
 
 
 class Drifting:
@@ -29,7 +31,7 @@ class Drifting:
         self.step = 0
         self.calls: list[tuple[int, int]] = []  # (step, how many rows)
 
-    def __call__(self, rows: np.ndarray | None) -> np.ndarray:
+    def __call__(self, rows: np.ndarray | None) -> torch.Tensor:
         idx = np.arange(N) if rows is None else rows
         self.calls.append((self.step, len(idx)))
         angle = 0.05 * self.step
@@ -38,42 +40,35 @@ class Drifting:
             np.cos(angle) * x[:, 0] - np.sin(angle) * x[:, 1],
             np.sin(angle) * x[:, 0] + np.cos(angle) * x[:, 1],
         )
-        return x.astype(np.float32)
+        return torch.from_numpy(x.astype(np.float32))
 
 
 def run(policy, steps: int) -> tuple[TargetVectors, Drifting, list]:  # type: ignore[no-untyped-def]
-    encode, targets, reports = Drifting(), TargetVectors.empty(N), []
+    encode, targets, reports = Drifting(), TargetVectors.empty(N, TREE), []
     for step in range(1, steps + 1):
         encode.step = step
-        if policy.due(step, targets):
-            reports.append(policy.refresh(step, targets, encode))
-            targets.last_refresh = step
-        else:
-            reports.append(None)
+        reports.append(refresh(policy, step, targets, encode)[1])
     return targets, encode, reports
 
 
 def test_static_builds_once_refresh_rebuilds_oracle_always() -> None:
-    _, static, r = run(StaticPolicy(TREE), 5)
+    _, static, r = run(StaticPolicy(), 5)
     assert static.calls == [(1, N)] and r[0].kind == "build" and r[1:] == [None] * 4
-    targets, refresh, r = run(RefreshPolicy(2, TREE), 5)
-    assert refresh.calls == [(1, N), (3, N), (5, N)]
+    targets, again, r = run(RefreshPolicy(2), 5)
+    assert again.calls == [(1, N), (3, N), (5, N)]
     assert [x and x.kind for x in r] == ["build", None, "rebuild", None, "rebuild"]
-    assert r[2].fields["drift_error_stale"] > 0 and targets.index is not None
+    assert r[2].fields["drift_error_stale"] > 0 and targets.store is not None
     assert np.all(targets.last_encoded == 5)
     targets, oracle, r = run(OraclePolicy(), 3)
     assert oracle.calls == [(1, N), (2, N), (3, N)] and r == [None] * 3
-    assert targets.index is None and targets.dense is not None
-    assert targets.source() is targets.dense
+    assert targets.source().name == "flat"  # brute force whatever the spec says
 
 
 def test_dynamic_reencodes_landmarks_holdout_and_recent_and_corrects_the_rest() -> None:
-    policy = DynamicPolicy(
-        2, TREE, DriftParams(landmarks=30, holdout=20, recent=5, kernel="linear")
-    )
-    encode, targets = Drifting(), TargetVectors.empty(N)
+    policy = DynamicPolicy(2, DriftParams(landmarks=30, holdout=20, recent=5, kernel="linear"))
+    encode, targets = Drifting(), TargetVectors.empty(N, TREE)
     encode.step = 1
-    assert policy.refresh(1, targets, encode).kind == "build"
+    assert refresh(policy, 1, targets, encode)[1].kind == "build"
     policy.observe(np.array([7, 3, 7, 11]))  # 7 seen again: most recent
     assert list(policy.recent) == [3, 7, 11]
     encode.step = 3
@@ -84,7 +79,7 @@ def test_dynamic_reencodes_landmarks_holdout_and_recent_and_corrects_the_rest() 
     assert list(recent) == [
         r for r in (11, 7, 3) if r not in set(landmarks) | set(holdout)
     ]  # newest first
-    report = policy.refresh(3, targets, encode)
+    report = refresh(policy, 3, targets, encode)[1]
     assert report.kind == "nystrom" and report.encoded == 30 + 20 + len(recent)
     assert report.fields["drift_error_corrected"] < report.fields["drift_error_stale"]
     assert policy.recent == {}  # cleared by the refresh
@@ -93,18 +88,19 @@ def test_dynamic_reencodes_landmarks_holdout_and_recent_and_corrects_the_rest() 
         rows
     )
     np.testing.assert_allclose(targets.current()[rows], encode(rows), rtol=1e-6, atol=1e-6)
+    assert refresh(policy, 4, targets, encode) == (False, None)  # not due again before step 5
 
 
 def test_state_round_trips() -> None:
-    targets, _, _ = run(RefreshPolicy(2, TREE), 3)
-    restored = TargetVectors.empty(N)
+    targets, _, _ = run(RefreshPolicy(2), 3)
+    restored = TargetVectors.empty(N, TREE)
     restored.load_state_dict(targets.state_dict())
     assert restored.last_refresh == 3
     np.testing.assert_array_equal(restored.last_encoded, targets.last_encoded)
     np.testing.assert_array_equal(restored.current(), targets.current())
-    policy = DynamicPolicy(2, TREE, DriftParams())
+    policy = DynamicPolicy(2, DriftParams())
     policy.observe(np.array([5, 1, 9]))
-    again = DynamicPolicy(2, TREE, DriftParams())
+    again = DynamicPolicy(2, DriftParams())
     again.load_state_dict(policy.state_dict())
     assert list(again.recent) == [5, 1, 9]
 

@@ -92,9 +92,9 @@ def test_known_positives_are_never_mined(tiny_model_dir: Path, tiny_beir: Path) 
     sampler = EpochBatchSampler(data.examples, 8, seed=0)
     # make each query's 6 best targets under the current model "known positives": top-k
     # mining would return them if exclusion did not work
-    vectors = miner.encode_targets()
+    vectors = miner.encode(miner.corpus.texts, "document").numpy()
     for batch in sampler:
-        q = miner.encode(list(batch.queries), "query")
+        q = miner.encode(list(batch.queries), "query").numpy()
         best = np.argsort(-(q @ vectors.T), axis=1)[:, :6]
         for qid, rows in zip(batch.query_ids, best):
             assert qid is not None
@@ -102,7 +102,7 @@ def test_known_positives_are_never_mined(tiny_model_dir: Path, tiny_beir: Path) 
         mined, _ = miner.prepare(batch, 1)
         for qid, ids in zip(mined.query_ids, mined.negative_ids):
             assert qid is not None and len(ids) == 4
-            assert not {miner.row[i] for i in ids if i is not None} & miner.known[qid]
+            assert not {miner.corpus.row[i] for i in ids if i is not None} & miner.known[qid]
         assert miner.telemetry(1)["mined_positive_fraction"] == 0.0
     assert miner.counts["mined"] == 24 * 4 and miner.counts["positive_hits"] == 0
 
@@ -118,7 +118,7 @@ def test_refresh_schedules(tiny_model_dir: Path, tiny_beir: Path) -> None:
     for strategy in ("static", "refresh", "oracle", "dynamic"):
         now = {"step": 0}
 
-        def encode(texts: list[str], side: Any, strategy: str = strategy, now: dict[str, int] = now) -> np.ndarray:  # fmt: skip
+        def encode(texts: list[str], side: Any, strategy: str = strategy, now: dict[str, int] = now) -> torch.Tensor:  # fmt: skip
             calls.append((strategy, side, len(texts), now["step"]))
             return plain(texts, side)
 
@@ -150,7 +150,7 @@ def test_oracle_refuses_a_large_corpus(tiny_model_dir: Path, tiny_beir: Path) ->
 
 
 def test_in_batch_builds_no_miner() -> None:
-    def never(texts: list[str], side: Any) -> np.ndarray:
+    def never(texts: list[str], side: Any) -> torch.Tensor:
         raise AssertionError("in_batch must not encode")
 
     assert build_miner(MiningConfig(), never, None, {}, 0, True) is None
@@ -210,7 +210,7 @@ def test_resume_with_dynamic_mining_is_exact(
     assert set(files) == {"model", "optimizer", "scheduler", "sampler", "miner", "clock", "rng"}
     miner_state = read_component(saved / files["miner"])
     assert (
-        miner_state["targets"]["last_refresh"] == 3 and miner_state["targets"]["index"] is not None
+        miner_state["targets"]["last_refresh"] == 3 and miner_state["targets"]["store"]["name"] == "tree"
     )
     resumed = loop.train(load_config(None, [*args, "run.resume=true"]))
     a = load_file(str(straight.run_dir / "final" / "model.safetensors"))

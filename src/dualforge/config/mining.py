@@ -7,7 +7,8 @@ from typing import Literal
 
 from dualforge.config.checks import _validate
 from dualforge.mining import NystromKernel, SamplerBackend
-from dualforge.mining.negatives import MiningMode
+from dualforge.mining.negatives import FilterRule, MiningMode
+from dualforge.mining.stores import StoreName
 
 Strategy = Literal["in_batch", "static", "refresh", "oracle", "dynamic"]
 Correction = Literal["residual", "plain"]
@@ -36,6 +37,15 @@ class MiningConfig:
     lightly regularised linear fit extrapolates noise (docs/mining.md, bench sweep).
     ``backend``: the tree sampler, ``auto`` (numba when installed, else torch), ``torch`` or
     ``numba``; resolved once per run and logged (the two draw different negatives for one seed).
+    ``index``: where the target vectors live: ``tree`` (the dynamic tree index, CPU) or
+    ``flat`` (one tensor on the training device, exact brute force in chunks).
+    ``filter``: positive-aware filtering against each query's current positive score ``s+``:
+    ``none``, ``absolute`` (drop targets scoring above ``s+ - margin``) or ``relative`` (above
+    ``s+ - |s+| * margin``, ``margin`` in [0, 1)). ``probe``: top ranks inspected per step for
+    telemetry (the fractions the qrels and the filter remove; 0: off). ``check_qrels``: a
+    BEIR qrels TSV of (query, document) pairs known to be unlabelled positives; the fraction
+    of mined negatives among them is logged as ``planted_rate``. ``timeout``: seconds a rank
+    waits for the others at each phase of the multi-process mining step.
     """
 
     strategy: Strategy = "in_batch"
@@ -58,6 +68,12 @@ class MiningConfig:
     correction: Correction = "residual"
     kernel: NystromKernel = "rbf"
     backend: SamplerBackend = "auto"
+    index: StoreName = "tree"
+    filter: FilterRule = "none"
+    margin: float = 0.05
+    probe: int = 16
+    check_qrels: str | None = None
+    timeout: float = 1800.0
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -77,6 +93,10 @@ class MiningConfig:
             (self.looseness > 1, "looseness", "> 1"),
             (0 < self.eta < 1, "eta", "in (0, 1)"),
             (self.ridge >= 0, "ridge", ">= 0"),
+            (self.margin >= 0, "margin", ">= 0"),
+            (self.filter != "relative" or self.margin < 1, "margin", "< 1 with filter=relative"),
+            (self.probe >= 0, "probe", ">= 0"),
+            (self.timeout > 0, "timeout", "> 0"),
         ]
         _validate(self, "mining", checks)
 

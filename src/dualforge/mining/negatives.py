@@ -1,27 +1,66 @@
-"""Pick negatives for a batch of queries: softmax draws or top-k with skip, positives excluded.
+"""Pick negatives for a batch of queries: softmax draws or top-k with skip, positives excluded,
+and optionally every target scoring above a ceiling derived from the query's positive.
 
-Two sources of target vectors: a :class:`TreeIndex` (exact sampling / exact top-k over the
-index's current vectors) or a dense ``(N, d)`` matrix scored by brute force (the oracle). Both
-return target ids (row numbers); excluded ids (known positives) never come back.
+Sources of target vectors: a :class:`~dualforge.mining.stores.VectorStore` (``tree`` or
+``flat``; a bare :class:`TreeIndex` is wrapped in a tree store), or a dense ``(N, d)`` matrix
+scored by brute force in one block (the oracle the tests compare against). All return target
+ids (row numbers); excluded ids (known positives) never come back.
+
+Positive-aware filtering (NV-Retriever, Moreira et al. 2024): with ``s+`` the query's score for
+its own positive, a target is removed when its score is above ``s+ - margin`` (``absolute``) or
+``s+ - |s+| * margin`` (``relative``; the absolute value keeps the rule sign-safe when ``s+``
+is negative). The ceiling is an upper bound on the score: removed targets are excluded before
+drawing, so softmax draws are exact draws from the softmax restricted to the kept targets and
+top-k returns the top kept ranks. A query left with too few kept targets (1 for softmax,
+``skip_first + k`` for top-k) is mined without the filter and flagged in :class:`Mined`.
 
     ids = mine_negatives(index, q, 8, mode="softmax", temperature=0.05, exclude=rows, generator=g)
     ids = mine_negatives(vectors, q, 8, mode="topk", skip_first=3, exclude=rows)
+    mined = mine(store, q, 8, mode="softmax", exclude=rows, ceiling=c, generator=g)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from dualforge.mining._arrays import Array, as_matrix
+from dualforge.mining.stores import StoreParams, TreeStore, VectorStore, excluded_keys
 from dualforge.mining.tree import TreeIndex
 
 MiningMode = Literal["softmax", "topk"]
 """How negatives are picked: softmax draws or top-k with skip (the one list of modes)."""
 MODES: tuple[str, ...] = get_args(MiningMode)
+FilterRule = Literal["none", "absolute", "relative"]
+"""Positive-aware filtering: off, ``s > s+ - m`` removed, or ``s > s+ - |s+| p`` removed."""
+FILTERS: tuple[str, ...] = get_args(FilterRule)
+
+
+def positive_ceiling(positive_scores: torch.Tensor, rule: str, margin: float) -> torch.Tensor:
+    """``(Q,)`` highest score a kept negative may have (``+inf`` for ``none``).
+
+    Args:
+        positive_scores: ``(Q,)`` each query's score for its own positive (the same vectors as
+            the candidates).
+        rule: ``none``, ``absolute`` or ``relative``.
+        margin: ``m`` (score units) or ``p`` (a fraction of ``|s+|``).
+
+    Raises:
+        ValueError: For an unknown rule.
+    """
+    s = positive_scores.double()
+    if rule == "none":
+        return torch.full_like(s, math.inf)
+    if rule == "absolute":
+        return s - margin
+    if rule == "relative":
+        return s - s.abs() * margin
+    raise ValueError(f"filter rule {rule!r}; use one of {FILTERS}")
 
 
 def exclusion_matrix(rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -31,6 +70,21 @@ def exclusion_matrix(rows: Sequence[Sequence[int]]) -> np.ndarray:
     for i, r in enumerate(rows):
         out[i, : len(r)] = np.asarray(list(r), dtype=np.int64)
     return out
+
+
+@dataclass(frozen=True)
+class Mined:
+    """Negatives of a batch of queries and what the filter did.
+
+    Attributes:
+        ids: ``(Q, k)`` int64 target ids.
+        filtered: ``(Q,)`` int64 targets the filter removed per query (beyond the excluded).
+        fallback: ``(Q,)`` bool: the query kept too few targets and was mined unfiltered.
+    """
+
+    ids: np.ndarray
+    filtered: np.ndarray
+    fallback: np.ndarray
 
 
 def _excluded_mask(exclude: np.ndarray, n_points: int) -> torch.Tensor:
@@ -51,6 +105,21 @@ def _check_room(exclude: np.ndarray, n_points: int, need: int) -> None:
         )
 
 
+def _oracle_mask(
+    scores: torch.Tensor, exclude: np.ndarray, ceiling: torch.Tensor | None, need: int
+) -> tuple[torch.Tensor, Mined]:
+    """``(Q, N)`` removed pairs (excluded, or above a ceiling unless too few would stay)."""
+    excluded = _excluded_mask(exclude, scores.shape[1])
+    if ceiling is None:
+        zeros = np.zeros(scores.shape[0], np.int64)
+        return excluded, Mined(np.zeros((0, 0), np.int64), zeros, zeros.astype(bool))
+    above = (scores.double() > ceiling.double().unsqueeze(1)) & ~excluded
+    fallback = (scores.shape[1] - excluded.sum(1) - above.sum(1)) < need  # (Q,)
+    mask = excluded | (above & ~fallback.unsqueeze(1))
+    info = Mined(np.zeros((0, 0), np.int64), above.sum(1).numpy(), fallback.numpy())
+    return mask, info
+
+
 def brute_force_softmax(
     queries: Array,
     targets: Array,
@@ -58,12 +127,15 @@ def brute_force_softmax(
     temperature: float,
     exclude: np.ndarray,
     generator: torch.Generator,
+    ceiling: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """``(Q, k)`` i.i.d. draws from ``softmax(q·t / τ)`` over the non-excluded targets."""
+    """``(Q, k)`` i.i.d. draws from ``softmax(q·t / τ)`` over the kept targets (the oracle)."""
     q, t = as_matrix(queries, "queries"), as_matrix(targets, "targets")
     _check_room(exclude, t.shape[0], 1)
-    logits = (q @ t.T).double() / temperature
-    logits.masked_fill_(_excluded_mask(exclude, t.shape[0]), float("-inf"))
+    scores = q @ t.T
+    mask, _ = _oracle_mask(scores, exclude, ceiling, 1)
+    logits = scores.double() / temperature
+    logits.masked_fill_(mask, float("-inf"))
     probs = torch.softmax(logits, dim=1)
     return torch.multinomial(probs, k, replacement=True, generator=generator).numpy()
 
@@ -75,34 +147,92 @@ def _rank(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def brute_force_topk(
-    queries: Array, targets: Array, k: int, skip_first: int, exclude: np.ndarray
+    queries: Array,
+    targets: Array,
+    k: int,
+    skip_first: int,
+    exclude: np.ndarray,
+    ceiling: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """``(Q, k)`` ids ranked ``skip_first`` .. ``skip_first + k - 1`` among non-excluded targets."""
+    """``(Q, k)`` ids ranked ``skip_first`` .. ``skip_first + k - 1`` among kept targets."""
     q, t = as_matrix(queries, "queries"), as_matrix(targets, "targets")
     _check_room(exclude, t.shape[0], skip_first + k)
     scores = q @ t.T
-    scores.masked_fill_(_excluded_mask(exclude, t.shape[0]), float("-inf"))
+    mask, _ = _oracle_mask(scores, exclude, ceiling, skip_first + k)
+    scores.masked_fill_(mask, float("-inf"))
     top_s, top_i = torch.topk(scores, skip_first + k, dim=1)
     _, ids = _rank(top_s.numpy(), top_i.numpy())
     return ids[:, skip_first:]
 
 
-def tree_topk(
-    index: TreeIndex, queries: Array, k: int, skip_first: int, exclude: np.ndarray
-) -> np.ndarray:
-    """Like :func:`brute_force_topk`, by exact tree search over the index's vectors."""
-    _check_room(exclude, index.num_points, skip_first + k)
-    width = int((exclude >= 0).sum(axis=1).max()) if exclude.size else 0
-    _, ids = index.search(queries, skip_first + k + width)
-    out = np.empty((ids.shape[0], k), dtype=np.int64)
-    for row in range(ids.shape[0]):
-        kept = ids[row][~np.isin(ids[row], exclude[row][exclude[row] >= 0])]
-        out[row] = kept[skip_first : skip_first + k]
-    return out
+def _filter_keys(
+    store: VectorStore, q: torch.Tensor, keys: torch.Tensor, ceiling: torch.Tensor, need: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Exclusion keys with every target above the ceiling added (except for queries that would
+    keep fewer than ``need``), the per-query filtered counts and the fallback flags."""
+    n, n_q = store.num_points, q.shape[0]
+    qrow, ids = store.above(q, ceiling)
+    extra = qrow * n + ids
+    extra = extra[~torch.isin(extra, keys)]  # (R,) removed by the filter alone
+    filtered = torch.bincount(extra // n, minlength=n_q)  # (Q,)
+    left = n - torch.bincount(keys // n, minlength=n_q) - filtered
+    fallback = left < need
+    extra = extra[~fallback[extra // n]]
+    return torch.unique(torch.cat([keys, extra])), filtered.numpy(), fallback.numpy()
+
+
+def mine(
+    store: VectorStore,
+    queries: Array,
+    k: int,
+    *,
+    mode: str,
+    exclude: np.ndarray,
+    ceiling: torch.Tensor | None = None,
+    temperature: float = 0.05,
+    skip_first: int = 0,
+    generator: torch.Generator | None = None,
+) -> Mined:
+    """``k`` negatives per query from a store, filtered by ``ceiling`` (module docstring).
+
+    Args:
+        store: The target vectors.
+        queries: ``(Q, d)`` query vectors.
+        k: Negatives per query.
+        mode: ``"softmax"`` or ``"topk"``.
+        exclude: ``(Q, m)`` ids never to return per query, padded with ``-1``.
+        ceiling: ``(Q,)`` highest score a kept target may have (None: no filter).
+        temperature: ``τ`` of softmax mode.
+        skip_first: Top kept ranks skipped in top-k mode.
+        generator: Random generator of softmax mode, on the store's device (a fresh seeded one
+            when None).
+
+    Returns:
+        The ids, and the filter's counts and fallbacks.
+
+    Raises:
+        ValueError: For an unknown mode, or a query left with too few targets even unfiltered.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; use one of {MODES}")
+    need = 1 if mode == "softmax" else skip_first + k
+    _check_room(exclude, store.num_points, need)
+    q = torch.as_tensor(queries).detach().to(store.device, torch.float32)
+    keys = excluded_keys(exclude, q.shape[0], store.num_points)
+    filtered = np.zeros(q.shape[0], np.int64)
+    fallback = np.zeros(q.shape[0], bool)
+    if ceiling is not None:
+        keys, filtered, fallback = _filter_keys(store, q, keys, ceiling, need)
+    if mode == "topk":
+        ids = store.topk(q, need, excluded=keys)[1][:, skip_first:]
+    else:
+        gen = generator or torch.Generator(store.device).manual_seed(0)
+        ids = store.sample(q, k, temperature=temperature, excluded=keys, generator=gen)
+    return Mined(ids.numpy(), filtered, fallback)
 
 
 def mine_negatives(
-    source: TreeIndex | Array,
+    source: VectorStore | TreeIndex | Array,
     queries: Array,
     k: int,
     *,
@@ -113,11 +243,13 @@ def mine_negatives(
     generator: torch.Generator | None = None,
     eta: float = 0.25,
     backend: str = "auto",
+    ceiling: torch.Tensor | None = None,
 ) -> np.ndarray:
     """``(Q, k)`` negative target ids for each query.
 
     Args:
-        source: A tree index, or ``(N, d)`` target vectors scored by brute force.
+        source: A vector store, a tree index, or ``(N, d)`` target vectors scored by brute
+            force in one block (the oracle).
         queries: ``(Q, d)`` query vectors.
         k: Negatives per query.
         mode: ``"softmax"`` (i.i.d. draws, with replacement, from ``softmax(q·t / τ)``) or
@@ -130,6 +262,7 @@ def mine_negatives(
         backend: Tree sampler backend, ``"torch"``, ``"numba"`` or ``"auto"`` (numba when
             installed). Both draw from the exact softmax, but from different random streams:
             one seed gives different negatives on each.
+        ceiling: ``(Q,)`` positive-aware filter ceilings (see :func:`positive_ceiling`).
 
     Returns:
         ``(Q, k)`` int64 target ids.
@@ -139,21 +272,14 @@ def mine_negatives(
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; use one of {MODES}")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     if isinstance(source, TreeIndex):
-        if mode == "topk":
-            return tree_topk(source, queries, k, skip_first, exclude)
-        _check_room(exclude, source.num_points, 1)
-        _, ids, _ = source.sample(
-            queries,
-            k,
-            temperature=temperature,
-            exclude=exclude,
-            eta=eta,
-            generator=gen,
-            backend=backend,
-        )
-        return ids
+        source = TreeStore(source, StoreParams(eta=eta, backend=backend))
+    if not isinstance(source, (np.ndarray, torch.Tensor)):
+        return mine(
+            source, queries, k, mode=mode, exclude=exclude, ceiling=ceiling,
+            temperature=temperature, skip_first=skip_first, generator=generator,
+        ).ids  # fmt: skip
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     if mode == "topk":
-        return brute_force_topk(queries, source, k, skip_first, exclude)
-    return brute_force_softmax(queries, source, k, temperature, exclude, gen)
+        return brute_force_topk(queries, source, k, skip_first, exclude, ceiling)
+    return brute_force_softmax(queries, source, k, temperature, exclude, gen, ceiling)

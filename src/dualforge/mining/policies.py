@@ -1,14 +1,17 @@
 """When and how the target vectors that mining reads are refreshed: one small policy a strategy.
 
-A policy owns no model: it gets an ``encode(rows)`` callable that returns fresh target vectors
-(``rows`` None: all of them), and keeps a :class:`TargetVectors` up to date:
+A policy owns no model and encodes nothing: it plans which rows to re-encode before a step
+(:meth:`Policy.plan`), and applies their fresh vectors (:meth:`Policy.apply`) to keep a
+:class:`TargetVectors` (a :class:`~dualforge.mining.stores.VectorStore` built by its spec) up to
+date. Whoever holds the model encodes in between: :func:`refresh` in one process, the mining
+protocol (``train/shared_mining.py``) sharded over several.
 
-* :class:`StaticPolicy`: build a tree index once from the initial vectors, never refresh;
-* :class:`RefreshPolicy`: re-encode every target and rebuild the tree every ``every`` steps;
-* :class:`OraclePolicy`: re-encode every target every step; brute force over a dense matrix;
+* :class:`StaticPolicy`: build a store once from the initial vectors, never refresh;
+* :class:`RefreshPolicy`: re-encode every target and rebuild the store every ``every`` steps;
+* :class:`OraclePolicy`: re-encode every target every step; brute force (a flat store);
 * :class:`DynamicPolicy`: build once; then every ``every`` steps re-encode landmarks (plus a
   held-out sample that measures the drift error, and targets seen since the last refresh),
-  Nyström-correct the rest and update the tree in place (Monath et al. 2023).
+  Nyström-correct the rest and update the store in place (Monath et al. 2023).
 
 ``in_batch`` training mines nothing and has no policy. A refresh returns a
 :class:`RefreshReport`; logging it is the caller's business.
@@ -18,16 +21,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from dualforge.mining.nystrom import choose_landmarks, correct_drift, drift_error
-from dualforge.mining.tree import TreeIndex
+from dualforge.mining.stores import StoreSpec, VectorStore, load_store, make_store
 
-EncodeRows = Callable[[np.ndarray | None], np.ndarray]  # rows (None: all) -> (len, d) float32
+EncodeRows = Callable[[np.ndarray], torch.Tensor]  # (R,) rows -> (R, d) fresh vectors
 
 
 @dataclass
@@ -36,62 +39,63 @@ class TargetVectors:
 
     Attributes:
         last_encoded: ``(N,)`` step of each target's last encode (-1: never).
-        index: The tree over the vectors (tree strategies), or None.
-        dense: ``(N, d)`` vectors scored by brute force (the oracle), or None.
+        spec: Which store holds them (``mining.index``) and how it is built.
+        store: The store, or None before the first refresh.
         last_refresh: Step of the last refresh (0: none yet).
     """
 
     last_encoded: np.ndarray
-    index: TreeIndex | None = None
-    dense: np.ndarray | None = None
+    spec: StoreSpec = field(default_factory=StoreSpec)
+    store: VectorStore | None = None
     last_refresh: int = 0
 
     @classmethod
-    def empty(cls, num_targets: int) -> TargetVectors:
+    def empty(cls, num_targets: int, spec: StoreSpec | None = None) -> TargetVectors:
         """No vectors yet for ``num_targets`` targets."""
-        return cls(np.full(num_targets, -1, dtype=np.int64))
+        return cls(np.full(num_targets, -1, dtype=np.int64), spec or StoreSpec())
 
     @property
     def built(self) -> bool:
         """Whether there are vectors to mine from."""
-        return self.index is not None or self.dense is not None
+        return self.store is not None
 
-    def source(self) -> TreeIndex | np.ndarray:
-        """What to mine from: the tree, else the dense matrix.
+    def source(self) -> VectorStore:
+        """The store to mine from.
 
         Raises:
             RuntimeError: Before the first refresh.
         """
-        if self.index is not None:
-            return self.index
-        if self.dense is not None:
-            return self.dense
-        raise RuntimeError("no target vectors yet: refresh before mining (a dualforge bug)")
+        if self.store is None:
+            raise RuntimeError("no target vectors yet: refresh before mining (a dualforge bug)")
+        return self.store
 
     def current(self) -> np.ndarray | None:
-        """The ``(N, d)`` vectors in id order, or None before the first refresh."""
-        return self.index.vectors().numpy() if self.index is not None else self.dense
+        """The ``(N, d)`` vectors in id order (on the CPU), or None before the first refresh."""
+        return None if self.store is None else self.store.vectors().cpu().numpy()
 
     def memory_bytes(self) -> int:
-        """Host memory of the index (or of the dense matrix)."""
-        if self.index is not None:
-            return self.index.memory_bytes()
-        return 0 if self.dense is None else int(self.dense.nbytes)
+        """Memory of the store (0 before the first refresh)."""
+        return 0 if self.store is None else self.store.memory_bytes()
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and plain values (the dense matrix is not kept: the oracle re-encodes)."""
+        """Tensors and plain values."""
+        store = self.store
         return {
             "last_encoded": torch.from_numpy(self.last_encoded.copy()),
             "last_refresh": self.last_refresh,
-            "index": None if self.index is None else self.index.state_dict(),
+            "store": None if store is None else {"name": store.name, **store.state_dict()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (the store built with this ``spec``)."""
         self.last_encoded = state["last_encoded"].numpy().copy()
         self.last_refresh = int(state["last_refresh"])
-        index = state["index"]
-        self.index = None if index is None else TreeIndex.from_state_dict(dict(index))
+        saved = state.get("store")
+        if saved is None:
+            self.store = None
+            return
+        rest = {k: v for k, v in saved.items() if k != "name"}
+        self.store = load_store(saved["name"], rest, self.spec.params)
 
 
 @dataclass(frozen=True)
@@ -126,18 +130,23 @@ class RefreshReport:
 
 
 class Policy(Protocol):
-    """What the miner asks of a strategy."""
+    """What the miner asks of a strategy: a refresh is planned (which rows to re-encode), the
+    rows are encoded by whoever holds the model (sharded under several processes), then
+    applied. :func:`refresh` runs the three in one process."""
 
     name: str
 
-    def due(self, step: int, targets: TargetVectors) -> bool:
-        """Whether ``targets`` must be (re)made before ``step``."""
+    def plan(self, step: int, targets: TargetVectors) -> np.ndarray | None:
+        """Rows to re-encode before ``step``: ``(R,)`` int64 ids (``arange(N)``: all), or None
+        when no refresh is due."""
         ...
 
-    def refresh(
-        self, step: int, targets: TargetVectors, encode: EncodeRows
-    ) -> RefreshReport | None:
-        """Make ``targets`` current for ``step``; a report of what was done (None: not logged)."""
+    def apply(
+        self, step: int, targets: TargetVectors, rows: np.ndarray, fresh: torch.Tensor,
+        encode_seconds: float,
+    ) -> RefreshReport | None:  # fmt: skip
+        """Make ``targets`` current from the planned rows' fresh ``(R, d)`` vectors; a report
+        of what was done (None: not logged)."""
         ...
 
     def observe(self, rows: np.ndarray) -> None:
@@ -153,33 +162,41 @@ class Policy(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class TreeParams:
-    """How tree indexes are built: branching, leaf size, seed."""
+def refresh(
+    policy: Policy, step: int, targets: TargetVectors, encode: EncodeRows
+) -> tuple[bool, RefreshReport | None]:
+    """Plan, encode and apply a refresh in this process: ``(refreshed, report)``."""
+    rows = policy.plan(step, targets)
+    if rows is None:
+        return False, None
+    tick = time.perf_counter()
+    fresh = encode(rows)
+    report = policy.apply(step, targets, rows, fresh, time.perf_counter() - tick)
+    targets.last_refresh = step
+    return True, report
 
-    branching: int = 16
-    leaf_size: int = 64
-    seed: int = 0
+
+def everything(targets: TargetVectors) -> np.ndarray:
+    """Every row: ``arange(N)``."""
+    return np.arange(len(targets.last_encoded), dtype=np.int64)
 
 
 def rebuild(
-    step: int, targets: TargetVectors, encode: EncodeRows, tree: TreeParams
+    step: int, targets: TargetVectors, fresh: torch.Tensor, encode_seconds: float
 ) -> RefreshReport:
-    """Re-encode every target and build a new tree over them."""
+    """A new store over every target's fresh vectors."""
     tick = time.perf_counter()
     old = targets.current()
-    fresh = encode(None)
-    encoded = time.perf_counter() - tick
     targets.last_encoded[:] = step
-    targets.index = TreeIndex.build(
-        fresh, branching=tree.branching, leaf_size=tree.leaf_size, seed=tree.seed
-    )
+    targets.store = targets.spec.build(fresh)
     fields: dict[str, Any] = {}
     if old is not None:
-        fields["drift_error_stale"] = drift_error(old, fresh)
+        fields["drift_error_stale"] = drift_error(old, fresh.cpu().numpy())
     kind = "rebuild" if old is not None else "build"
-    seconds = time.perf_counter() - tick
-    return RefreshReport(step, kind, len(fresh), encoded, seconds, targets.memory_bytes(), fields)
+    seconds = time.perf_counter() - tick + encode_seconds
+    return RefreshReport(
+        step, kind, len(fresh), encode_seconds, seconds, targets.memory_bytes(), fields
+    )
 
 
 class _Stateless:
@@ -201,47 +218,55 @@ class StaticPolicy(_Stateless):
 
     name = "static"
 
-    def __init__(self, tree: TreeParams) -> None:
-        self.tree = tree
+    def plan(self, step: int, targets: TargetVectors) -> np.ndarray | None:
+        """Every row, before the first step only."""
+        return None if targets.built else everything(targets)
 
-    def due(self, step: int, targets: TargetVectors) -> bool:
-        """Only before the first step."""
-        return not targets.built
-
-    def refresh(self, step: int, targets: TargetVectors, encode: EncodeRows) -> RefreshReport:
-        """Build the tree."""
-        return rebuild(step, targets, encode, self.tree)
+    def apply(
+        self, step: int, targets: TargetVectors, rows: np.ndarray, fresh: torch.Tensor,
+        encode_seconds: float,
+    ) -> RefreshReport:  # fmt: skip
+        """Build the store."""
+        return rebuild(step, targets, fresh, encode_seconds)
 
 
 class RefreshPolicy(_Stateless):
-    """Re-encode every target and rebuild the tree every ``every`` steps."""
+    """Re-encode every target and rebuild the store every ``every`` steps."""
 
     name = "refresh"
 
-    def __init__(self, every: int, tree: TreeParams) -> None:
-        self.every, self.tree = every, tree
+    def __init__(self, every: int) -> None:
+        self.every = every
 
-    def due(self, step: int, targets: TargetVectors) -> bool:
-        """First, then every ``every`` steps."""
-        return not targets.built or step - targets.last_refresh >= self.every
+    def plan(self, step: int, targets: TargetVectors) -> np.ndarray | None:
+        """Every row: first, then every ``every`` steps."""
+        due = not targets.built or step - targets.last_refresh >= self.every
+        return everything(targets) if due else None
 
-    def refresh(self, step: int, targets: TargetVectors, encode: EncodeRows) -> RefreshReport:
-        """Rebuild the tree from fresh vectors."""
-        return rebuild(step, targets, encode, self.tree)
+    def apply(
+        self, step: int, targets: TargetVectors, rows: np.ndarray, fresh: torch.Tensor,
+        encode_seconds: float,
+    ) -> RefreshReport:  # fmt: skip
+        """Rebuild the store from fresh vectors."""
+        return rebuild(step, targets, fresh, encode_seconds)
 
 
 class OraclePolicy(_Stateless):
-    """Re-encode every target every step (brute force; small corpora only)."""
+    """Re-encode every target every step; brute force (a ``flat`` store whatever
+    ``mining.index`` says; small corpora only)."""
 
     name = "oracle"
 
-    def due(self, step: int, targets: TargetVectors) -> bool:
-        """Always."""
-        return True
+    def plan(self, step: int, targets: TargetVectors) -> np.ndarray:
+        """Every row, every step."""
+        return everything(targets)
 
-    def refresh(self, step: int, targets: TargetVectors, encode: EncodeRows) -> None:
-        """Fresh dense vectors (not reported: it happens every step)."""
-        targets.dense = encode(None)
+    def apply(
+        self, step: int, targets: TargetVectors, rows: np.ndarray, fresh: torch.Tensor,
+        encode_seconds: float,
+    ) -> None:  # fmt: skip
+        """Fresh flat vectors (not reported: it happens every step)."""
+        targets.store = make_store("flat", fresh, targets.spec.params)
         targets.last_encoded[:] = step
 
 
@@ -272,17 +297,24 @@ class DriftParams:
 
 class DynamicPolicy:
     """Build once; every ``every`` steps re-encode landmarks (+ held-out, + recent targets),
-    Nyström-correct the others and update the tree in place."""
+    Nyström-correct the others and update the store in place."""
 
     name = "dynamic"
 
-    def __init__(self, every: int, tree: TreeParams, drift: DriftParams) -> None:
-        self.every, self.tree, self.drift = every, tree, drift
+    def __init__(self, every: int, drift: DriftParams, seed: int = 0) -> None:
+        self.every, self.drift, self.seed = every, drift, seed
         self.recent: dict[int, None] = {}  # targets seen in batches since the last refresh
+        self._split: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def due(self, step: int, targets: TargetVectors) -> bool:
-        """First, then every ``every`` steps."""
-        return not targets.built or step - targets.last_refresh >= self.every
+    def plan(self, step: int, targets: TargetVectors) -> np.ndarray | None:
+        """Every row first; then every ``every`` steps landmarks, held-out and recent rows."""
+        if not targets.built:
+            self._split = None
+            return everything(targets)
+        if step - targets.last_refresh < self.every:
+            return None
+        self._split = self.refresh_rows(step, len(targets.last_encoded))
+        return np.concatenate(self._split)
 
     def observe(self, rows: np.ndarray) -> None:
         """Move ``rows`` to the most recent end of the recently seen targets."""
@@ -290,24 +322,30 @@ class DynamicPolicy:
             self.recent.pop(int(r), None)
             self.recent[int(r)] = None
 
-    def refresh(self, step: int, targets: TargetVectors, encode: EncodeRows) -> RefreshReport:
-        """Build the tree the first time, then Nyström-update it."""
-        if targets.index is None:
-            report = rebuild(step, targets, encode, self.tree)
+    def apply(
+        self, step: int, targets: TargetVectors, rows: np.ndarray, fresh: torch.Tensor,
+        encode_seconds: float,
+    ) -> RefreshReport:  # fmt: skip
+        """Build the store the first time, then Nyström-update it."""
+        if self._split is None or targets.store is None:
+            report = rebuild(step, targets, fresh, encode_seconds)
         else:
-            report = self._update(step, targets.index, targets, encode)
+            report = self._update(step, targets.store, targets, fresh.cpu().numpy())
+            report = replace(report, encode_seconds=encode_seconds,
+                             seconds=report.seconds + encode_seconds)  # fmt: skip
         self.recent.clear()
+        self._split = None
         return report
 
     def _update(
-        self, step: int, index: TreeIndex, targets: TargetVectors, encode: EncodeRows
+        self, step: int, store: VectorStore, targets: TargetVectors, fresh: np.ndarray
     ) -> RefreshReport:
         tick = time.perf_counter()
-        landmarks, holdout, recent = self.refresh_rows(step, len(targets.last_encoded))
-        rows = np.concatenate([landmarks, holdout, recent])
-        fresh = encode(rows)  # (len(rows), d)
-        encoded = time.perf_counter() - tick
-        stale = index.vectors().numpy()
+        if self._split is None:
+            raise RuntimeError("DynamicPolicy.apply without a plan (a dualforge bug)")
+        landmarks, holdout, recent = self._split
+        rows = np.concatenate(self._split)
+        stale = store.vectors().cpu().numpy()
         d = self.drift
         estimate = correct_drift(
             stale, landmarks, fresh[: len(landmarks)], ridge=d.ridge, residual=d.residual,
@@ -322,17 +360,17 @@ class DynamicPolicy:
             fields["drift_error_corrected"] = drift_error(estimate[holdout], truth)
             fields["holdout"] = len(holdout)
         estimate[rows] = fresh
-        stats = index.update_all(estimate, looseness=d.looseness)
+        fields.update(store.replace(torch.from_numpy(estimate)))
         targets.last_encoded[rows] = step
-        fields.update(recent=len(recent), subtrees_rebuilt=stats.subtrees_rebuilt)
+        fields["recent"] = len(recent)
         seconds = time.perf_counter() - tick
         return RefreshReport(
-            step, "nystrom", len(rows), encoded, seconds, targets.memory_bytes(), fields
+            step, "nystrom", len(rows), 0.0, seconds, targets.memory_bytes(), fields
         )
 
     def refresh_rows(self, step: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Landmarks, held-out rows and recent rows to re-encode (disjoint, seeded by step)."""
-        d, seed = self.drift, self.tree.seed
+        d, seed = self.drift, self.seed
         m = round(d.landmarks * n) if d.landmarks < 1 else int(d.landmarks)
         landmarks = choose_landmarks(n, min(max(m, 1), n), seed=seed * 1_000_003 + step)
         rest = np.setdiff1d(np.arange(n), landmarks)

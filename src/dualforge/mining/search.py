@@ -129,3 +129,40 @@ def tree_search(tree: TreeArrays, queries: Tensor, k: int, per_round: int) -> tu
         rest = ~sel
         fq, fnode, fub = merge([[fq[rest], fnode[rest], fub[rest]], [cq, cn, cub]], n)
     return best
+
+
+def tree_above(tree: TreeArrays, queries: Tensor, ceiling: Tensor) -> tuple[Tensor, Tensor]:
+    """Every (query, point) pair scoring strictly above the query's ceiling, by branch and bound.
+
+    A node whose upper bound is at most the ceiling holds no such point and is dropped; the
+    other leaves are scored exactly (points are tested on their own scores, never on a bound, so
+    that the result agrees with brute force up to the rounding of one dot product). The cost
+    grows with the number of points near or above the ceiling, not with N.
+
+    Args:
+        tree: The tree.
+        queries: ``(Q, d)`` float32 queries.
+        ceiling: ``(Q,)`` float32 scores; ``+inf`` selects nothing for that query.
+
+    Returns:
+        ``(qrow, positions)``: ``(P,)`` int64 each, sorted by query.
+    """
+    n = queries.shape[0]
+    radii, qnorm = bound_radii(tree), torch.linalg.vector_norm(queries, dim=1)
+    fq, fnode = torch.arange(n), torch.zeros(n, dtype=torch.int64)
+    found_q, found_p = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)]
+    while len(fq):
+        ub, _ = node_bounds(tree, radii, queries, qnorm, fq, fnode)
+        live = ub > ceiling[fq]
+        leaf = live & (tree.child_count[fnode] == 0)
+        pos, seg = expand_ranges(tree.starts[fnode[leaf]], tree.counts[fnode[leaf]])
+        pq = fq[leaf][seg]
+        hit = row_dots(queries, pq, tree.vectors, pos) > ceiling[pq]
+        found_q.append(pq[hit])
+        found_p.append(pos[hit])
+        inner = live & ~leaf
+        fnode, seg = expand_ranges(tree.child_start[fnode[inner]], tree.child_count[fnode[inner]])
+        fq = fq[inner][seg]
+    qrow, positions = torch.cat(found_q), torch.cat(found_p)
+    order = torch.argsort(qrow, stable=True)
+    return qrow[order], positions[order]

@@ -12,7 +12,9 @@ Known positives of a query (qrels) are never mined.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -20,7 +22,9 @@ import torch
 
 from dualforge.config import MiningConfig
 from dualforge.data import Batch
-from dualforge.mining import exclusion_matrix, mine_negatives, resolve_backend
+from dualforge.data.beir import load_qrels
+from dualforge.mining import exclusion_matrix, resolve_backend
+from dualforge.mining.negatives import Mined, mine, positive_ceiling
 from dualforge.mining.policies import (
     DriftParams,
     DynamicPolicy,
@@ -30,137 +34,230 @@ from dualforge.mining.policies import (
     RefreshReport,
     StaticPolicy,
     TargetVectors,
-    TreeParams,
+    refresh,
 )
+from dualforge.mining.stores import StoreParams, StoreSpec
 
 Side = Literal["query", "document"]
-Encode = Callable[[list[str], Side], np.ndarray]  # texts, side -> (len(texts), d) float32
+Encode = Callable[[list[str], Side], torch.Tensor]  # texts, side -> (len(texts), d) float32
+
+
+@dataclass(frozen=True)
+class Draws:
+    """How negatives are drawn (plain values from the ``mining:`` section).
+
+    Attributes:
+        num_negatives: Negatives per query.
+        mode: ``softmax`` (draws at ``temperature``) or ``topk`` (after ``skip_first``).
+        temperature: Softmax temperature of the draws.
+        skip_first: Top ranks skipped in top-k mode.
+        filter: Positive-aware filter rule, ``none`` / ``absolute`` / ``relative``.
+        margin: The filter's margin (score units, or a fraction of ``|s+|``).
+        probe: Top ranks inspected per step for telemetry (0: off).
+    """
+
+    num_negatives: int = 4
+    mode: str = "softmax"
+    temperature: float = 0.05
+    skip_first: int = 0
+    filter: str = "none"
+    margin: float = 0.05
+    probe: int = 0
+
+
+class Targets:
+    """The training corpus as mining targets: ids, texts and row numbers (every rank holds it).
+
+    Args:
+        corpus: Target id -> text.
+
+    Raises:
+        ValueError: An empty corpus.
+    """
+
+    def __init__(self, corpus: Mapping[str, str]) -> None:
+        if not corpus:
+            raise ValueError("negative mining needs a non-empty training corpus")
+        self.ids = list(corpus)
+        self.texts = [corpus[i] for i in self.ids]
+        self.row = {doc_id: r for r, doc_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fill(self, batch: Batch, rows: np.ndarray) -> Batch:
+        """``batch`` with the ``(Q, k)`` target rows as its negatives."""
+        return batch.with_negatives(
+            [[self.texts[int(r)] for r in row] for row in rows],
+            [[self.ids[int(r)] for r in row] for row in rows],
+        )
 
 
 class NegativeMiner:
-    """Mines ``num_negatives`` negatives per query under one policy (see the module docstring).
+    """Mines negatives per query under one policy (see the module docstring).
+
+    One process calls :meth:`prepare`; under several, the mining protocol calls its parts
+    (:meth:`plan`, :meth:`refresh`, :meth:`draw`) around the sharded encodes.
 
     Args:
         policy: When and how the target vectors are refreshed.
         encode: ``encode(texts, side)`` -> fresh ``(len(texts), d)`` embeddings (no grad).
         corpus: Target id -> text (the training corpus).
         known_positives: Query id -> ids of its relevant documents; never mined.
-        num_negatives: Negatives per query.
-        mode: ``"softmax"`` (draws at ``temperature``) or ``"topk"`` (after ``skip_first``).
-        temperature: Softmax temperature of the draws.
-        skip_first: Top ranks skipped in top-k mode.
-        eta: Tree sampler refinement threshold (cost only).
-        backend: Tree sampler backend, resolved: ``"torch"`` or ``"numba"``.
+        draws: How negatives are drawn.
+        spec: The store the target vectors live in.
         seed: Seed of the per-step draws.
-
-    Raises:
-        ValueError: An empty corpus.
+        checks: Query id -> ids known to be unlabelled positives (telemetry only), or None.
     """
 
     def __init__(
         self,
         policy: Policy,
         encode: Encode,
-        corpus: Mapping[str, str],
+        corpus: Mapping[str, str] | Targets,
         known_positives: Mapping[str, set[str]],
         *,
-        num_negatives: int,
-        mode: str = "softmax",
-        temperature: float = 0.05,
-        skip_first: int = 0,
-        eta: float = 0.25,
-        backend: str = "torch",
+        draws: Draws,
+        spec: StoreSpec | None = None,
         seed: int = 0,
+        checks: Mapping[str, set[str]] | None = None,
     ) -> None:
-        if not corpus:
-            raise ValueError("negative mining needs a non-empty training corpus")
-        self.policy, self.encode, self.seed = policy, encode, seed
-        self.num_negatives, self.mode, self.temperature = num_negatives, mode, temperature
-        self.skip_first, self.eta, self.backend = skip_first, eta, backend
-        self.ids = list(corpus)
-        self.texts = [corpus[i] for i in self.ids]
-        self.row = {doc_id: r for r, doc_id in enumerate(self.ids)}
-        self.known = {
-            q: {self.row[d] for d in docs if d in self.row} for q, docs in known_positives.items()
-        }
-        self.targets = TargetVectors.empty(len(self.ids))
+        self.policy, self.encode, self.draws, self.seed = policy, encode, draws, seed
+        self.corpus = corpus if isinstance(corpus, Targets) else Targets(corpus)
+        self.known = self._rows_of(known_positives)
+        self.checks = None if checks is None else self._rows_of(checks)
+        self.targets = TargetVectors.empty(len(self.corpus), spec)
         self.counts = {"mined": 0, "positive_hits": 0, "refreshes": 0}
-        self.last_hits = (0, 0)
+        self.last: dict[str, Any] = {"mined_positive_fraction": 0.0}
+
+    def _rows_of(self, pairs: Mapping[str, set[str]]) -> dict[str, set[int]]:
+        row = self.corpus.row
+        return {q: {row[d] for d in docs if d in row} for q, docs in pairs.items()}
 
     @property
     def num_targets(self) -> int:
         """Number of targets (documents of the training corpus)."""
-        return len(self.ids)
+        return len(self.corpus)
 
-    def encode_targets(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Fresh ``(len(rows), d)`` embeddings of targets (all when ``rows`` is None)."""
-        texts = self.texts if rows is None else [self.texts[int(r)] for r in rows]
-        return self.encode(texts, "document")
+    @property
+    def backend(self) -> str:
+        """The store and, for a tree, its sampler kernels (logged at the start)."""
+        spec = self.targets.spec
+        return spec.params.backend if spec.name == "tree" else f"flat:{spec.params.device}"
 
-    def maintain(self, step: int) -> RefreshReport | None:
-        """Refresh the target vectors when the policy says so; the report, if any."""
-        if not self.policy.due(step, self.targets):
-            return None
-        report = self.policy.refresh(step, self.targets, self.encode_targets)
+    def plan(self, step: int) -> np.ndarray | None:
+        """Target rows to re-encode before ``step`` (None: no refresh due)."""
+        return self.policy.plan(step, self.targets)
+
+    def refresh(
+        self, step: int, rows: np.ndarray, fresh: torch.Tensor, encode_seconds: float
+    ) -> RefreshReport | None:
+        """Apply a planned refresh's fresh vectors; its report, if any."""
+        report = self.policy.apply(step, self.targets, rows, fresh, encode_seconds)
         self.targets.last_refresh = step
         self.counts["refreshes"] += 1
         return report
 
     def prepare(self, batch: Batch, step: int) -> tuple[Batch, RefreshReport | None]:
-        """Refresh when due, then ``batch`` with mined negatives, and the refresh's report.
+        """One process: refresh when due, then ``batch`` with mined negatives, and the report.
 
         Args:
             batch: A sampler batch (its own negatives, if any, are replaced).
             step: The 1-based step this batch is for.
         """
-        report = self.maintain(step)
-        exclude = exclusion_matrix(self._excluded(batch))
-        q = self.encode(list(batch.queries), "query")
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        rows = mine_negatives(
-            self.targets.source(), q, self.num_negatives, mode=self.mode, exclude=exclude,
-            temperature=self.temperature, skip_first=self.skip_first, generator=gen,
-            eta=self.eta, backend=self.backend,
-        )  # fmt: skip
-        self._count_hits(batch, rows)
-        seen = [self.row[p] for p in batch.positive_ids if p is not None and p in self.row]
-        self.policy.observe(np.concatenate([np.asarray(seen, np.int64), rows.reshape(-1)]))
-        mined = batch.with_negatives(
-            [[self.texts[int(r)] for r in row] for row in rows],
-            [[self.ids[int(r)] for r in row] for row in rows],
-        )
-        return mined, report
 
-    def _excluded(self, batch: Batch) -> list[list[int]]:
+        def encode_rows(rows: np.ndarray) -> torch.Tensor:
+            return self.encode([self.corpus.texts[int(r)] for r in rows], "document")
+
+        done, report = refresh(self.policy, step, self.targets, encode_rows)
+        if done:
+            self.counts["refreshes"] += 1
+        rows = self.draw(batch, step, self.encode(list(batch.queries), "query"))
+        return self.corpus.fill(batch, rows), report
+
+    def draw(self, batch: Batch, step: int, queries: torch.Tensor) -> np.ndarray:
+        """``(Q, k)`` target rows for the batch's queries (their ``(Q, d)`` vectors)."""
+        d, store = self.draws, self.targets.source()
+        q = queries.to(store.device, torch.float32)
+        own = self._own_rows(batch)
+        ceiling = None if d.filter == "none" else self._ceiling(q, own)
+        gen = torch.Generator(store.device).manual_seed(self.seed * 1_000_003 + step)
+        mined = mine(
+            store, q, d.num_negatives, mode=d.mode, exclude=exclusion_matrix(self._excluded(batch, own)),
+            ceiling=ceiling, temperature=d.temperature, skip_first=d.skip_first, generator=gen,
+        )  # fmt: skip
+        self._telemetry(batch, q, own, ceiling, mined)
+        seen = np.asarray([r for r in own if r >= 0], np.int64)
+        self.policy.observe(np.concatenate([seen, mined.ids.reshape(-1)]))
+        return mined.ids
+
+    def _own_rows(self, batch: Batch) -> list[int]:
+        """Each query's own positive as a target row (-1: not in the corpus)."""
+        row = self.corpus.row
+        return [row.get(p, -1) if p is not None else -1 for p in batch.positive_ids]
+
+    def _ceiling(self, q: torch.Tensor, own: list[int]) -> torch.Tensor:
+        """``(Q,)`` filter ceilings from the store's vectors of each query's positive."""
+        store, rows = self.targets.source(), torch.tensor(own)
+        pos = store.vectors(rows.clamp(min=0)).to(q.device)  # (Q, d)
+        s_pos = (q * pos).sum(1).double().cpu()  # (Q,)
+        ceiling = positive_ceiling(s_pos, self.draws.filter, self.draws.margin)
+        return torch.where(rows >= 0, ceiling, math.inf)
+
+    def _excluded(self, batch: Batch, own: list[int]) -> list[list[int]]:
         """Rows never to mine per query: its known positives and its own positive."""
         out = []
-        for qid, pid in zip(batch.query_ids, batch.positive_ids):
+        for qid, r in zip(batch.query_ids, own):
             rows = set(self.known.get(qid, set())) if qid is not None else set()
-            if pid is not None and pid in self.row:
-                rows.add(self.row[pid])
+            if r >= 0:
+                rows.add(r)
             out.append(sorted(rows))
         return out
 
-    def _count_hits(self, batch: Batch, rows: np.ndarray) -> None:
-        """Count mined negatives that are labelled positives of their query (should be 0)."""
-        hits = sum(
-            int(np.isin(r, list(self.known.get(qid, ())) or [-1]).sum())
-            for qid, r in zip(batch.query_ids, rows)
-            if qid is not None
-        )
-        self.last_hits = (hits, rows.size)
-        self.counts["mined"] += rows.size
+    def _telemetry(
+        self, batch: Batch, q: torch.Tensor, own: list[int], ceiling: torch.Tensor | None,
+        mined: Mined,
+    ) -> None:  # fmt: skip
+        """What this step's draw did (read by :meth:`telemetry`)."""
+        ids, qids = mined.ids, list(batch.query_ids)
+        hits = _hits(qids, ids, self.known)
+        self.counts["mined"] += ids.size
         self.counts["positive_hits"] += hits
+        last: dict[str, Any] = {"mined_positive_fraction": hits / max(ids.size, 1)}
+        if ceiling is not None:
+            last["filtered_mean"] = float(mined.filtered.mean())
+            last["filter_fallbacks"] = int(mined.fallback.sum())
+        if self.checks is not None:
+            last["planted_rate"] = _hits(qids, ids, self.checks) / max(ids.size, 1)
+        if self.draws.probe > 0:
+            last.update(self._probe(qids, q, own, ceiling))
+        self.last = last
+
+    def _probe(
+        self, qids: list[str | None], q: torch.Tensor, own: list[int], ceiling: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Of each query's top ``probe`` targets (nothing excluded): the fractions that the
+        qrels exclusion and the filter remove."""
+        store = self.targets.source()
+        k = min(self.draws.probe, store.num_points)
+        scores, rows = store.topk(q, k, excluded=torch.zeros(0, dtype=torch.int64))  # (Q, k)
+        known = [set(self.known.get(qid, set())) | {r} if qid is not None else {r}
+                 for qid, r in zip(qids, own)]  # fmt: skip
+        is_known = np.array([[int(r) in kn for r in row] for kn, row in zip(known, rows.tolist())])
+        out = {"probe_qrels_fraction": float(is_known.mean())}
+        if ceiling is not None:
+            above = (scores.double() > ceiling.unsqueeze(1)).numpy() & ~is_known
+            out["probe_filter_fraction"] = float(above.mean())
+        return out
 
     def telemetry(self, step: int) -> dict[str, Any]:
-        """Staleness, steps since the refresh, labelled-positive fraction and index memory."""
+        """Staleness, steps since the refresh, the last draw's fractions and store memory."""
         age = step - self.targets.last_encoded
-        hits, mined = self.last_hits
         return {
             "staleness_mean": float(age.mean()),
             "staleness_max": int(age.max()),
             "steps_since_refresh": step - self.targets.last_refresh,
-            "mined_positive_fraction": hits / max(mined, 1),
+            **self.last,
             "index_bytes": self.targets.memory_bytes(),
         }
 
@@ -190,27 +287,60 @@ class NegativeMiner:
         self.policy.load_state_dict(state["policy"])
 
 
+def _hits(qids: list[str | None], rows: np.ndarray, pairs: Mapping[str, set[int]]) -> int:
+    """How many mined rows are in their query's set of ``pairs``."""
+    return sum(
+        int(np.isin(r, list(pairs.get(qid, ())) or [-1]).sum())
+        for qid, r in zip(qids, rows)
+        if qid is not None
+    )
+
+
+def load_checks(path: str | None) -> dict[str, set[str]] | None:
+    """``mining.check_qrels``: query id -> documents known to be unlabelled positives (a BEIR
+    qrels TSV; rows of any score count), or None when not set."""
+    if path is None:
+        return None
+    return {q: set(docs) for q, docs in load_qrels(path).items()}
+
+
 def build_policy(cfg: MiningConfig, seed: int, normalized: bool) -> Policy | None:
     """The policy of ``cfg.strategy`` from plain values (None for ``in_batch``).
 
     Args:
         cfg: Mining settings.
-        seed: Seed of tree builds and landmark choices.
+        seed: Seed of landmark choices.
         normalized: Whether the model outputs unit vectors (dynamic corrections are rescaled).
     """
-    tree = TreeParams(cfg.branching, cfg.leaf_size, seed)
     drift = DriftParams(
         cfg.landmarks, cfg.holdout, cfg.recent, cfg.ridge, cfg.correction == "residual",
         cfg.kernel, cfg.looseness, normalized,
     )  # fmt: skip
     policies: dict[str, Callable[[], Policy | None]] = {
         "in_batch": lambda: None,
-        "static": lambda: StaticPolicy(tree),
-        "refresh": lambda: RefreshPolicy(cfg.refresh_every, tree),
+        "static": StaticPolicy,
+        "refresh": lambda: RefreshPolicy(cfg.refresh_every),
         "oracle": OraclePolicy,
-        "dynamic": lambda: DynamicPolicy(cfg.refresh_every, tree, drift),
+        "dynamic": lambda: DynamicPolicy(cfg.refresh_every, drift, seed),
     }
     return policies[cfg.strategy]()
+
+
+def store_spec(cfg: MiningConfig, seed: int, device: str) -> StoreSpec:
+    """``mining.index`` and its settings; a ``flat`` store lives on ``device``."""
+    params = StoreParams(
+        cfg.branching, cfg.leaf_size, seed, cfg.looseness, cfg.eta,
+        resolve_backend(cfg.backend) if cfg.index == "tree" else cfg.backend, device,
+    )  # fmt: skip
+    return StoreSpec(cfg.index, params)
+
+
+def draws_of(cfg: MiningConfig) -> Draws:
+    """How negatives are drawn, from the ``mining:`` section."""
+    return Draws(
+        cfg.num_negatives, cfg.mode, cfg.temperature, cfg.skip_first, cfg.filter, cfg.margin,
+        cfg.probe,
+    )  # fmt: skip
 
 
 def build_miner(
@@ -220,6 +350,8 @@ def build_miner(
     known_positives: Mapping[str, set[str]],
     seed: int,
     normalized: bool,
+    device: str = "cpu",
+    checks: Mapping[str, set[str]] | None = None,
 ) -> NegativeMiner | None:
     """The run's miner, or None for ``in_batch`` (no mining).
 
@@ -230,7 +362,7 @@ def build_miner(
     if policy is None:
         return None
     if corpus is None:
-        raise ValueError(f"mining.strategy={cfg.strategy!r} needs a BEIR training corpus")
+        raise ValueError(f"mining.strategy={cfg.strategy!r} needs a training corpus")
     if cfg.strategy == "oracle" and len(corpus) > cfg.oracle_max_targets:
         raise ValueError(
             f"mining.strategy='oracle' re-encodes all {len(corpus)} targets every step, more "
@@ -238,7 +370,6 @@ def build_miner(
             f"'refresh', or raise the cap"
         )
     return NegativeMiner(
-        policy, encode, corpus, known_positives, num_negatives=cfg.num_negatives,
-        mode=cfg.mode, temperature=cfg.temperature, skip_first=cfg.skip_first, eta=cfg.eta,
-        backend=resolve_backend(cfg.backend), seed=seed,
+        policy, encode, corpus, known_positives, draws=draws_of(cfg),
+        spec=store_spec(cfg, seed, device), seed=seed, checks=checks,
     )  # fmt: skip

@@ -40,11 +40,18 @@ from dualforge.train.distributed import ProcessInfo, setup
 from dualforge.train.evaluation import encode_texts
 from dualforge.train.kinds import KINDS, Kind, kind_of
 from dualforge.train.losses import LossRegistry, build_loss, default_losses
-from dualforge.train.negatives import Encode, NegativeMiner, Side, build_miner
+from dualforge.train.negatives import (
+    Encode,
+    NegativeMiner,
+    Side,
+    Targets,
+    build_miner,
+    load_checks,
+)
 from dualforge.train.replicas import STRATEGIES, Replicas, Single
 from dualforge.train.run_data import RunData, load_run_data
 from dualforge.train.schedule import build_optimizer, build_scheduler
-from dualforge.train.shared_mining import FollowingMiner, LeadingMiner, announcing
+from dualforge.train.shared_mining import MiningProtocol
 from dualforge.train.state import GlobalRng, RankedRng, ReplicaModel, ReplicaOptimizer, RunClock
 from dualforge.train.teacher import BatchScorer, build_teacher
 from dualforge.train.tensorboard import FanOutLog, build_logs
@@ -179,22 +186,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def mining_encoder(model: Model, cfg: Config, proc: ProcessInfo | None = None) -> Encode:
-    """``encode(texts, side)`` for the miner: no grad, at the mining batch size and lengths
-    (late-interaction models: their pooled token vectors, :meth:`~dualforge.modeling.kinds.TokenVectors.one_per_text`);
-    under several processes each encodes a share and all get every row (so every rank's miner
-    holds the same vectors and draws the same negatives)."""
+def mining_encoder(model: Model, cfg: Config, device: torch.device | None = None) -> Encode:
+    """``encode(texts, side)`` for the miner, in this process: no grad, at the mining batch size
+    and lengths (late-interaction models: their pooled token vectors,
+    :meth:`~dualforge.modeling.kinds.TokenVectors.one_per_text`), as a float32 tensor on
+    ``device`` (the training device). Under several processes the mining protocol deals the
+    texts out and gathers the tensors (``train/shared_mining.py``)."""
     lengths = {
         "query": cfg.model.query_max_length,
         "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
     }
     kind = kind_of(cfg.model).model
 
-    def encode(texts: list[str], side: Side) -> np.ndarray:
+    def encode(texts: list[str], side: Side) -> torch.Tensor:
         out = encode_texts(
-            kind, model, texts, side, cfg.mining.encode_batch_size, proc, max_length=lengths[side]
+            kind, model, texts, side, cfg.mining.encode_batch_size, max_length=lengths[side]
         )
-        return out.one_per_text()
+        return torch.from_numpy(out.one_per_text()).to(device or "cpu")
 
     return encode
 
@@ -334,7 +342,7 @@ def build_parts(cfg: Config, losses: LossRegistry | None = None) -> Parts:
         keep_graphs=0 if replicas.gathers_per_forward else None,
     )  # fmt: skip
     log = build_logs(cfg.run.loggers, run_dir, enabled=proc.main)
-    miner, mine_batch = build_mining(cfg, model, data, proc)
+    miner, mine_batch = build_mining(cfg, model, data, proc, device)
     return Parts(
         cfg, run_dir, model, data, sampler, gc, scaler, optimizer, scheduler, log, steps,
         replicas, miner, device=device, proc=proc, precision=precision, owns_group=started,
@@ -354,19 +362,24 @@ def teacher_of(cfg: Config, data: RunData) -> TeacherSummary | None:
 
 
 def build_mining(
-    cfg: Config, model: Model, data: RunData, proc: ProcessInfo
+    cfg: Config, model: Model, data: RunData, proc: ProcessInfo, device: torch.device
 ) -> tuple[NegativeMiner | None, MineBatch | None]:
     """The miner (None without mining, and on every rank but 0 under several processes: the
-    index is held once per job) and what fills a batch with negatives on this rank."""
-    encode = mining_encoder(model, cfg, proc)
+    store is held once per job) and what fills a batch with negatives on this rank."""
     if not cfg.mining.active:
         return None, None
-    if proc.world > 1 and not proc.main:
-        return None, FollowingMiner(encode, proc).prepare
-    miner = build_miner(
-        cfg.mining, announcing(encode, proc) if proc.world > 1 else encode, data.corpus,
-        data.known_positives, cfg.run.seed, model.doc_encoder.normalize,
-    )  # fmt: skip
-    if miner is None:
-        return None, None
-    return miner, LeadingMiner(miner, proc).prepare if proc.world > 1 else miner.prepare
+    encode = mining_encoder(model, cfg, device)
+    checks = load_checks(cfg.mining.check_qrels)
+    miner = None
+    if proc.main:
+        miner = build_miner(
+            cfg.mining, encode, data.corpus, data.known_positives, cfg.run.seed,
+            model.doc_encoder.normalize, str(device), checks,
+        )  # fmt: skip
+    if proc.world == 1:
+        return miner, None if miner is None else miner.prepare
+    targets = miner.corpus if miner is not None else Targets(data.corpus or {})
+    protocol = MiningProtocol(
+        proc, encode, targets, miner, cfg.mining.num_negatives, cfg.mining.timeout
+    )
+    return miner, protocol.prepare

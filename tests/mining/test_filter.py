@@ -1,0 +1,217 @@
+"""Positive-aware filtering and the vector stores, against brute-force oracles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dualforge.mining import TreeIndex
+from dualforge.mining.negatives import (
+    brute_force_softmax,
+    brute_force_topk,
+    exclusion_matrix,
+    mine,
+    mine_negatives,
+    positive_ceiling,
+)
+from dualforge.mining.stores import FlatStore, StoreParams, TreeStore, load_store, make_store
+from tests.mining.helpers import chi_square_p, clustered, near, softmax
+
+
+def _planted(n: int = 400, d: int = 16, q: int = 6, copies: int = 3, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Targets where each query's positive has ``copies`` near-exact unlabelled copies."""
+    x = clustered(n, d, clusters=8, seed=seed)
+    queries = near(x, q, noise=0.1, seed=seed + 1)
+    pos = np.argmax(queries @ x.T, axis=1)  # each query's positive: its best target
+    rng = np.random.default_rng(seed)
+    planted = []
+    for p in pos:
+        dup = x[p] + 1e-3 * rng.normal(size=(copies, d))
+        planted.append(dup / np.linalg.norm(dup, axis=1, keepdims=True))
+    all_x = np.concatenate([x, *planted]).astype(np.float32)
+    copy_ids = [list(range(n + i * copies, n + (i + 1) * copies)) for i in range(len(pos))]
+    return all_x, queries, pos, copy_ids
+
+
+def _ceiling(x: np.ndarray, q: np.ndarray, pos: np.ndarray, rule: str, m: float) -> torch.Tensor:
+    s = torch.from_numpy(np.einsum("qd,qd->q", q, x[pos]))
+    return positive_ceiling(s, rule, m)
+
+
+def test_ceilings_are_sign_safe() -> None:
+    s = torch.tensor([0.8, -0.4, 0.0])
+    assert torch.allclose(positive_ceiling(s, "absolute", 0.1), torch.tensor([0.7, -0.5, -0.1]).double())
+    relative = positive_ceiling(s, "relative", 0.05)
+    # a negative positive score must give a LOWER ceiling, never a higher one
+    assert torch.allclose(relative, torch.tensor([0.76, -0.42, 0.0]).double())
+    assert bool((relative <= s.double()).all())
+    assert bool(torch.isinf(positive_ceiling(s, "none", 0.3)).all())
+    with pytest.raises(ValueError, match="filter rule"):
+        positive_ceiling(s, "percent", 0.1)
+
+
+@pytest.mark.parametrize("store_name", ["tree", "flat"])
+def test_above_matches_brute_force(store_name: str) -> None:
+    x = clustered(500, 12, seed=2)
+    q = near(x, 7, seed=3)
+    scores = q @ x.T
+    ordered = np.sort(scores, 1)
+    ceiling = torch.from_numpy((ordered[:, -15] + ordered[:, -16]) / 2)  # 15 above per query
+    ceiling[3] = math.inf
+    store = make_store(store_name, torch.from_numpy(x), StoreParams(leaf_size=8, budget=700))
+    qrow, ids = store.above(torch.from_numpy(q), ceiling)
+    want = [set(np.nonzero(scores[i] > ceiling[i].item())[0].tolist()) for i in range(len(q))]
+    got = [set(ids[qrow == i].tolist()) for i in range(len(q))]
+    assert got == want
+    assert len(got[3]) == 0 and len(got[0]) == 15
+
+
+@pytest.mark.parametrize("store_name", ["tree", "flat"])
+@pytest.mark.parametrize("rule", ["absolute", "relative"])
+def test_filtered_draws_follow_the_restricted_softmax(store_name: str, rule: str) -> None:
+    x, q, pos, copies = _planted()
+    ceiling = _ceiling(x, q, pos, rule, 0.05)
+    exclude = [[int(p)] for p in pos]
+    store = make_store(store_name, torch.from_numpy(x), StoreParams(leaf_size=8, budget=500))
+    gen = torch.Generator().manual_seed(0)
+    n = 20_000
+    mined = mine(
+        store, q, n, mode="softmax", exclude=exclusion_matrix(exclude), ceiling=ceiling,
+        temperature=0.05, generator=gen,
+    )  # fmt: skip
+    scores = q.astype(np.float64) @ x.astype(np.float64).T
+    for i in range(len(q)):
+        removed = [int(j) for j in np.nonzero(scores[i] > ceiling[i].item())[0]]
+        assert set(copies[i]) <= set(removed)  # every planted copy is above the ceiling
+        target = softmax(q[i : i + 1], x, 0.05, [exclude[i] + removed])[0]
+        counts = np.bincount(mined.ids[i], minlength=len(x))
+        assert counts[removed].sum() == 0
+        assert chi_square_p(counts, target) > 1e-4
+        assert 0.5 * np.abs(counts / n - target).sum() < 0.05
+        assert mined.filtered[i] == len(set(removed) - set(exclude[i]))
+    assert not mined.fallback.any()
+
+
+def test_the_filter_cuts_planted_copies_at_least_20x() -> None:
+    x, q, pos, copies = _planted(copies=5)
+    exclude = exclusion_matrix([[int(p)] for p in pos])
+    store = TreeStore.build(torch.from_numpy(x), StoreParams(leaf_size=8))
+    planted = np.zeros((len(q), len(x)), bool)  # copies of each query's own positive
+    for i, row in enumerate(copies):
+        planted[i, row] = True
+
+    def rate(ceiling: torch.Tensor | None) -> float:
+        gen = torch.Generator().manual_seed(1)
+        ids = mine(store, q, 4000, mode="softmax", exclude=exclude, ceiling=ceiling,
+                   temperature=0.05, generator=gen).ids  # fmt: skip
+        return float(np.take_along_axis(planted, ids, 1).mean())
+
+    off, on = rate(None), rate(_ceiling(x, q, pos, "absolute", 0.02))
+    assert off > 0.2  # unfiltered, the copies are the hardest "negatives" of all
+    assert on * 20 <= off and on == 0.0
+
+
+@pytest.mark.parametrize("skip", [0, 2])
+def test_filtered_topk_is_the_top_kept_ranks(skip: int) -> None:
+    x, q, pos, copies = _planted()
+    ceiling = _ceiling(x, q, pos, "relative", 0.03)
+    rows = exclusion_matrix([[int(p)] for p in pos])
+    brute = brute_force_topk(q, x, 6, skip, rows, ceiling)
+    for name in ("tree", "flat"):
+        store = make_store(name, torch.from_numpy(x), StoreParams(leaf_size=8, budget=300))
+        got = mine(store, q, 6, mode="topk", exclude=rows, ceiling=ceiling, skip_first=skip)
+        np.testing.assert_array_equal(got.ids, brute)
+    scores = q @ x.T
+    for i in range(len(q)):
+        kept = [j for j in np.argsort(-scores[i], kind="stable")
+                if j != pos[i] and scores[i, j] <= ceiling[i].item()]  # fmt: skip
+        assert brute[i].tolist() == kept[skip : skip + 6]
+        assert not set(brute[i].tolist()) & set(copies[i])
+
+
+def test_negative_positive_scores_filter_the_right_side() -> None:
+    # queries whose positive scores below zero: the relative rule must still remove targets
+    # scoring above s+ (and near it), not everything above s+ + |s+| p
+    x = clustered(300, 8, seed=4)
+    q = near(x, 4, seed=5)
+    pos = np.argmin(np.abs(q @ x.T + 0.2), axis=1)  # a positive scoring about -0.2
+    s = np.einsum("qd,qd->q", q, x[pos])
+    assert (s < 0).all()
+    ceiling = _ceiling(x, q, pos, "relative", 0.1)
+    assert bool((ceiling < torch.from_numpy(s).double()).all())
+    rows = exclusion_matrix([[int(p)] for p in pos])
+    store = FlatStore(torch.from_numpy(x), StoreParams())
+    ids = mine(store, q, 50, mode="softmax", exclude=rows, ceiling=ceiling,
+               generator=torch.Generator().manual_seed(0)).ids  # fmt: skip
+    got = np.einsum("qd,qkd->qk", q, x[ids])
+    assert (got <= ceiling.numpy()[:, None] + 1e-6).all()
+
+
+def test_too_few_kept_targets_fall_back_unfiltered() -> None:
+    x = clustered(60, 8, seed=6)
+    q = near(x, 3, seed=7)
+    ceiling = torch.tensor([-10.0, math.inf, -10.0], dtype=torch.float64)  # rows 0, 2 keep nothing
+    rows = exclusion_matrix([[0], [1], [2]])
+    for name in ("tree", "flat"):
+        store = make_store(name, torch.from_numpy(x), StoreParams(leaf_size=4))
+        got = mine(store, q, 5, mode="softmax", exclude=rows, ceiling=ceiling)
+        assert got.fallback.tolist() == [True, False, True]
+        assert got.filtered.tolist() == [59, 0, 59]
+        assert got.ids.shape == (3, 5) and not (got.ids[:, :, None] == np.array([[0], [1], [2]])[:, None]).any()
+    oracle = brute_force_softmax(q, x, 5, 0.05, rows, torch.Generator().manual_seed(0), ceiling)
+    assert oracle.shape == (3, 5)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "topk"])
+def test_flat_equals_tree_in_distribution_and_topk(mode: str) -> None:
+    x = clustered(800, 16, seed=8)
+    q = near(x, 5, seed=9)
+    rows = exclusion_matrix([[i, i + 10] for i in range(5)])
+    tree = TreeStore.build(torch.from_numpy(x), StoreParams(leaf_size=16))
+    flat = FlatStore(torch.from_numpy(x), StoreParams(budget=1000))  # many chunks
+    if mode == "topk":
+        a = mine(tree, q, 9, mode="topk", exclude=rows).ids
+        b = mine(flat, q, 9, mode="topk", exclude=rows).ids
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, brute_force_topk(q, x, 9, 0, rows))
+        return
+    n = 20_000
+    target = softmax(q, x, 0.1, [[i, i + 10] for i in range(5)])
+    for store in (tree, flat):
+        ids = mine(store, q, n, mode="softmax", exclude=rows, temperature=0.1,
+                   generator=torch.Generator().manual_seed(3)).ids  # fmt: skip
+        for i in range(len(q)):
+            counts = np.bincount(ids[i], minlength=len(x))
+            assert chi_square_p(counts, target[i]) > 1e-4
+            assert 0.5 * np.abs(counts / n - target[i]).sum() < 0.05
+
+
+def test_stores_update_and_round_trip_their_state() -> None:
+    x = clustered(200, 8, seed=10)
+    for name in ("tree", "flat"):
+        store = make_store(name, torch.from_numpy(x), StoreParams(leaf_size=8))
+        new = torch.from_numpy(clustered(5, 8, seed=11))
+        store.update(torch.tensor([3, 7, 11, 100, 150]), new)
+        assert torch.allclose(store.vectors(torch.tensor([7, 150])), new[[1, 4]])
+        again = load_store(name, store.state_dict(), StoreParams(leaf_size=8))
+        assert torch.equal(again.vectors(), store.vectors())
+        assert again.memory_bytes() >= x.nbytes
+        store.replace(torch.from_numpy(x))
+        assert torch.allclose(store.vectors(), torch.from_numpy(x))
+    with pytest.raises(ValueError, match="unknown vector store"):
+        make_store("hnsw", torch.from_numpy(x), StoreParams())
+    with pytest.raises(ValueError, match="not a 'flat' store"):
+        load_store("flat", {"index": {}}, StoreParams())
+
+
+def test_mine_negatives_accepts_every_source() -> None:
+    x = clustered(300, 8, seed=12)
+    q = near(x, 3, seed=13)
+    rows = exclusion_matrix([[0], [1], [2]])
+    want = brute_force_topk(q, x, 4, 1, rows)
+    for src in (x, TreeIndex.build(x, leaf_size=8), FlatStore(torch.from_numpy(x), StoreParams())):
+        got = mine_negatives(src, q, 4, mode="topk", skip_first=1, exclude=rows)
+        np.testing.assert_array_equal(got, want)
