@@ -43,7 +43,9 @@ def _ceiling(x: np.ndarray, q: np.ndarray, pos: np.ndarray, rule: str, m: float)
 
 def test_ceilings_are_sign_safe() -> None:
     s = torch.tensor([0.8, -0.4, 0.0])
-    assert torch.allclose(positive_ceiling(s, "absolute", 0.1), torch.tensor([0.7, -0.5, -0.1]).double())
+    assert torch.allclose(
+        positive_ceiling(s, "absolute", 0.1), torch.tensor([0.7, -0.5, -0.1]).double()
+    )
     relative = positive_ceiling(s, "relative", 0.05)
     # a negative positive score must give a LOWER ceiling, never a higher one
     assert torch.allclose(relative, torch.tensor([0.76, -0.42, 0.0]).double())
@@ -160,7 +162,10 @@ def test_too_few_kept_targets_fall_back_unfiltered() -> None:
         got = mine(store, q, 5, mode="softmax", exclude=rows, ceiling=ceiling)
         assert got.fallback.tolist() == [True, False, True]
         assert got.filtered.tolist() == [59, 0, 59]
-        assert got.ids.shape == (3, 5) and not (got.ids[:, :, None] == np.array([[0], [1], [2]])[:, None]).any()
+        assert (
+            got.ids.shape == (3, 5)
+            and not (got.ids[:, :, None] == np.array([[0], [1], [2]])[:, None]).any()
+        )
     oracle = brute_force_softmax(q, x, 5, 0.05, rows, torch.Generator().manual_seed(0), ceiling)
     assert oracle.shape == (3, 5)
 

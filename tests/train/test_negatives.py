@@ -210,7 +210,8 @@ def test_resume_with_dynamic_mining_is_exact(
     assert set(files) == {"model", "optimizer", "scheduler", "sampler", "miner", "clock", "rng"}
     miner_state = read_component(saved / files["miner"])
     assert (
-        miner_state["targets"]["last_refresh"] == 3 and miner_state["targets"]["store"]["name"] == "tree"
+        miner_state["targets"]["last_refresh"] == 3
+        and miner_state["targets"]["store"]["name"] == "tree"
     )
     resumed = loop.train(load_config(None, [*args, "run.resume=true"]))
     a = load_file(str(straight.run_dir / "final" / "model.safetensors"))
