@@ -81,7 +81,10 @@ class DataConfig:
     ``train_split`` split when it holds several) or parquet / arrow / JSON / CSV files (a file, a
     folder or a glob), read with ``columns`` (:class:`ColumnsConfig`). ``streaming`` reads it
     without holding it (a shuffle buffer of ``buffer_size`` examples; ``positives: sample``).
-    With ``jsonl``, ``tsv`` and ``hf``, ``path`` is the BEIR folder of the test split, if any.
+    With ``jsonl``, ``tsv`` and ``hf``, ``path`` is the BEIR folder of the test split, if any,
+    and ``corpus`` (a ``corpus.jsonl`` or a BEIR folder) the training corpus that mining draws
+    from: JSONL ``positive_ids`` / ``negative_ids`` are looked up in it, and positives given as
+    text are matched to its documents by exact text.
     """
 
     path: str = "../shared/data/scifact"
@@ -98,6 +101,7 @@ class DataConfig:
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     streaming: bool = False
     buffer_size: int = 10_000
+    corpus: str | None = None
 
     def __post_init__(self) -> None:
         """Check values; errors name the key."""
@@ -314,10 +318,11 @@ class Config:
                 "model.projection='pca' fits the rotation on held training documents; not with "
                 "data.streaming (fit it first: dualforge rotate, or use 'identity')"
             )
-        if self.mining.active and self.data.format != "beir":
+        if self.mining.active and self.data.format != "beir" and self.data.corpus is None:
             raise ConfigError(
                 f"mining.strategy={self.mining.strategy!r} needs a corpus to mine from: "
-                f"data.format must be 'beir', got {self.data.format!r}"
+                f"data.format='beir', or data.corpus (a corpus.jsonl or BEIR folder) with "
+                f"data.format={self.data.format!r}"
             )
         if isinstance(self.loss, DistillLossConfig):
             _check_distillation(self, self.loss)

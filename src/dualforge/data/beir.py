@@ -168,6 +168,12 @@ def load_corpus(
     return corpus
 
 
+def corpus_file(path: str | Path) -> Path:
+    """A ``corpus.jsonl`` given as the file itself or as a BEIR folder holding one."""
+    where = Path(path)
+    return where / "corpus.jsonl" if where.is_dir() else where
+
+
 def load_queries(
     path: str | Path, skip_bad: bool = False, counter: BadRecordCounter | None = None
 ) -> dict[str, str]:

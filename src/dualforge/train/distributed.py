@@ -123,6 +123,26 @@ def gather_objects(value: Any, info: ProcessInfo) -> list[Any]:
     return out
 
 
+def gather_rows(rows: torch.Tensor, info: ProcessInfo) -> list[torch.Tensor]:
+    """Every process's ``(n_r, ...)`` tensor (``n_r`` may differ), on the CPU in rank order.
+
+    Tensors, not pickles: the sizes are gathered first, then one padded all-gather (on the
+    current CUDA device under NCCL).
+    """
+    if info.world == 1:
+        return [rows.cpu()]
+    cuda = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    size = torch.tensor([rows.shape[0]], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(info.world)]
+    dist.all_gather(sizes, size)
+    padded = rows.new_zeros((max(int(n) for n in sizes), *rows.shape[1:]), device=device)
+    padded[: rows.shape[0]] = rows.to(device)
+    parts = [torch.empty_like(padded) for _ in range(info.world)]
+    dist.all_gather(parts, padded)
+    return [part[: int(n)].cpu() for part, n in zip(parts, sizes)]
+
+
 def broadcast_object(value: Any, info: ProcessInfo) -> Any:
     """Rank 0's ``value`` on every process."""
     if info.world == 1:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from dualforge.config import EvalConfig
 from dualforge.data import EvalSet
@@ -13,7 +14,7 @@ from dualforge.eval import RetrievalReport, evaluate_retrieval
 from dualforge.modeling import DualEncoder, Model
 from dualforge.modeling.encoder import Side, search_metric
 from dualforge.modeling.kinds import SINGLE_VECTOR, Encoded, ModelKind, TokenVectors, Vectors
-from dualforge.train.distributed import ProcessInfo, gather_objects
+from dualforge.train.distributed import ProcessInfo, gather_rows
 
 
 def encode_texts(
@@ -28,24 +29,29 @@ def encode_texts(
 ) -> Encoded:
     """The representations of ``texts`` (``kind.encode``); under several processes (``proc``)
     every process encodes every W-th text of the length-sorted list (equal shares of work) and
-    every process returns all ``N`` (gathered). Every process must call it."""
+    every process returns all ``N`` (gathered as tensors). Every process must call it."""
     if proc is None or proc.world == 1:
         return kind.encode(model, texts, side, batch_size, show_progress, max_length)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     mine = order[proc.rank :: proc.world]
     share = -(-len(texts) // proc.world)  # every rank encodes as many texts (FSDP: as many
     padded = [texts[i] for i in mine] + [texts[order[0]]] * (share - len(mine))  # forwards)
-    part = kind.encode(model, padded, side, batch_size, show_progress, max_length)
-    shares = gather_objects((mine, part.head(len(mine)).values), proc)
+    part = kind.encode(model, padded, side, batch_size, show_progress, max_length).head(len(mine))
+    shares = [order[r :: proc.world] for r in range(proc.world)]
     if isinstance(part, TokenVectors):
+        lengths = torch.tensor([len(a) for a in part.arrays], dtype=torch.int64)
+        flat = torch.from_numpy(np.concatenate(part.arrays)) if part.arrays else torch.zeros(0)
         tokens: list[Any] = [None] * len(texts)
-        for rows, arrays in shares:
-            for row, array in zip(rows, arrays):
-                tokens[row] = array
+        for rows, sizes, block in zip(
+            shares, gather_rows(lengths, proc), gather_rows(flat.reshape(len(flat), -1), proc)
+        ):
+            for row, array in zip(rows, torch.split(block, sizes.tolist())):
+                tokens[row] = array.numpy()
         return TokenVectors(tokens)
+    blocks = gather_rows(torch.from_numpy(part.array), proc)
     out = np.zeros((len(texts), part.array.shape[1]), dtype=np.float32)
-    for rows, array in shares:
-        out[rows] = array
+    for rows, block in zip(shares, blocks):
+        out[rows] = block.numpy()
     return Vectors(out)
 
 

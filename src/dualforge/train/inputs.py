@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dualforge.config import Config, ConfigError, DataConfig, DistillLossConfig, RunConfig
 from dualforge.config.loss import QRELS_TEACHER
-from dualforge.data import available_splits
+from dualforge.data import available_splits, corpus_file
 from dualforge.files import blocked
 from dualforge.modeling.names import ModelLoadError, check_model_name
 from dualforge.train.distributed import ProcessInfo
@@ -40,6 +40,8 @@ def check_inputs(cfg: Config, losses: LossRegistry | None = None) -> None:
     (losses or default_losses()).entry(cfg.loss)
     _check_output(cfg.run)
     _check_data(cfg.data)
+    if cfg.mining.check_qrels is not None and not Path(cfg.mining.check_qrels).is_file():
+        raise ConfigError(f"mining.check_qrels={cfg.mining.check_qrels!r}: no such file")
     try:
         check_model_name(cfg.model.name)
     except ModelLoadError as err:
@@ -84,6 +86,10 @@ def _check_data(cfg: DataConfig) -> None:
             raise ConfigError(f"data.train_file={cfg.train_file!r}: no such {what}")
         if cfg.format == "hf" and importlib.util.find_spec("datasets") is None:
             raise ConfigError("data.format='hf' needs datasets: pip install 'dualforge[hf]'")
+        if cfg.corpus is not None and not corpus_file(cfg.corpus).is_file():
+            raise ConfigError(
+                f"data.corpus={cfg.corpus!r}: no such corpus.jsonl (a file, or a BEIR folder)"
+            )
         return
     folder = Path(cfg.path)
     if not folder.is_dir():

@@ -5,21 +5,24 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dualforge.config import DataConfig
 from dualforge.data import (
+    Document,
     EvalSet,
     SplitsLoader,
     TrainingExample,
     available_splits,
+    corpus_file,
     corpus_texts,
     eval_set,
     examples_from_beir,
     hf_num_rows,
     iter_hf_examples,
     load_beir_splits,
+    load_corpus,
     load_hf_examples,
     load_jsonl_examples,
     load_tsv_triples,
@@ -31,7 +34,8 @@ logger = logging.getLogger("dualforge.train")
 @dataclass(frozen=True)
 class RunData:
     """Training examples, evaluation sets, known positives (false-negative masking, mining) and
-    the training corpus (doc id -> text; BEIR data only), the targets of negative mining; the
+    the training corpus (doc id -> text; BEIR data, or ``data.corpus``), the targets of negative
+    mining; the
     training qrels with their grades (BEIR data only; ``loss.distill.teacher=qrels``)."""
 
     examples: list[TrainingExample]
@@ -74,12 +78,57 @@ def load_run_data(
         raise ValueError(f"data.format={cfg.format!r} needs data.train_file")
     split = _test_split(cfg, folder)
     test = None if split is None else eval_set(load_splits(folder, [split], cfg.skip_bad)[split])
+    docs = None if cfg.corpus is None else load_corpus(corpus_file(cfg.corpus), cfg.skip_bad)
     if cfg.format == "hf":
-        return _from_hf(cfg, cfg.train_file, test)
-    if cfg.format in ("jsonl", "tsv"):
-        loader = load_jsonl_examples if cfg.format == "jsonl" else load_tsv_triples
-        return RunData(list(loader(cfg.train_file, skip_bad=cfg.skip_bad)), None, test, {})
+        return with_corpus(_from_hf(cfg, cfg.train_file, test), docs)
+    if cfg.format == "jsonl":
+        examples = load_jsonl_examples(cfg.train_file, docs, skip_bad=cfg.skip_bad)
+        return with_corpus(RunData(examples, None, test, {}), docs)
+    if cfg.format == "tsv":
+        examples = load_tsv_triples(cfg.train_file, skip_bad=cfg.skip_bad)
+        return with_corpus(RunData(examples, None, test, {}), docs)
     raise ValueError(f"data.format={cfg.format!r}; use 'beir', 'jsonl', 'tsv' or 'hf'")
+
+
+def with_corpus(data: RunData, docs: Mapping[str, Document] | None) -> RunData:
+    """``data`` with ``data.corpus`` as its training corpus (the mining targets): examples whose
+    positives came as text get the id of the corpus document with that exact text, and each
+    query id's positives become known positives (never mined). Positives found nowhere in the
+    corpus are counted and warned about: their queries are mined without the positive filter."""
+    if docs is None:
+        return data
+    corpus = {doc_id: doc.full_text for doc_id, doc in docs.items()}
+    by_text = {text: doc_id for doc_id, text in reversed(list(corpus.items()))}  # first id wins
+    examples = [_linked(ex, by_text) for ex in data.examples]
+    missing = sum(1 for ex in examples if not ex.positive_ids)
+    if missing:
+        logger.warning(
+            "data.corpus: the positives of %d of %d training examples are not in the corpus "
+            "(matched by id or exact text); their queries are mined without mining.filter",
+            missing, len(examples),
+        )  # fmt: skip
+    known: dict[str, set[str]] = {}
+    for ex in examples:
+        if ex.query_id is not None:
+            known.setdefault(ex.query_id, set()).update(ex.positive_ids)
+    stream = data.stream
+    if stream is not None:
+        inner = stream
+
+        def stream(epoch: int) -> Iterator[TrainingExample]:
+            return (_linked(ex, by_text) for ex in inner(epoch))
+
+    return replace(data, examples=examples, known_positives=known, corpus=corpus, stream=stream)
+
+
+def _linked(example: TrainingExample, by_text: Mapping[str, str]) -> TrainingExample:
+    """``example`` with positive ids looked up by exact text when it has none."""
+    if example.positive_ids:
+        return example
+    ids = tuple(by_text.get(t) for t in example.positives)
+    if any(i is None for i in ids):
+        return example
+    return replace(example, positive_ids=tuple(i for i in ids if i is not None))
 
 
 def _from_hf(cfg: DataConfig, path: str, test: EvalSet | None) -> RunData:
