@@ -14,7 +14,9 @@ Parts, each printed as soon as it is measured and written to the JSON output:
 4. the loss phase alone at batch 1,048,576 (random unit representations, D=768, one positive per
    query, tiled InfoNCE at the automatic GPU tile budget, fp32): forward + backward time and
    ``torch.cuda.max_memory_allocated``; batch 131,072 first, and 1,048,576 only when 64x its time
-   fits the time left (else the prediction is reported).
+   fits the time left (else the prediction is reported);
+5. the ``flat`` mining store on CUDA at 1M targets: mined negatives per second, filter off and on,
+   and the total variation of 20,000 draws against the exact softmax (issue 25).
 
 Run on the GPU machine (the device tool; see bench/gpu_check.sh):
 
@@ -174,7 +176,60 @@ def loss_phase(report: dict[str, Any], budget_s: float = 150.0) -> None:
     report["loss_phase"] = rows
 
 
-PARTS = {"exactness": exactness, "loss_phase": loss_phase, "memory": memory, "main_job": main_job}
+def flat_mining(report: dict[str, Any], targets: int = 1_000_000, seconds: float = 20.0) -> None:
+    """Part 5: the ``flat`` vector store on CUDA: mined negatives per second at 1M targets
+    (d = 384, 64 queries x 3 softmax negatives per draw, filter off and absolute 0.05), and the
+    distribution check of part (a) of docs/mining.md: draws vs the exact restricted softmax."""
+    import math
+
+    from dualforge.mining.negatives import exclusion_matrix, mine, positive_ceiling
+    from dualforge.mining.stores import StoreParams, make_store
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    x = torch.nn.functional.normalize(
+        torch.randn(targets, 384, device="cuda", generator=gen), dim=1
+    )
+    pos = torch.randint(0, targets, (64,), device="cuda", generator=gen)
+    noise = 0.3 / math.sqrt(384) * torch.randn(64, 384, device="cuda", generator=gen)
+    q = torch.nn.functional.normalize(x[pos] + noise, dim=1)
+    store = make_store("flat", x, StoreParams(device="cuda"))
+    exclude = exclusion_matrix([[int(p)] for p in pos.cpu()])
+    rows = []
+    for rule in ("none", "absolute"):
+        ceiling = None if rule == "none" else positive_ceiling((q * x[pos]).sum(1), rule, 0.05)
+        draws, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            mine(store, q, 3, mode="softmax", exclude=exclude, ceiling=ceiling, generator=gen)
+            draws += 1
+        torch.cuda.synchronize()
+        rate = draws * 64 * 3 / (time.perf_counter() - start)
+        rows.append({"targets": targets, "filter": rule, "negatives_per_s": rate, "draws": draws})
+        print(
+            f"flat mining on CUDA, {targets} targets, filter {rule}: {rate:.0f} negatives/s",
+            flush=True,
+        )
+    got = mine(store, q[:2], 20_000, mode="softmax", exclude=exclude[:2], temperature=0.05,
+               generator=gen).ids  # fmt: skip
+    logits = (q[:2] @ x.T).double() / 0.05
+    logits[torch.arange(2), pos[:2]] = -math.inf
+    p = torch.softmax(logits, 1).cpu()
+    freq = (
+        torch.stack([torch.bincount(torch.from_numpy(g), minlength=targets) for g in got]) / 20_000
+    )
+    ref = torch.multinomial(p, 20_000, replacement=True)  # the same number of exact draws
+    ref_freq = torch.stack([torch.bincount(r, minlength=targets) for r in ref]) / 20_000
+    tv = [0.5 * float((f - pi).abs().sum()) for f, pi in zip(freq.double(), p)]
+    tv_ref = [0.5 * float((f - pi).abs().sum()) for f, pi in zip(ref_freq.double(), p)]
+    rows.append({"check": "total variation of 20,000 draws vs the exact softmax", "tv": tv,
+                 "tv_multinomial_reference": tv_ref})  # fmt: skip
+    print(f"flat mining on CUDA: total variation {tv} (multinomial reference {tv_ref})", flush=True)
+    report["flat_mining"] = rows
+
+
+PARTS = {
+    "exactness": exactness, "loss_phase": loss_phase, "memory": memory, "main_job": main_job,
+    "flat_mining": flat_mining,
+}  # fmt: skip
 
 
 def main() -> None:

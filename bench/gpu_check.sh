@@ -9,7 +9,7 @@ python3 -m pip install --quiet -e ".[dev]" 2>&1 | tail -n 2
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 export DUALFORGE_SHARED_DATA="${DUALFORGE_SHARED_DATA:-$PWD/../shared/data}"
 cd bench && timeout 540 python3 gpu_check.py --output "${OUT:-out}/gpu_check.json" \
-  --parts ${PARTS:-exactness loss_phase memory main_job}
+  --parts ${PARTS:-exactness loss_phase memory main_job flat_mining}
 # Opt-in and UNTESTED (written on the CPU VM, never run on a GPU): the 0.5B decoder + LoRA points
 # of bench/big_model.py on CUDA, peak = torch.cuda.max_memory_allocated. BIG_MODEL=1 bash ...
 if [ "${BIG_MODEL:-0}" = 1 ]; then

@@ -42,7 +42,9 @@ def vector(text: str, side: str, step: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(zlib.crc32(base.encode()))
     v = torch.randn(DIM, generator=gen)
     if side == "query":
-        v += 0.3 * torch.randn(DIM, generator=torch.Generator().manual_seed(zlib.crc32(text.encode())))
+        v += 0.3 * torch.randn(
+            DIM, generator=torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        )
     v[0] += 0.05 * step  # the model drifts
     return v / v.norm()
 

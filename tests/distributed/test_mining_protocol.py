@@ -41,9 +41,13 @@ def _run_failing(tmp_path: Path, fail: str, timeout: float) -> tuple[list[int | 
     spec = json.dumps({"fail": fail, "timeout": timeout})
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", MODULE, spec, str(tmp_path)], env=worker_env(r, 2, port),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
+            [sys.executable, "-m", MODULE, spec, str(tmp_path)],
+            env=worker_env(r, 2, port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         for r in range(2)
     ]
     deadline = time.monotonic() + 90

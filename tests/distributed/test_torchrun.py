@@ -168,12 +168,12 @@ def test_distilling_from_a_teacher_in_the_loop_under_two_processes(
 def test_mined_negatives_under_two_processes_are_the_one_process_ones(
     tmp_path: Path, still_model: Path, tiny_beir: Path, strategy: str, holder: str
 ) -> None:
-    """Re-encoding is sharded and gathered, so every rank's miner holds the same vectors and
-    draws the one-process negatives: losses and weights match the one-process run."""
+    """Re-encoding is sharded and gathered, so rank 0's store holds the one-process vectors and
+    draws the one-process negatives (filter on): same negatives, losses and weights."""
     mining = [f"mining.strategy={strategy}", "mining.num_negatives=2", "mining.refresh_every=2",
               "mining.landmarks=0.5", "mining.holdout=4", "mining.recent=4",
               "mining.backend=torch", "eval.before=false", "data.test_split=null",
-              f"run.strategy={holder}"]  # fmt: skip
+              f"run.strategy={holder}", "mining.filter=absolute", "mining.margin=0.05"]  # fmt: skip
     for world in (1, 2):
         args = [*overrides(still_model, tiny_beir, tmp_path, f"w{world}", steps=4), *mining]
         launch(world, args, tmp_path)
@@ -182,6 +182,10 @@ def test_mined_negatives_under_two_processes_are_the_one_process_ones(
     assert len(losses[1]) == 4 and losses[2] == pytest.approx(losses[1], rel=1e-5)
     refreshes = {w: [r["step"] for r in log if r["event"] == "mining"] for w, log in logs.items()}
     assert refreshes[1] == refreshes[2] and refreshes[1]
+    drawn = {
+        w: [r["negatives_crc32"] for r in log if r["event"] == "train"] for w, log in logs.items()
+    }
+    assert drawn[1] == drawn[2] and len(set(drawn[1])) == 4  # the same negatives, every step
     assert max_diff(weights(tmp_path / "w1"), weights(tmp_path / "w2")) <= 1e-4
 
 

@@ -15,6 +15,7 @@ from dualforge.data import load_corpus
 from dualforge.train.metrics_log import read_metrics_log
 from dualforge.train.run_data import load_run_data
 from tests.train.helpers import tiny_overrides
+from tests.train.test_tensorboard import read_scalars
 
 
 def _train(model: Path, data: Path, out: Path, name: str, *extra: str) -> list[dict[str, Any]]:
@@ -33,7 +34,9 @@ def planted(tiny_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         (folder / name).write_text((tiny_beir / name).read_text())
     (folder / "qrels").mkdir()
     for split in ("train", "test"):
-        (folder / "qrels" / f"{split}.tsv").write_text((tiny_beir / "qrels" / f"{split}.tsv").read_text())
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            (tiny_beir / "qrels" / f"{split}.tsv").read_text()
+        )
     docs = [json.loads(line) for line in (tiny_beir / "corpus.jsonl").read_text().splitlines()]
     copies = [{**d, "_id": f"c{d['_id'][1:]}"} for d in docs[:24]]
     (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs + copies) + "\n")
@@ -50,15 +53,20 @@ def test_the_filter_logs_its_work_and_keeps_planted_copies_out(
             f"mining.check_qrels={planted / 'planted.tsv'}", "mining.probe=8"]  # fmt: skip
     off = _train(tiny_model_dir, planted, tmp_path, "unfiltered", *base)
     on = _train(tiny_model_dir, planted, tmp_path, "filtered", *base, "mining.filter=absolute",
-                "mining.margin=0.01")  # fmt: skip
+                "mining.margin=0.01", "run.loggers=[jsonl,tensorboard]")  # fmt: skip
     assert all("filtered_mean" not in r and "planted_rate" in r for r in off)
     assert all(r["filtered_mean"] >= 1 and r["filter_fallbacks"] == 0 for r in on)
     assert all(r["probe_filter_fraction"] > 0 and r["probe_qrels_fraction"] > 0 for r in on)
     rate = {name: sum(r["planted_rate"] for r in rows) for name, rows in (("off", off), ("on", on))}
     assert rate["off"] > 0.1 and rate["on"] == 0.0
+    tags = read_scalars(tmp_path / "filtered" / "tensorboard")
+    for tag in ("filtered_mean", "filter_fallbacks", "planted_rate", "probe_filter_fraction"):
+        assert [step for step, _ in tags[f"train/{tag}"]] == [1, 2, 3, 4]
 
 
-def test_the_flat_store_trains_like_the_tree(tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path) -> None:
+def test_the_flat_store_trains_like_the_tree(
+    tiny_model_dir: Path, tiny_beir: Path, tmp_path: Path
+) -> None:
     topk = ["mining.strategy=refresh", "mining.refresh_every=2", "mining.mode=topk",
             "mining.filter=relative", "mining.margin=0.02"]  # fmt: skip
     tree = _train(tiny_model_dir, tiny_beir, tmp_path, "tree", *topk)
@@ -75,7 +83,9 @@ def _jsonl(tiny_beir: Path, path: Path, by: str) -> Path:
     rows = []
     for i in range(24):
         row: dict[str, Any] = {"query": queries[f"q{i}"], "query_id": f"q{i}"}
-        row.update({"positive": docs[f"d{i}"].full_text} if by == "text" else {"positive_ids": [f"d{i}"]})
+        row.update(
+            {"positive": docs[f"d{i}"].full_text} if by == "text" else {"positive_ids": [f"d{i}"]}
+        )
         rows.append(json.dumps(row))
     path.write_text("\n".join(rows) + "\n")
     return path

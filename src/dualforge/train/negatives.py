@@ -13,6 +13,7 @@ Known positives of a query (qrels) are never mined.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -223,7 +224,10 @@ class NegativeMiner:
         hits = _hits(qids, ids, self.known)
         self.counts["mined"] += ids.size
         self.counts["positive_hits"] += hits
-        last: dict[str, Any] = {"mined_positive_fraction": hits / max(ids.size, 1)}
+        last: dict[str, Any] = {
+            "mined_positive_fraction": hits / max(ids.size, 1),
+            "negatives_crc32": zlib.crc32(np.ascontiguousarray(ids, np.int64).tobytes()),
+        }
         if ceiling is not None:
             last["filtered_mean"] = float(mined.filtered.mean())
             last["filter_fallbacks"] = int(mined.fallback.sum())
