@@ -144,7 +144,8 @@ def sample_compiled(
     max_points: int | None,
     seed: int,
     cut: Tensor,
-) -> tuple[np.ndarray, np.ndarray, SampleStats]:
+    ceiling: Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray, SampleStats, np.ndarray]:
     """``num_samples`` i.i.d. draws per query from the exact softmax, compiled (module docstring).
 
     Args:
@@ -158,10 +159,13 @@ def sample_compiled(
         max_points: Most leaf points scored per query while refining (None: no cap).
         seed: Seed of the random streams (one per query row).
         cut: ``(C,)`` nodes the refinement starts from.
+        ceiling: ``(Q,)`` highest score a drawn target may have (None: no filter).
 
     Returns:
-        ``(scores, positions, stats)``: ``(Q, num_samples)`` float32 exact scores ``q·t`` and
-        int64 positions of the draws, and the work done.
+        ``(scores, positions, stats, empty)``: ``(Q, num_samples)`` float32 exact scores ``q·t``
+        and int64 positions of the draws, the work done, and ``(Q,)`` bool: queries left with
+        no target below their ceiling (their rows are not draws). Without a ceiling no row is
+        empty.
 
     Raises:
         ImportError: Without numba.
@@ -185,9 +189,10 @@ def sample_compiled(
         PROPOSALS_PER_SAMPLE * num_samples + PROPOSALS_FLOOR, int(tree.child_count.max()),
         int(tree.counts[leaf].max()), 0,
     ], dtype=np.int64)  # fmt: skip
-    out_s = np.empty((n, num_samples), dtype=np.float32)
-    out_p = np.empty((n, num_samples), dtype=np.int64)
+    out_s = np.zeros((n, num_samples), dtype=np.float32)  # an empty row stays 0
+    out_p = np.zeros((n, num_samples), dtype=np.int64)
     counters = np.zeros((n, k.N_STATS), dtype=np.int64)
+    caps = np.full(n, np.inf) if ceiling is None else ceiling.double().cpu().numpy()
     step = max(1, BLOCK_ENTRIES // max(1, len(cut)))
     with torch_threads_kept():
         for lo in range(0, n, step):
@@ -196,11 +201,15 @@ def sample_compiled(
             k.sample_block(
                 queries[lo:hi].numpy(), qnorm[lo:hi].double().numpy(), cut.numpy(), cut_scores,
                 arrays, tree.ids.numpy(), ex_ptr[lo : hi + 1] - ex_ptr[lo], ex_ids[ex_ptr[lo]:],
-                params, limits, seed, out_s[lo:hi], out_p[lo:hi], counters[lo:hi],
+                params, limits, seed, out_s[lo:hi], out_p[lo:hi], counters[lo:hi], caps[lo:hi],
             )  # fmt: skip
+    empty = counters[:, k.EMPTY] > 0
+    if ceiling is not None:  # a filtered query that found nothing to accept: no kept target
+        empty |= counters[:, k.FAILED] > 0
+        counters[:, k.FAILED] = 0
     if counters[:, k.FAILED].any():
         raise RuntimeError(
             f"sampler accepted too few proposals for {int(counters[:, k.FAILED].sum())} queries "
             f"within {int(limits[3])} proposals each; raise max_rounds / max_points or lower eta"
         )
-    return out_s, out_p, _stats(counters, n, num_samples, len(cut))
+    return out_s, out_p, _stats(counters, n, num_samples, len(cut)), empty

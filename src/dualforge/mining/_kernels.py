@@ -15,7 +15,10 @@ One query at a time, in a tight loop (queries in parallel with ``prange``):
    is often dearer than a few rejections.
 2. Draw. A component is picked with probability mass / M by binary search in a cumulative table:
    a scored point is accepted as is; for a node, a uniform point of it is scored and accepted
-   with probability ``exp((q·t - ub)/τ) <= 1`` unless its id is excluded. So every target ``t``
+   with probability ``exp((q·t - ub)/τ) <= 1`` unless its id is excluded or it scores above the
+   query's ceiling ``cap`` (the positive-aware filter: every bound is capped by it, a node
+   straddling it gets ``L = 0``, one above it no mass, so the draws are exact draws from the
+   softmax over the kept targets; a query with no mass left is flagged ``EMPTY``). So every target ``t``
    is accepted with probability proportional to ``exp(q·t/τ)`` and the accepted draws are i.i.d.
    from the exact softmax, whatever the frontier; the frontier only decides the cost.
 
@@ -37,8 +40,10 @@ import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Counters per query, in this order (see ``_compiled.STAT_FIELDS``).
-N_STATS = 9
-EXPANSIONS, NODES, LEAVES, CENTRES, POINTS, PROPOSALS, NODE_PROPOSALS, ACCEPTED, FAILED = range(9)
+N_STATS = 10
+EXPANSIONS, NODES, LEAVES, CENTRES, POINTS, PROPOSALS, NODE_PROPOSALS, ACCEPTED, FAILED, EMPTY = (
+    range(10)
+)
 # Running totals are summed again once they fell by this factor since their last exact sum.
 RESUM = 1e-6
 # Masses are re-based once the proposal mass falls below this (linear, relative to exp(ref)).
@@ -163,30 +168,49 @@ def _masses(
 
 
 @_jit
+def _capped(
+    ub: float, lb: float, cap: float, log_count: float, inv_cost: float, tau: float, ref: float
+) -> tuple[float, float, float, float]:
+    """:func:`_masses` of the points scoring at most ``cap`` (the positive-aware filter): none
+    when ``lb > cap``; bounds ``(cap, -inf)`` when the node straddles it."""
+    if lb > cap:
+        return 0.0, 0.0, 0.0, 0.0
+    if ub > cap:
+        return _masses(cap, -math.inf, log_count, inv_cost, tau, ref)
+    return _masses(ub, lb, log_count, inv_cost, tau, ref)
+
+
+@_jit
+def _log_top(ub: float, lb: float, cap: float, log_count: float, tau: float) -> float:
+    """Log of an entry's capped mass bound (``-inf`` when it holds nothing below ``cap``)."""
+    return -math.inf if lb > cap else log_count + min(ub, cap) / tau
+
+
+@_jit
 def _set_masses(
-    ef: np.ndarray, e: int, node: int, tau: float, ref: float, tree: tuple[np.ndarray, ...]
-) -> None:
+    ef: np.ndarray, e: int, node: int, tau: float, ref: float, tree: tuple[np.ndarray, ...],
+    cap: float,
+) -> None:  # fmt: skip
     """Fill the mass columns of entry ``e`` (node ``node``) from its bounds."""
-    u, gap, mid, key = _masses(ef[e, UB], ef[e, LB], tree[3][node], tree[8][node], tau, ref)
+    u, gap, mid, key = _capped(ef[e, UB], ef[e, LB], cap, tree[3][node], tree[8][node], tau, ref)
     ef[e, LIN_U], ef[e, LIN_GAP], ef[e, LIN_MID], ef[e, KEY] = u, gap, mid, key
 
 
 @_jit
 def _init_cut(
     scores: np.ndarray, qn: float, tau: float, cut: np.ndarray, tree: tuple[np.ndarray, ...],
-    ent: np.ndarray, ef: np.ndarray,
+    ent: np.ndarray, ef: np.ndarray, cap: float,
 ) -> float:  # fmt: skip
     """Fill the cut entries from their centre scores; returns ``ref`` (their largest log U)."""
-    radii, log_count, inv_cost = tree[2], tree[3], tree[8]
+    radii, log_count = tree[2], tree[3]
     ref = -math.inf
     for c in range(len(cut)):
         spread = qn * radii[cut[c]]
         ent[c], ef[c, UB], ef[c, LB] = cut[c], scores[c] + spread, scores[c] - spread
-        ref = max(ref, log_count[cut[c]] + ef[c, UB] / tau)
+        ref = max(ref, _log_top(ef[c, UB], ef[c, LB], cap, log_count[cut[c]], tau))
+    ref = 0.0 if ref == -math.inf else ref
     for c in range(len(cut)):
-        node = cut[c]
-        u, gap, mid, key = _masses(ef[c, UB], ef[c, LB], log_count[node], inv_cost[node], tau, ref)
-        ef[c, LIN_U], ef[c, LIN_GAP], ef[c, LIN_MID], ef[c, KEY] = u, gap, mid, key
+        _set_masses(ef, c, cut[c], tau, ref, tree, cap)
     return ref
 
 
@@ -206,19 +230,20 @@ def _sums(ef: np.ndarray, n_ent: int, pf: np.ndarray, n_pts: int, tot: np.ndarra
 @_jit
 def _rebase(
     ent: np.ndarray, ef: np.ndarray, n_ent: int, pf: np.ndarray, n_pts: int,
-    tree: tuple[np.ndarray, ...], tau: float, heap: np.ndarray,
+    tree: tuple[np.ndarray, ...], tau: float, heap: np.ndarray, cap: float,
 ) -> tuple[float, int]:  # fmt: skip
     """New ``ref`` (the largest open log mass), masses recomputed, heap rebuilt: ``(ref, n)``."""
     log_count = tree[3]
     ref, n_heap = -math.inf, 0
     for e in range(n_ent):
         if ef[e, LIN_U] >= 0.0:
-            ref = max(ref, log_count[ent[e]] + ef[e, UB] / tau)
+            ref = max(ref, _log_top(ef[e, UB], ef[e, LB], cap, log_count[ent[e]], tau))
     for p in range(n_pts):
         ref = max(ref, pf[p, SCORE] / tau)
+    ref = 0.0 if ref == -math.inf else ref
     for e in range(n_ent):
         if ef[e, LIN_U] >= 0.0:
-            _set_masses(ef, e, ent[e], tau, ref, tree)
+            _set_masses(ef, e, ent[e], tau, ref, tree, cap)
             heap[n_heap] = e
             n_heap += 1
     for p in range(n_pts):
@@ -231,14 +256,15 @@ def _rebase(
 @_jit
 def _score_leaf(
     node: int, q: np.ndarray, qi: int, tau: float, ref: float, tree: tuple[np.ndarray, ...],
-    ids: np.ndarray, ex: np.ndarray, pos: np.ndarray, pf: np.ndarray, n_pts: int,
+    ids: np.ndarray, ex: np.ndarray, pos: np.ndarray, pf: np.ndarray, n_pts: int, cap: float,
 ) -> tuple[int, float]:  # fmt: skip
-    """Score a leaf's points, append the non-excluded ones: ``(n_pts, their weight sum)``."""
+    """Score a leaf's points, append the kept ones (not excluded, at most ``cap``):
+    ``(n_pts, their weight sum)``."""
     vectors, counts, starts = tree[0], tree[4], tree[5]
     added = 0.0
     for p in range(starts[node], starts[node] + counts[node]):
         s = _dot(q, qi, vectors, p)
-        if _excluded(ex, ids[p]):
+        if s > cap or _excluded(ex, ids[p]):
             continue
         pos[n_pts], pf[n_pts, SCORE] = p, s
         pf[n_pts, WEIGHT] = math.exp(s / tau - ref)
@@ -250,7 +276,7 @@ def _score_leaf(
 @_jit
 def _add_children(
     e: int, q: np.ndarray, qi: int, qn: float, tau: float, ref: float,
-    tree: tuple[np.ndarray, ...], ent: np.ndarray, ef: np.ndarray, n_ent: int,
+    tree: tuple[np.ndarray, ...], ent: np.ndarray, ef: np.ndarray, n_ent: int, cap: float,
 ) -> int:  # fmt: skip
     """Append the children of entry ``e`` (bounds tightened by the parent's); returns ``n_ent``."""
     centres, radii, log_count, inv_cost = tree[1], tree[2], tree[3], tree[8]
@@ -259,7 +285,7 @@ def _add_children(
         centre = _dot(q, qi, centres, child)
         spread = qn * radii[child]
         ub, lb = min(centre + spread, parent_ub), max(centre - spread, parent_lb)
-        u, gap, mid, key = _masses(ub, lb, log_count[child], inv_cost[child], tau, ref)
+        u, gap, mid, key = _capped(ub, lb, cap, log_count[child], inv_cost[child], tau, ref)
         ent[n_ent], ef[n_ent, UB], ef[n_ent, LB] = child, ub, lb
         ef[n_ent, LIN_U], ef[n_ent, LIN_GAP], ef[n_ent, LIN_MID], ef[n_ent, KEY] = u, gap, mid, key
         n_ent += 1
@@ -271,7 +297,7 @@ def _expand(
     q: np.ndarray, qi: int, qn: float, tau: float, ref: float, limits: np.ndarray,
     tree: tuple[np.ndarray, ...], ids: np.ndarray, ex: np.ndarray, ent: np.ndarray,
     ef: np.ndarray, heap: np.ndarray, pos: np.ndarray, pf: np.ndarray, sizes: np.ndarray,
-    tot: np.ndarray, stats: np.ndarray,
+    tot: np.ndarray, stats: np.ndarray, cap: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Pop the top entry and expand it; ``sizes = [n_ent, n_heap, n_pts]`` and ``tot`` updated.
 
@@ -289,7 +315,7 @@ def _expand(
     node = ent[e]
     if tree[7][node] == 0:
         pos, pf = _grow1(pos, n_pts + limits[5]), _grow2(pf, n_pts + limits[5])
-        n_pts, added = _score_leaf(node, q, qi, tau, ref, tree, ids, ex, pos, pf, n_pts)
+        n_pts, added = _score_leaf(node, q, qi, tau, ref, tree, ids, ex, pos, pf, n_pts, cap)
         tot[T_EXACT] += added
         stats[LEAVES] += 1
         stats[POINTS] += tree[4][node]
@@ -297,7 +323,7 @@ def _expand(
         ent, ef = _grow1(ent, n_ent + limits[4]), _grow2(ef, n_ent + limits[4])
         heap = _grow1(heap, n_ent + limits[4])
         first = n_ent
-        n_ent = _add_children(e, q, qi, qn, tau, ref, tree, ent, ef, n_ent)
+        n_ent = _add_children(e, q, qi, qn, tau, ref, tree, ent, ef, n_ent, cap)
         for c in range(first, n_ent):
             tot[T_U] += ef[c, LIN_U]
             tot[T_GAP] += ef[c, LIN_GAP]
@@ -326,7 +352,7 @@ def _done(ef: np.ndarray, heap: np.ndarray, tot: np.ndarray, eta: float, num: fl
 def _refine(
     q: np.ndarray, qi: int, qn: float, tau: float, eta: float, ref: float, limits: np.ndarray,
     tree: tuple[np.ndarray, ...], ids: np.ndarray, ex: np.ndarray, ent: np.ndarray,
-    ef: np.ndarray, n_ent: int, stats: np.ndarray, num: float,
+    ef: np.ndarray, n_ent: int, stats: np.ndarray, num: float, cap: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:  # fmt: skip
     """Expand the top entry of the heap until ``_done`` for ``num`` draws (or a cap is reached).
 
@@ -344,12 +370,29 @@ def _refine(
         if _done(ef, heap, tot, eta, num) or (limits[2] >= 0 and max_points <= stats[POINTS]):
             break
         ent, ef, heap, pos, pf = _expand(
-            q, qi, qn, tau, ref, limits, tree, ids, ex, ent, ef, heap, pos, pf, sizes, tot, stats
+            q,
+            qi,
+            qn,
+            tau,
+            ref,
+            limits,
+            tree,
+            ids,
+            ex,
+            ent,
+            ef,
+            heap,
+            pos,
+            pf,
+            sizes,
+            tot,
+            stats,
+            cap,
         )
         if tot[T_U] + tot[T_EXACT] < RESUM * mark_u or tot[T_GAP] < RESUM * mark_gap:
             _sums(ef, sizes[0], pf, sizes[2], tot)
             if tot[T_U] + tot[T_EXACT] < TINY:
-                ref, sizes[1] = _rebase(ent, ef, sizes[0], pf, sizes[2], tree, tau, heap)
+                ref, sizes[1] = _rebase(ent, ef, sizes[0], pf, sizes[2], tree, tau, heap, cap)
                 _sums(ef, sizes[0], pf, sizes[2], tot)
             mark_u, mark_gap = tot[T_U] + tot[T_EXACT], tot[T_GAP]
     return ent, ef, pos, pf, sizes[0], sizes[2]
@@ -379,6 +422,7 @@ def _draw(
     tree: tuple[np.ndarray, ...], ids: np.ndarray, ex: np.ndarray, cdf: np.ndarray,
     comp: np.ndarray, ent: np.ndarray, ef: np.ndarray, pos: np.ndarray, pf: np.ndarray,
     state: np.ndarray, out_s: np.ndarray, out_p: np.ndarray, stats: np.ndarray, got: int,
+    cap: float,
 ) -> int:  # fmt: skip
     """Rejection draws from slot ``got`` on, until ``num`` are accepted or ``max_proposals``
     have been made (counting earlier calls); returns the number accepted."""
@@ -398,7 +442,8 @@ def _draw(
         p = starts[node] + min(int(_rand(state) * counts[node]), counts[node] - 1)
         s = _dot(q, qi, vectors, p)
         stats[NODE_PROPOSALS] += 1
-        if math.log(_rand(state)) < (s - ef[~c, UB]) / tau and not _excluded(ex, ids[p]):
+        bound = min(ef[~c, UB], cap)
+        if s <= cap and math.log(_rand(state)) < (s - bound) / tau and not _excluded(ex, ids[p]):
             out_s[qi, got], out_p[qi, got] = s, p
             got += 1
     return got
@@ -409,8 +454,10 @@ def _one_query(
     qi: int, q: np.ndarray, qn: float, cut: np.ndarray, cut_scores: np.ndarray,
     tree: tuple[np.ndarray, ...], ids: np.ndarray, ex: np.ndarray, params: np.ndarray,
     limits: np.ndarray, seed: int, out_s: np.ndarray, out_p: np.ndarray, stats: np.ndarray,
+    cap: float,
 ) -> None:  # fmt: skip
-    """Refine and draw for query row ``qi``; writes its outputs and counters.
+    """Refine and draw for query row ``qi``; writes its outputs and counters. A query whose
+    proposal holds no mass (every target excluded or above ``cap``) is flagged ``EMPTY``.
 
     The first proposal stops refining where more work looks dearer than rejections. Should it
     reject far more than expected (heavy exclusions: the bounds and the estimate of ``Z`` ignore
@@ -423,19 +470,22 @@ def _one_query(
     _rand(state)
     got, num = 0, limits[0]
     for attempt in range(2):
-        cap = len(cut) + 16 * limits[4]
-        ent, ef = np.empty(cap, dtype=np.int64), np.empty((cap, N_COLS))
-        ref = _init_cut(cut_scores[qi], qn, params[0], cut, tree, ent, ef)
+        room = len(cut) + 16 * limits[4]
+        ent, ef = np.empty(room, dtype=np.int64), np.empty((room, N_COLS))
+        ref = _init_cut(cut_scores[qi], qn, params[0], cut, tree, ent, ef, cap)
         stats[CENTRES] += len(cut)
         ent, ef, pos, pf, n_ent, n_pts = _refine(
             q, qi, qn, params[0], params[1] * (1.0 if attempt == 0 else RETRY_ETA), ref, limits,
-            tree, ids, ex, ent, ef, len(cut), stats, num if attempt == 0 else math.inf,
+            tree, ids, ex, ent, ef, len(cut), stats, num if attempt == 0 else math.inf, cap,
         )  # fmt: skip
         cdf, comp = _proposal(ef, n_ent, pf, n_pts)
+        if len(cdf) == 0 or not cdf[len(cdf) - 1] > 0.0:
+            stats[EMPTY] = 1
+            return
         most = min(limits[3], FIRST_PROPOSALS * num) if attempt == 0 else limits[3]
         got = _draw(
             q, qi, params[0], num, most, tree, ids, ex, cdf, comp, ent, ef, pos, pf, state,
-            out_s, out_p, stats, got,
+            out_s, out_p, stats, got, cap,
         )  # fmt: skip
         if got == num:
             break
@@ -446,13 +496,14 @@ def _sample_block(
     queries: np.ndarray, qnorm: np.ndarray, cut: np.ndarray, cut_scores: np.ndarray,
     tree: tuple[np.ndarray, ...], ids: np.ndarray, ex_ptr: np.ndarray, ex_ids: np.ndarray,
     params: np.ndarray, limits: np.ndarray, seed: int, out_s: np.ndarray, out_p: np.ndarray,
-    stats: np.ndarray,
+    stats: np.ndarray, caps: np.ndarray,
 ) -> None:  # fmt: skip
     """Every query row of the block, in parallel (see ``_compiled.sample_compiled``)."""
     for qi in numba.prange(queries.shape[0]):
         _one_query(
             qi, queries, qnorm[qi], cut, cut_scores, tree, ids,
             ex_ids[ex_ptr[qi] : ex_ptr[qi + 1]], params, limits, seed, out_s, out_p, stats[qi],
+            caps[qi],
         )  # fmt: skip
 
 

@@ -3,7 +3,8 @@
 A frontier node ``n`` (``count`` points, per-point score bounds ``lb <= q·t <= ub``, each the
 tighter of its own ball bound and its parent's) has mass bounds
 ``L = count·exp(lb/τ) <= Σ_t exp(q·t/τ) <= U = count·exp(ub/τ)``; an expanded leaf gives its
-points' exact weights (excluded ids are dropped). With ``E`` the exact mass and ``M = E + ΣU``
+points' exact weights (excluded ids, and points above the query's ceiling, are dropped; a node
+above the ceiling has no mass, one straddling it ``U = count·exp(ceiling/τ)`` and ``L = 0``). With ``E`` the exact mass and ``M = E + ΣU``
 the proposal mass, the rejection sampler's acceptance rate is at least ``(E + ΣL) / M``. While
 ``Σ(U - L) > eta·M``, every node with ``U - L > eta·M / (2·frontier size)`` is expanded (all of
 them in one vectorised round).
@@ -98,6 +99,7 @@ class Context:
     log_count: Tensor  # (M,) float64
     tau: float
     excluded: Tensor  # (X,) sorted keys q * N + id
+    ceiling: Tensor  # (Q,) float32 highest kept score (+inf: no filter)
 
     @property
     def n(self) -> int:
@@ -107,10 +109,18 @@ class Context:
         keys = qrow * self.tree.ids.shape[0] + self.tree.ids[pos]
         return membership(keys, self.excluded)
 
-    def log_masses(self, node: Tensor, ub: Tensor, lb: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log U, log (U - L))``, float64, for any shape of node / bound tensors."""
-        log_u = self.log_count[node] + ub.double() / self.tau
-        return log_u, log_u + log1mexp((lb - ub) / self.tau).double()
+    def log_masses(
+        self, node: Tensor, ub: Tensor, lb: Tensor, cap: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(log U, log (U - L))``, float64, of the points scoring at most ``cap`` (the
+        positive-aware filter), for any shape of node / bound / cap tensors: an entry above the
+        cap holds nothing; one straddling it has bounds ``(cap, -inf)``."""
+        top = torch.minimum(ub, cap)
+        low = torch.where(ub > cap, -math.inf, lb)
+        log_u = self.log_count[node] + top.double() / self.tau
+        log_gap = log_u + log1mexp((low - top) / self.tau).double()
+        gone = lb > cap
+        return log_u.masked_fill(gone, -math.inf), log_gap.masked_fill(gone, -math.inf)
 
 
 @dataclass
@@ -171,7 +181,9 @@ class Dense:
         centre = ctx.queries @ ctx.tree.centres[nodes].T  # (Q, C)
         spread = ctx.qnorm.unsqueeze(1) * ctx.radii[nodes].unsqueeze(0)  # (Q, C)
         self.nodes, self.ub = nodes, centre + spread
-        self.log_u, self.log_gap = ctx.log_masses(nodes.unsqueeze(0), self.ub, centre - spread)
+        self.log_u, self.log_gap = ctx.log_masses(
+            nodes.unsqueeze(0), self.ub, centre - spread, ctx.ceiling.unsqueeze(1)
+        )
         self.total_u, self.total_gap = self.log_u.logsumexp(1), self.log_gap.logsumexp(1)
         self.exact_u, self.exact_gap = self.total_u.clone(), self.total_gap.clone()
         self.open = torch.full((ctx.n,), len(nodes), dtype=torch.int64)
@@ -218,7 +230,7 @@ class Flat:
 
     def add(self, ctx: Context, front: Front) -> None:
         """Append query-sorted entries."""
-        log_u, log_gap = ctx.log_masses(front.node, front.ub, front.lb)
+        log_u, log_gap = ctx.log_masses(front.node, front.ub, front.lb, ctx.ceiling[front.q])
         self.chunks.append(_Chunk(front, log_u, log_gap))
         self.total_u = torch.logaddexp(self.total_u, segment_logsumexp(log_u, front.q, self.n))
         self.total_gap = torch.logaddexp(
@@ -298,16 +310,18 @@ def cut_nodes(tree: TreeArrays, size: int) -> Tensor:
 
 
 def _score_leaves(ctx: Context, q: Tensor, nodes: Tensor, stats: SampleStats) -> Points:
-    """Score every point of the (query, leaf) pairs exactly; drop excluded ids."""
+    """Score every point of the (query, leaf) pairs exactly; drop excluded ids and points above
+    their query's ceiling."""
     tree = ctx.tree
     pos, seg = expand_ranges(tree.starts[nodes], tree.counts[nodes])
     pq = q[seg]
     stats.leaves_expanded += len(nodes)
     stats.points_scored += len(pos)
     score = row_dots(ctx.queries, pq, tree.vectors, pos)
-    if not len(ctx.excluded):
-        return Points(pq, pos, score)
-    keep = torch.nonzero(~ctx.is_excluded(pq, pos)).view(-1)
+    kept = score <= ctx.ceiling[pq]
+    if len(ctx.excluded):
+        kept &= ~ctx.is_excluded(pq, pos)
+    keep = torch.nonzero(kept).view(-1)
     return Points(pq[keep], pos[keep], score[keep])
 
 

@@ -9,9 +9,11 @@ ids (row numbers); excluded ids (known positives) never come back.
 Positive-aware filtering (NV-Retriever, Moreira et al. 2024): with ``s+`` the query's score for
 its own positive, a target is removed when its score is above ``s+ - margin`` (``absolute``) or
 ``s+ - |s+| * margin`` (``relative``; the absolute value keeps the rule sign-safe when ``s+``
-is negative). The ceiling is an upper bound on the score: removed targets are excluded before
-drawing, so softmax draws are exact draws from the softmax restricted to the kept targets and
-top-k returns the top kept ranks. A query left with too few kept targets (1 for softmax,
+is negative). The ceiling is an upper bound on the score that every store applies inside its own search: the
+tree caps its node bounds by it (a node above it holds no mass, one straddling it no lower
+bound), the flat store masks scores above it; so softmax draws are exact draws from the softmax
+restricted to the kept targets, at about the unfiltered cost, and top-k returns the top kept
+ranks. A query left with too few kept targets (1 for softmax,
 ``skip_first + k`` for top-k) is mined without the filter and flagged in :class:`Mined`.
 
     ids = mine_negatives(index, q, 8, mode="softmax", temperature=0.05, exclude=rows, generator=g)
@@ -78,12 +80,11 @@ class Mined:
 
     Attributes:
         ids: ``(Q, k)`` int64 target ids.
-        filtered: ``(Q,)`` int64 targets the filter removed per query (beyond the excluded).
-        fallback: ``(Q,)`` bool: the query kept too few targets and was mined unfiltered.
+        fallback: ``(Q,)`` bool: the query kept too few targets under its ceiling and was mined
+            without it.
     """
 
     ids: np.ndarray
-    filtered: np.ndarray
     fallback: np.ndarray
 
 
@@ -107,17 +108,14 @@ def _check_room(exclude: np.ndarray, n_points: int, need: int) -> None:
 
 def _oracle_mask(
     scores: torch.Tensor, exclude: np.ndarray, ceiling: torch.Tensor | None, need: int
-) -> tuple[torch.Tensor, Mined]:
+) -> torch.Tensor:
     """``(Q, N)`` removed pairs (excluded, or above a ceiling unless too few would stay)."""
     excluded = _excluded_mask(exclude, scores.shape[1])
     if ceiling is None:
-        zeros = np.zeros(scores.shape[0], np.int64)
-        return excluded, Mined(np.zeros((0, 0), np.int64), zeros, zeros.astype(bool))
-    above = (scores.double() > ceiling.double().unsqueeze(1)) & ~excluded
+        return excluded
+    above = (scores > ceiling.float().unsqueeze(1)) & ~excluded
     fallback = (scores.shape[1] - excluded.sum(1) - above.sum(1)) < need  # (Q,)
-    mask = excluded | (above & ~fallback.unsqueeze(1))
-    info = Mined(np.zeros((0, 0), np.int64), above.sum(1).numpy(), fallback.numpy())
-    return mask, info
+    return excluded | (above & ~fallback.unsqueeze(1))
 
 
 def brute_force_softmax(
@@ -133,7 +131,7 @@ def brute_force_softmax(
     q, t = as_matrix(queries, "queries"), as_matrix(targets, "targets")
     _check_room(exclude, t.shape[0], 1)
     scores = q @ t.T
-    mask, _ = _oracle_mask(scores, exclude, ceiling, 1)
+    mask = _oracle_mask(scores, exclude, ceiling, 1)
     logits = scores.double() / temperature
     logits.masked_fill_(mask, float("-inf"))
     probs = torch.softmax(logits, dim=1)
@@ -158,27 +156,11 @@ def brute_force_topk(
     q, t = as_matrix(queries, "queries"), as_matrix(targets, "targets")
     _check_room(exclude, t.shape[0], skip_first + k)
     scores = q @ t.T
-    mask, _ = _oracle_mask(scores, exclude, ceiling, skip_first + k)
+    mask = _oracle_mask(scores, exclude, ceiling, skip_first + k)
     scores.masked_fill_(mask, float("-inf"))
     top_s, top_i = torch.topk(scores, skip_first + k, dim=1)
     _, ids = _rank(top_s.numpy(), top_i.numpy())
     return ids[:, skip_first:]
-
-
-def _filter_keys(
-    store: VectorStore, q: torch.Tensor, keys: torch.Tensor, ceiling: torch.Tensor, need: int
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Exclusion keys with every target above the ceiling added (except for queries that would
-    keep fewer than ``need``), the per-query filtered counts and the fallback flags."""
-    n, n_q = store.num_points, q.shape[0]
-    qrow, ids = store.above(q, ceiling)
-    extra = qrow * n + ids
-    extra = extra[~torch.isin(extra, keys)]  # (R,) removed by the filter alone
-    filtered = torch.bincount(extra // n, minlength=n_q)  # (Q,)
-    left = n - torch.bincount(keys // n, minlength=n_q) - filtered
-    fallback = left < need
-    extra = extra[~fallback[extra // n]]
-    return torch.unique(torch.cat([keys, extra])), filtered.numpy(), fallback.numpy()
 
 
 def mine(
@@ -219,16 +201,22 @@ def mine(
     _check_room(exclude, store.num_points, need)
     q = torch.as_tensor(queries).detach().to(store.device, torch.float32)
     keys = excluded_keys(exclude, q.shape[0], store.num_points)
-    filtered = np.zeros(q.shape[0], np.int64)
-    fallback = np.zeros(q.shape[0], bool)
-    if ceiling is not None:
-        keys, filtered, fallback = _filter_keys(store, q, keys, ceiling, need)
-    if mode == "topk":
-        ids = store.topk(q, need, excluded=keys)[1][:, skip_first:]
-    else:
-        gen = generator or torch.Generator(store.device).manual_seed(0)
-        ids = store.sample(q, k, temperature=temperature, excluded=keys, generator=gen)
-    return Mined(ids.numpy(), filtered, fallback)
+    gen = generator or torch.Generator(store.device).manual_seed(0)
+
+    def draw(cap: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if mode == "topk":
+            ids = store.topk(q, need, excluded=keys, ceiling=cap)[1]
+            return ids[:, skip_first:], (ids < 0).any(1)
+        return store.sample(
+            q, k, temperature=temperature, excluded=keys, ceiling=cap, generator=gen
+        )
+
+    ids, short = draw(ceiling)
+    fallback = short if ceiling is not None else torch.zeros_like(short)
+    if ceiling is not None and bool(short.any()):  # too few kept: those rows go unfiltered
+        cap = ceiling.to(torch.float64).cpu().masked_fill(short, math.inf)
+        ids = draw(cap)[0]
+    return Mined(ids.numpy(), fallback.numpy())
 
 
 def mine_negatives(

@@ -97,12 +97,17 @@ class _Proposal:
     part_cdf: Tensor  # (Q, P + 1) float64 cumulative part probabilities, dense part last
     dense_cum: Tensor  # (Q, C) float64 cumulative mass of the open cut nodes, row max = 1
     dense: Dense
+    ceiling: Tensor  # (Q,) highest kept score
+    empty: Tensor  # (Q,) bool: no mass at all (every target excluded or above the ceiling)
 
     @staticmethod
     def build(ctx: Context, dense: Dense, flat: Flat, points: list[Points]) -> _Proposal:
         n = ctx.n
         parts = [(p.q, False, p.pos, p.score, p.score.double() / ctx.tau) for p in points]
-        parts += [(f.q, True, f.node, f.ub, log_u) for f, log_u in flat.parts()]
+        parts += [
+            (f.q, True, f.node, torch.minimum(f.ub, ctx.ceiling[f.q]), log_u)
+            for f, log_u in flat.parts()
+        ]
         seg = torch.cat(
             [q + j * n for j, (q, *_) in enumerate(parts)] + [torch.zeros(0, dtype=torch.int64)]
         )
@@ -121,9 +126,13 @@ class _Proposal:
         dense_cum = torch.cumsum(torch.exp(dense.log_u - top), 1)  # (Q, C) linear, float64
         log_dense = torch.log(dense_cum[:, -1:]) + top  # (Q, 1)
         mass = torch.cat([log_seg.view(len(parts), n).T, log_dense], 1)  # (Q, P + 1)
+        empty = ~torch.isfinite(mass.max(1).values)  # (Q,) nothing to draw (all filtered out)
+        mass[empty] = 0.0  # any valid table: such a row is never drawn from
         part_cdf = torch.cumsum(torch.softmax(mass, 1), 1)
         part_cdf = part_cdf / part_cdf[:, -1:]  # ends at exactly 1: a zero-mass part is never hit
-        return _Proposal(is_node, ref, val, cums, first, count, part_cdf, dense_cum, dense)
+        return _Proposal(
+            is_node, ref, val, cums, first, count, part_cdf, dense_cum, dense, ctx.ceiling, empty
+        )
 
     def pick(self, qrow: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """One component per query row: ``(is_node, ref, val)``."""
@@ -143,7 +152,8 @@ class _Proposal:
             target[dq, rank] = self.dense_cum[dq, -1] * u[in_dense]
             col = torch.searchsorted(self.dense_cum, target, right=True)[dq, rank]
             col = col.clamp(max=self.dense_cum.shape[1] - 1)
-            ref[in_dense], val[in_dense] = self.dense.nodes[col], self.dense.ub[dq, col]
+            ref[in_dense] = self.dense.nodes[col]
+            val[in_dense] = torch.minimum(self.dense.ub[dq, col], self.ceiling[dq])
         flat = ~in_dense
         if bool(flat.any()):
             s = part[flat] * self.part_cdf.shape[0] + qrow[flat]  # segments
@@ -171,7 +181,7 @@ def _propose(
         p = tree.starts[node] + torch.minimum(off, size - 1)
         s = row_dots(ctx.queries, qrow[at], tree.vectors, p)
         log_u = torch.log(torch.rand(len(at), dtype=torch.float64, generator=gen))
-        keep = log_u < (s.double() - val[at].double()) / ctx.tau
+        keep = (log_u < (s.double() - val[at].double()) / ctx.tau) & (s <= ctx.ceiling[qrow[at]])
         pos[at], score[at], ok[at] = p, s, keep & ~ctx.is_excluded(qrow[at], p)
         stats.node_proposals += len(at)
     stats.proposals += len(qrow)
@@ -180,15 +190,17 @@ def _propose(
 
 def _draw(
     ctx: Context, prop: _Proposal, num: int, gen: torch.Generator, stats: SampleStats
-) -> tuple[Tensor, Tensor]:
-    """``num`` accepted draws per query: ``(scores, positions)``, both ``(Q, num)``."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``num`` accepted draws per query: ``(scores, positions, empty)``, ``(Q, num)`` and
+    ``(Q,)``; ``empty`` rows (no kept target found) hold no draws."""
     n = ctx.n
-    out_s, out_p = torch.empty((n, num)), torch.empty((n, num), dtype=torch.int64)
+    out_s, out_p = torch.zeros((n, num)), torch.zeros((n, num), dtype=torch.int64)
     got, tried, hits = (torch.zeros(n, dtype=torch.int64) for _ in range(3))
+    got[prop.empty] = num  # nothing to draw: the caller redraws these rows unfiltered
     for _ in range(MAX_DRAW_ROUNDS):
         need = num - got  # (Q,)
         if int(need.sum()) == 0:
-            return out_s, out_p
+            return out_s, out_p, prop.empty
         rate = (hits + 1).double() / (tried + 1).double()
         draws = torch.where(need > 0, torch.ceil(1.2 * need / rate).long() + 1, 0)
         draws = draws.clamp(max=max(1, MAX_PROPOSALS_PER_ROUND // n))
@@ -203,6 +215,9 @@ def _draw(
         out_s[aq[use], slot], out_p[aq[use], slot] = score[ok][use], pos[ok][use]
         got += torch.bincount(aq[use], minlength=n)
         stats.accepted += len(aq)
+    short = got < num
+    if bool(torch.isfinite(ctx.ceiling[short]).all()):  # filtered rows that found nothing kept
+        return out_s, out_p, prop.empty | short
     raise RuntimeError(
         f"sampler accepted too few proposals in {MAX_DRAW_ROUNDS} rounds (rate "
         f"{stats.acceptance_rate:.2e}); raise max_rounds / max_points or lower eta"
@@ -226,8 +241,10 @@ def sample_softmax(
     max_points: int | None,
     generator: torch.Generator,
     cut: Tensor,
-) -> tuple[Tensor, Tensor, SampleStats]:
-    """``num_samples`` i.i.d. draws per query from the exact softmax (module docstring).
+    ceiling: Tensor | None = None,
+) -> tuple[Tensor, Tensor, SampleStats, Tensor]:
+    """``num_samples`` i.i.d. draws per query from the exact softmax (module docstring),
+    restricted to targets scoring at most ``ceiling`` when one is given.
 
     Args:
         tree: The tree.
@@ -240,17 +257,21 @@ def sample_softmax(
         max_points: Most leaf points scored per query while expanding (None: no cap).
         generator: Random generator.
         cut: ``(C,)`` nodes the refinement starts from (see ``cut_size`` and ``cut_nodes``).
+        ceiling: ``(Q,)`` highest score a drawn target may have (None: no filter).
 
     Returns:
-        ``(scores, positions, stats)``: ``(Q, num_samples)`` float32 exact scores ``q·t`` and
-        int64 positions of the draws, and the work done.
+        ``(scores, positions, stats, empty)``: ``(Q, num_samples)`` float32 exact scores ``q·t``
+        and int64 positions of the draws, the work done, and ``(Q,)`` bool: queries that found
+        no target below their ceiling (their rows are not draws; none without a ceiling).
     """
+    n = queries.shape[0]
+    cap = torch.full((n,), math.inf) if ceiling is None else ceiling.float().cpu()
     ctx = Context(
         tree, queries, torch.linalg.vector_norm(queries, dim=1), bound_radii(tree),
-        torch.log(tree.counts.double()), float(temperature), excluded,
+        torch.log(tree.counts.double()), float(temperature), excluded, cap,
     )  # fmt: skip
     stats = SampleStats(queries=ctx.n, samples=ctx.n * num_samples)
     dense, flat, points = refine(ctx, cut, eta, max_rounds, max_points, stats)
     prop = _Proposal.build(ctx, dense, flat, points)
-    scores, pos = _draw(ctx, prop, num_samples, generator, stats)
-    return scores, pos, stats
+    scores, pos, empty = _draw(ctx, prop, num_samples, generator, stats)
+    return scores, pos, stats, empty

@@ -57,6 +57,12 @@ def node_bounds(
     return centre + spread, centre - spread
 
 
+def _capped(bounds: tuple[Tensor, Tensor], cap: Tensor) -> Tensor:
+    """Upper bounds of the points at most ``cap``: ``min(ub, cap)``, ``-inf`` when ``lb > cap``."""
+    ub, lb = bounds
+    return torch.minimum(ub, cap).masked_fill(lb > cap, -math.inf)
+
+
 def top_per_segment(seg: Tensor, values: Tensor, n: int, r: int) -> Tensor:
     """Mask of the ``r`` largest values of each segment of a segment-sorted array.
 
@@ -93,25 +99,33 @@ def _merge_best(
     return top.values, torch.gather(torch.cat([best[1], new_p], 1), 1, top.indices)
 
 
-def tree_search(tree: TreeArrays, queries: Tensor, k: int, per_round: int) -> tuple[Tensor, Tensor]:
-    """Exact top-``k`` positions of each query (see the module docstring).
+def tree_search(
+    tree: TreeArrays, queries: Tensor, k: int, per_round: int, ceiling: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Exact top-``k`` positions of each query (see the module docstring), among the points
+    scoring at most the query's ``ceiling`` when one is given (a node whose lower bound is above
+    it is dropped, the others are bounded by ``min(ub, ceiling)``).
 
     Args:
         tree: The tree.
         queries: ``(Q, d)`` float32 queries.
         k: Results per query, ``1 <= k <= N``.
         per_round: Nodes expanded per query and round.
+        ceiling: ``(Q,)`` highest kept score (None: no filter).
 
     Returns:
-        ``(scores, positions)``: ``(Q, k)`` float32 and int64, unsorted.
+        ``(scores, positions)``: ``(Q, k)`` float32 and int64, unsorted; ``-inf`` / ``-1``
+        where a query keeps fewer than ``k`` points.
     """
     n = queries.shape[0]
+    cap = torch.full((n,), math.inf) if ceiling is None else ceiling.float()
     radii, qnorm = bound_radii(tree), torch.linalg.vector_norm(queries, dim=1)
     fq, fnode = torch.arange(n), torch.zeros(n, dtype=torch.int64)
-    fub = node_bounds(tree, radii, queries, qnorm, fq, fnode)[0]
+    fub = _capped(node_bounds(tree, radii, queries, qnorm, fq, fnode), cap[fq])
     best = torch.full((n, k), -math.inf), torch.full((n, k), -1, dtype=torch.int64)
     while len(fq):
-        keep = fub >= best[0][:, -1][fq]  # a node that cannot beat the k-th best goes
+        keep = (fub >= best[0][:, -1][fq]) & (fub > -math.inf)  # nodes that cannot beat the
+        # k-th best, or hold nothing below the ceiling, go
         fq, fnode, fub = fq[keep], fnode[keep], fub[keep]
         if not len(fq):
             break
@@ -121,48 +135,15 @@ def tree_search(tree: TreeArrays, queries: Tensor, k: int, per_round: int) -> tu
         if bool(leaf.any()):
             pos, seg = expand_ranges(tree.starts[en[leaf]], tree.counts[en[leaf]])
             pq = eq[leaf][seg]
-            best = _merge_best(best, pq, row_dots(queries, pq, tree.vectors, pos), pos, n)
+            scores = row_dots(queries, pq, tree.vectors, pos)
+            scores = scores.masked_fill(scores > cap[pq], -math.inf)  # filtered out
+            best = _merge_best(best, pq, scores, pos, n)
         inner = ~leaf
         cn, seg = expand_ranges(tree.child_start[en[inner]], tree.child_count[en[inner]])
         cq = eq[inner][seg]
-        cub = torch.minimum(eub[inner][seg], node_bounds(tree, radii, queries, qnorm, cq, cn)[0])
+        own = _capped(node_bounds(tree, radii, queries, qnorm, cq, cn), cap[cq])
+        cub = torch.minimum(eub[inner][seg], own)
         rest = ~sel
         fq, fnode, fub = merge([[fq[rest], fnode[rest], fub[rest]], [cq, cn, cub]], n)
-    return best
-
-
-def tree_above(tree: TreeArrays, queries: Tensor, ceiling: Tensor) -> tuple[Tensor, Tensor]:
-    """Every (query, point) pair scoring strictly above the query's ceiling, by branch and bound.
-
-    A node whose upper bound is at most the ceiling holds no such point and is dropped; the
-    other leaves are scored exactly (points are tested on their own scores, never on a bound, so
-    that the result agrees with brute force up to the rounding of one dot product). The cost
-    grows with the number of points near or above the ceiling, not with N.
-
-    Args:
-        tree: The tree.
-        queries: ``(Q, d)`` float32 queries.
-        ceiling: ``(Q,)`` float32 scores; ``+inf`` selects nothing for that query.
-
-    Returns:
-        ``(qrow, positions)``: ``(P,)`` int64 each, sorted by query.
-    """
-    n = queries.shape[0]
-    radii, qnorm = bound_radii(tree), torch.linalg.vector_norm(queries, dim=1)
-    fq, fnode = torch.arange(n), torch.zeros(n, dtype=torch.int64)
-    found_q, found_p = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)]
-    while len(fq):
-        ub, _ = node_bounds(tree, radii, queries, qnorm, fq, fnode)
-        live = ub > ceiling[fq]
-        leaf = live & (tree.child_count[fnode] == 0)
-        pos, seg = expand_ranges(tree.starts[fnode[leaf]], tree.counts[fnode[leaf]])
-        pq = fq[leaf][seg]
-        hit = row_dots(queries, pq, tree.vectors, pos) > ceiling[pq]
-        found_q.append(pq[hit])
-        found_p.append(pos[hit])
-        inner = live & ~leaf
-        fnode, seg = expand_ranges(tree.child_start[fnode[inner]], tree.child_count[fnode[inner]])
-        fq = fq[inner][seg]
-    qrow, positions = torch.cat(found_q), torch.cat(found_p)
-    order = torch.argsort(qrow, stable=True)
-    return qrow[order], positions[order]
+    scores, positions = best
+    return scores, positions.masked_fill(~torch.isfinite(scores), -1)

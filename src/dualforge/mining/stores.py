@@ -1,8 +1,9 @@
 """Where mining reads its target vectors: one :class:`VectorStore` protocol, two stores, a factory.
 
 A store holds the ``(N, d)`` target vectors (ids are row numbers) and answers what mining asks:
-softmax draws, top-k, and the targets scoring above a per-query ceiling (the positive-aware
-filter). Every answer is exact; the stores differ in cost and in where the vectors live.
+softmax draws and top-k over the targets that are not excluded and score at most a per-query
+ceiling (the positive-aware filter). Every answer is exact; the stores differ in cost and in
+where the vectors live.
 
 * ``tree`` (:class:`TreeStore`): the dynamic tree index (``tree.py``) on the CPU; draws by
   rejection from tree bounds (torch or numba kernels), in-place updates that keep the tree.
@@ -12,7 +13,7 @@ filter). Every answer is exact; the stores differ in cost and in where the vecto
 Choose one by name, faiss style::
 
     store = make_store("flat", vectors, StoreParams(device="cuda"))
-    ids = store.sample(q, 8, temperature=0.05, excluded=keys, generator=g)   # (Q, 8)
+    ids, empty = store.sample(q, 8, temperature=0.05, excluded=keys, ceiling=c, generator=g)
 
 Excluded (query, target) pairs travel as sorted keys ``q * N + id`` (``exclusion_keys``).
 """
@@ -28,7 +29,6 @@ import torch
 
 from dualforge.mining._compiled import resolve_backend
 from dualforge.mining.sampler import exclusion_keys
-from dualforge.mining.search import tree_above
 from dualforge.mining.tree import TreeIndex
 
 Tensor = torch.Tensor
@@ -105,18 +105,18 @@ class VectorStore(Protocol):
 
     def sample(
         self, queries: Tensor, k: int, *, temperature: float, excluded: Tensor,
-        generator: torch.Generator,
-    ) -> Tensor:  # fmt: skip
-        """``(Q, k)`` int64 CPU ids drawn i.i.d. from ``softmax(q·t / τ)`` over non-excluded
-        targets (every query keeps at least one)."""
+        ceiling: Tensor | None, generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``(ids, empty)``: ``(Q, k)`` int64 CPU ids drawn i.i.d. from ``softmax(q·t / τ)``
+        over the kept targets (not excluded, at most the ceiling), and ``(Q,)`` bool: queries
+        that keep none (their rows are ``-1``)."""
         ...
 
-    def topk(self, queries: Tensor, k: int, *, excluded: Tensor) -> tuple[Tensor, Tensor]:
-        """``(scores, ids)``, ``(Q, k)`` CPU, best first (equal scores by id), non-excluded."""
-        ...
-
-    def above(self, queries: Tensor, ceiling: Tensor) -> tuple[Tensor, Tensor]:
-        """``(qrow, ids)`` CPU int64: every target scoring strictly above its query's ceiling."""
+    def topk(
+        self, queries: Tensor, k: int, *, excluded: Tensor, ceiling: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(scores, ids)``, ``(Q, k)`` CPU, best first (equal scores by id) among the kept
+        targets; ``-inf`` / ``-1`` past a query's last kept target."""
         ...
 
     def memory_bytes(self) -> int:
@@ -194,34 +194,31 @@ class TreeStore:
 
     def sample(
         self, queries: Tensor, k: int, *, temperature: float, excluded: Tensor,
-        generator: torch.Generator,
-    ) -> Tensor:  # fmt: skip
-        """Exact draws by rejection from the tree's bounds."""
+        ceiling: Tensor | None, generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Exact draws by rejection from the tree's bounds, capped by the ceiling."""
         rows = [r.tolist() for r in key_rows(excluded, queries.shape[0], self.num_points)]
         _, ids, _ = self.index.sample(
             queries, k, temperature=temperature, exclude=rows, eta=self.params.eta,
-            generator=generator, backend=self.backend,
+            generator=generator, backend=self.backend, ceiling=ceiling,
         )  # fmt: skip
-        return torch.from_numpy(ids)
+        out = torch.from_numpy(ids)
+        return out, (out < 0).any(1)
 
-    def topk(self, queries: Tensor, k: int, *, excluded: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact branch-and-bound search, excluded ids skipped."""
+    def topk(
+        self, queries: Tensor, k: int, *, excluded: Tensor, ceiling: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Exact branch-and-bound search under the ceiling, excluded ids skipped."""
         rows = key_rows(excluded, queries.shape[0], self.num_points)
         width = max([0, *(len(r) for r in rows)])
-        scores, ids = self.index.search(queries, k + width)
+        scores, ids = self.index.search(queries, k + width, ceiling=ceiling)
         out_s = torch.full((len(rows), k), -math.inf)
         out_i = torch.full((len(rows), k), -1, dtype=torch.int64)
         for q, row in enumerate(rows):
-            keep = ~np.isin(ids[q], row.numpy())
+            keep = ~np.isin(ids[q], row.numpy()) & (ids[q] >= 0)
             s, i = scores[q][keep][:k], ids[q][keep][:k]
             out_s[q, : len(s)], out_i[q, : len(i)] = torch.from_numpy(s), torch.from_numpy(i)
         return out_s, out_i
-
-    def above(self, queries: Tensor, ceiling: Tensor) -> tuple[Tensor, Tensor]:
-        """Branch and bound on the nodes' upper bounds (``search.tree_above``)."""
-        q = queries.detach().float().cpu().contiguous()
-        qrow, pos = tree_above(self.index.arrays, q, ceiling.float().cpu())
-        return qrow, self.index.arrays.ids[pos]
 
     def memory_bytes(self) -> int:
         """Tree arrays and vectors."""
@@ -279,28 +276,32 @@ class FlatStore:
         width = max(1, self.params.budget // max(1, n_queries))
         return [(lo, min(lo + width, self.num_points)) for lo in range(0, self.num_points, width)]
 
-    def _logits(self, q: Tensor, lo: int, hi: int, excluded: Tensor) -> Tensor:
-        """``(Q, hi - lo)`` scores of targets ``lo..hi-1``, excluded pairs at ``-inf``."""
+    def _logits(self, q: Tensor, lo: int, hi: int, excluded: Tensor, cap: Tensor | None) -> Tensor:
+        """``(Q, hi - lo)`` scores of targets ``lo..hi-1``; excluded pairs and scores above the
+        query's ``(Q, 1)`` cap at ``-inf``."""
         block = q @ self.data[lo:hi].T
         qrow, ids = excluded // self.num_points, excluded % self.num_points
         inside = (ids >= lo) & (ids < hi)
         block[qrow[inside], ids[inside] - lo] = -math.inf
-        return block
+        return block if cap is None else block.masked_fill(block > cap, -math.inf)
 
     def sample(
         self, queries: Tensor, k: int, *, temperature: float, excluded: Tensor,
-        generator: torch.Generator,
-    ) -> Tensor:  # fmt: skip
+        ceiling: Tensor | None, generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Two passes: each chunk's mass per query, then a chunk per draw and a target in it.
 
         ``generator`` must live on the store's device.
         """
         q, ex = queries.to(self.device, torch.float32), excluded.to(self.device)
+        cap = None if ceiling is None else ceiling.to(self.device, torch.float32).unsqueeze(1)
         spans = self._chunks(q.shape[0])
         mass = torch.stack(
-            [torch.logsumexp(self._logits(q, lo, hi, ex).double() / temperature, 1)
+            [torch.logsumexp(self._logits(q, lo, hi, ex, cap).double() / temperature, 1)
              for lo, hi in spans], 1,
         )  # fmt: skip  # (Q, chunks)
+        empty = ~torch.isfinite(mass.max(1).values)  # (Q,) nothing kept
+        mass[empty] = 0.0
         chunk = torch.multinomial(torch.softmax(mass, 1), k, replacement=True, generator=generator)
         out = torch.empty_like(chunk)  # (Q, k)
         for c, (lo, hi) in enumerate(spans):
@@ -308,14 +309,17 @@ class FlatStore:
             if not len(qrow):
                 continue
             rows, count = torch.unique(qrow, return_counts=True)
-            logits = self._logits(q[rows], lo, hi, self._keys_of(ex, rows)).double() / temperature
+            sub = None if cap is None else cap[rows]
+            logits = self._logits(q[rows], lo, hi, self._keys_of(ex, rows), sub).double()
+            logits = (logits / temperature).masked_fill(empty[rows].unsqueeze(1), 0.0)
             draws = torch.multinomial(
                 torch.softmax(logits, 1), int(count.max()), replacement=True, generator=generator
             )  # (R, most)
             at = torch.searchsorted(rows, qrow)
             nth = torch.arange(len(qrow), device=self.device) - torch.searchsorted(qrow, qrow)
             out[qrow, slot] = draws[at, nth] + lo
-        return out.cpu()
+        out[empty] = -1
+        return out.cpu(), empty.cpu()
 
     def _keys_of(self, excluded: Tensor, rows: Tensor) -> Tensor:
         """The keys of ``rows`` renumbered as queries ``0..len(rows)-1``."""
@@ -325,13 +329,16 @@ class FlatStore:
             self.num_points
         )
 
-    def topk(self, queries: Tensor, k: int, *, excluded: Tensor) -> tuple[Tensor, Tensor]:
+    def topk(
+        self, queries: Tensor, k: int, *, excluded: Tensor, ceiling: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """A running top-k over the chunks; ``-inf`` / ``-1`` past a query's kept targets."""
         q, ex = queries.to(self.device, torch.float32), excluded.to(self.device)
+        cap = None if ceiling is None else ceiling.to(self.device, torch.float32).unsqueeze(1)
         best_s = torch.full((q.shape[0], 0), -math.inf, device=self.device)
         best_i = torch.zeros((q.shape[0], 0), dtype=torch.int64, device=self.device)
         for lo, hi in self._chunks(q.shape[0]):
-            block = self._logits(q, lo, hi, ex)
+            block = self._logits(q, lo, hi, ex, cap)
             top = torch.topk(block, min(k, hi - lo), dim=1)
             all_s = torch.cat([best_s, top.values], 1)
             all_i = torch.cat([best_i, top.indices + lo], 1)
@@ -339,18 +346,6 @@ class FlatStore:
             best_s, best_i = torch.gather(all_s, 1, keep), torch.gather(all_i, 1, keep)
         best_i = torch.where(torch.isfinite(best_s), best_i, -1)
         return _rank(best_s, best_i)
-
-    def above(self, queries: Tensor, ceiling: Tensor) -> tuple[Tensor, Tensor]:
-        """Every chunk scored once; pairs above the ceiling kept."""
-        q, c = queries.to(self.device, torch.float32), ceiling.to(self.device).unsqueeze(1)
-        found = [
-            torch.nonzero(self._logits(q, lo, hi, q.new_zeros(0, dtype=torch.int64)) > c)
-            + (torch.tensor([0, lo], device=self.device))
-            for lo, hi in self._chunks(q.shape[0])
-        ]
-        pairs = torch.cat(found).cpu()  # (P, 2)
-        order = torch.argsort(pairs[:, 0], stable=True)
-        return pairs[order, 0], pairs[order, 1]
 
     def memory_bytes(self) -> int:
         """The vectors' bytes."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ class TreeIndex:
         return self.arrays.vectors[pos]
 
     def search(
-        self, queries: Array, k: int, *, per_round: int = 16
+        self, queries: Array, k: int, *, per_round: int = 16, ceiling: torch.Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` targets by inner product (branch and bound; see ``search.py``).
 
@@ -118,10 +119,11 @@ class TreeIndex:
             queries: ``(Q, d)`` query vectors.
             k: Results per query; clipped to ``N``.
             per_round: Nodes expanded per query per round (a speed knob).
+            ceiling: ``(Q,)`` highest score a returned target may have (None: no filter).
 
         Returns:
             ``(scores, ids)``: ``(Q, min(k, N))`` float32 and int64, best first (equal scores
-            by id ascending).
+            by id ascending); ``-inf`` / ``-1`` past a query's last target under its ceiling.
 
         Raises:
             ValueError: For bad shapes, ``k < 1`` or ``per_round < 1``.
@@ -132,8 +134,8 @@ class TreeIndex:
         k = min(k, self.num_points)
         if q.shape[0] == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        scores, pos = tree_search(self.arrays, q, k, per_round)
-        s, i = scores.numpy(), self.arrays.ids[pos].numpy()
+        scores, pos = tree_search(self.arrays, q, k, per_round, ceiling)
+        s, i = scores.numpy(), torch.where(pos >= 0, self.arrays.ids[pos.clamp(min=0)], -1).numpy()
         order = np.lexsort((i, -s), axis=-1)
         return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
 
@@ -150,6 +152,7 @@ class TreeIndex:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         backend: str = "auto",
+        ceiling: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray, SampleStats]:
         """I.i.d. draws from the exact softmax ``p(t | q) ∝ exp(q·t / τ)`` over all targets.
 
@@ -172,6 +175,11 @@ class TreeIndex:
             backend: ``"torch"`` (batched tensor ops), ``"numba"`` (a compiled loop per query,
                 ``pip install dualforge[fast]``) or ``"auto"`` (numba when it imports). Both are
                 exact; for a fixed generator each gives reproducible, but different, draws.
+            ceiling: ``(Q,)`` highest score a drawn target may have (the positive-aware filter;
+                None: none). Node bounds are capped by it, so the draws are exact draws from the
+                softmax over the targets at most the ceiling, at about the unfiltered cost. A
+                query with no such target gets ``-1`` ids and ``-inf`` scores (the caller
+                decides what to do; see ``negatives.mine``).
 
         Returns:
             ``(scores, ids, stats)``: ``(Q, num_samples)`` float32 exact scores ``q·t`` and
@@ -194,18 +202,23 @@ class TreeIndex:
             generator = torch.Generator().manual_seed(
                 seed if seed is not None else int(torch.randint(1 << 62, (1,)))
             )
+        cap = None if ceiling is None else ceiling.detach().float().cpu()
         if backend == "numba":
-            scores_np, pos_np, stats = sample_compiled(
+            scores_np, pos_np, stats, empty_np = sample_compiled(
                 self.arrays, q, num_samples, temperature=temperature, excluded=keys, eta=eta,
                 max_rounds=max_rounds, max_points=max_points,
                 seed=int(torch.randint(1 << 62, (1,), generator=generator)), cut=self._get_cut(),
+                ceiling=cap,
             )  # fmt: skip
-            return scores_np, self.arrays.ids.numpy()[pos_np], stats
-        scores, pos, stats = sample_softmax(
-            self.arrays, q, num_samples, temperature=temperature, excluded=keys, eta=eta,
-            max_rounds=max_rounds, max_points=max_points, generator=generator, cut=self._get_cut(),
-        )  # fmt: skip
-        return scores.numpy(), self.arrays.ids[pos].numpy(), stats
+            scores, pos, empty = map(torch.from_numpy, (scores_np, pos_np, empty_np))
+        else:
+            scores, pos, stats, empty = sample_softmax(
+                self.arrays, q, num_samples, temperature=temperature, excluded=keys, eta=eta,
+                max_rounds=max_rounds, max_points=max_points, generator=generator,
+                cut=self._get_cut(), ceiling=cap,
+            )  # fmt: skip
+        ids = self.arrays.ids[pos.clamp(min=0)].masked_fill(empty.unsqueeze(1), -1)
+        return scores.masked_fill(empty.unsqueeze(1), -math.inf).numpy(), ids.numpy(), stats
 
     def update(self, ids: Array, vectors: Array, *, looseness: float = 1.5) -> UpdateStats:
         """Replace the vectors of some targets in place (see ``maintenance.py``).

@@ -143,7 +143,6 @@ class DualEncoder(nn.Module):
         out: torch.Tensor = self.tower(side)(batch)
         return out
 
-    @torch.no_grad()
     def encode(
         self,
         texts: Sequence[str],
@@ -153,12 +152,24 @@ class DualEncoder(nn.Module):
         max_length: int | None = None,
     ) -> np.ndarray:
         """``(N, D)`` float32 embeddings, computed in eval mode, longest texts first for speed."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        return self.embed(texts, side, batch_size, show_progress, max_length).cpu().numpy()
+
+    @torch.no_grad()
+    def embed(
+        self,
+        texts: Sequence[str],
+        side: Side = "query",
+        batch_size: int = 64,
+        show_progress: bool = False,
+        max_length: int | None = None,
+    ) -> torch.Tensor:
+        """:meth:`encode` as a float32 tensor left on the model's device."""
+        out = torch.zeros((len(texts), self.dim), dtype=torch.float32, device=self.device)
         with eval_mode(self):
             for rows in length_sorted_batches(texts, batch_size, f"encode {side}", show_progress):
                 batch = self.tokenize([texts[i] for i in rows], side, max_length)
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                out[rows] = self.tower(side)(batch).float().cpu().numpy()
+                out[torch.as_tensor(rows, device=self.device)] = self.tower(side)(batch).float()
         return out
 
 

@@ -107,6 +107,13 @@ class ModelKind(Protocol):
         """The representations of ``texts`` (in eval mode, without gradients)."""
         ...
 
+    def embed(
+        self, model: Any, texts: Sequence[str], side: Side, batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """``(N, D)`` float32: one vector per text, on the model's device (a mining index)."""
+        ...
+
     def scorer(self, model: Any, batch_size: int = 32) -> PairScorer:
         """Scores of queries' candidates under ``model``."""
         ...
@@ -152,6 +159,14 @@ class SingleVector:
         """``(N, D)`` embeddings."""
         return Vectors(model.encode(list(texts), side, batch_size, show_progress, max_length))
 
+    def embed(
+        self, model: Any, texts: Sequence[str], side: Side, batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The embeddings, left on the model's device."""
+        out: torch.Tensor = model.embed(list(texts), side, batch_size, max_length=max_length)
+        return out
+
     def scorer(self, model: Any, batch_size: int = 32) -> PairScorer:
         """Dot products of query and document embeddings."""
         return _pairwise(self, model, batch_size, lambda q, d: float(q @ d))
@@ -182,6 +197,14 @@ class LateInteraction:
     ) -> TokenVectors:  # fmt: skip
         """One ``(T_i, D)`` array per text."""
         return TokenVectors(model.encode(list(texts), side, batch_size, show_progress, max_length))
+
+    def embed(
+        self, model: Any, texts: Sequence[str], side: Side, batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Unit means of each text's token vectors (pooled on the host), on the model's device."""
+        pooled = self.encode(model, texts, side, batch_size, False, max_length).one_per_text()
+        return torch.from_numpy(pooled).to(model.device)
 
     def scorer(self, model: Any, batch_size: int = 32) -> PairScorer:
         """MaxSim of query and document token vectors."""
@@ -241,6 +264,13 @@ class CrossEncoder:
         self, model: Any, texts: Sequence[str], side: Side, batch_size: int = 32,
         show_progress: bool = False, max_length: int | None = None,
     ) -> Encoded:  # fmt: skip
+        """A cross-encoder has no representations of a text alone."""
+        raise ValueError("a cross-encoder scores (query, document) pairs; it encodes no text alone")
+
+    def embed(
+        self, model: Any, texts: Sequence[str], side: Side, batch_size: int = 32,
+        max_length: int | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """A cross-encoder has no representations of a text alone."""
         raise ValueError("a cross-encoder scores (query, document) pairs; it encodes no text alone")
 

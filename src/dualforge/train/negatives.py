@@ -229,7 +229,6 @@ class NegativeMiner:
             "negatives_crc32": zlib.crc32(np.ascontiguousarray(ids, np.int64).tobytes()),
         }
         if ceiling is not None:
-            last["filtered_mean"] = float(mined.filtered.mean())
             last["filter_fallbacks"] = int(mined.fallback.sum())
         if self.checks is not None:
             last["planted_rate"] = _hits(qids, ids, self.checks) / max(ids.size, 1)
@@ -244,7 +243,8 @@ class NegativeMiner:
         qrels exclusion and the filter remove."""
         store = self.targets.source()
         k = min(self.draws.probe, store.num_points)
-        scores, rows = store.topk(q, k, excluded=torch.zeros(0, dtype=torch.int64))  # (Q, k)
+        none = torch.zeros(0, dtype=torch.int64)
+        scores, rows = store.topk(q, k, excluded=none, ceiling=None)  # (Q, k)
         known = [set(self.known.get(qid, set())) | {r} if qid is not None else {r}
                  for qid, r in zip(qids, own)]  # fmt: skip
         is_known = np.array([[int(r) in kn for r in row] for kn, row in zip(known, rows.tolist())])

@@ -37,7 +37,6 @@ from dualforge.train.checkpoint import Stateful
 from dualforge.train.components import build_gradcache, build_model, tower_encoders
 from dualforge.train.distill import TeacherSummary, summarize_teacher
 from dualforge.train.distributed import ProcessInfo, setup
-from dualforge.train.evaluation import encode_texts
 from dualforge.train.kinds import KINDS, Kind, kind_of
 from dualforge.train.losses import LossRegistry, build_loss, default_losses
 from dualforge.train.negatives import (
@@ -190,8 +189,9 @@ def mining_encoder(model: Model, cfg: Config, device: torch.device | None = None
     """``encode(texts, side)`` for the miner, in this process: no grad, at the mining batch size
     and lengths (late-interaction models: their pooled token vectors,
     :meth:`~dualforge.modeling.kinds.TokenVectors.one_per_text`), as a float32 tensor on
-    ``device`` (the training device). Under several processes the mining protocol deals the
-    texts out and gathers the tensors (``train/shared_mining.py``)."""
+    ``device`` (the training device; single-vector models never leave it). Under several
+    processes the mining protocol deals the texts out and gathers the tensors
+    (``train/shared_mining.py``)."""
     lengths = {
         "query": cfg.model.query_max_length,
         "document": cfg.mining.doc_max_length or cfg.model.doc_max_length,
@@ -199,10 +199,8 @@ def mining_encoder(model: Model, cfg: Config, device: torch.device | None = None
     kind = kind_of(cfg.model).model
 
     def encode(texts: list[str], side: Side) -> torch.Tensor:
-        out = encode_texts(
-            kind, model, texts, side, cfg.mining.encode_batch_size, max_length=lengths[side]
-        )
-        return torch.from_numpy(out.one_per_text()).to(device or "cpu")
+        out = kind.embed(model, texts, side, cfg.mining.encode_batch_size, lengths[side])
+        return out.to(device or out.device)
 
     return encode
 
