@@ -233,7 +233,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"\n{rates['targets']} targets, {rates['queries']} queries ({rates['planted_queries']} with a planted copy)"
         )
         print(
-            f"{'store':6} {'filter':9} {'planted rate':>12} {'filtered/q':>10} {'draw s':>9} {'ratio':>6}"
+            f"{'store':6} {'filter':9} {'planted rate':>12} {'own copy':>9} {'draw s':>9} {'ratio':>6}"
         )
         for store, res in rates["stores"].items():
             for rule, r in res.items():
