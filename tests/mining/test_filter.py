@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -211,3 +213,59 @@ def test_mine_negatives_accepts_every_source() -> None:
     for src in (x, TreeIndex.build(x, leaf_size=8), FlatStore(torch.from_numpy(x), StoreParams())):
         got = mine_negatives(src, q, 4, mode="topk", skip_first=1, exclude=rows)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def planted_scifact(shared_data: Path) -> dict[str, Any]:
+    """A SciFact cut (60 train queries, their positives and 240 other documents) with a copy of
+    10% of the positives' texts under new ids, encoded by all-MiniLM-L6-v2."""
+    from dualforge.data import load_beir
+    from dualforge.modeling import load_model
+
+    ds = load_beir(shared_data / "scifact", "train")
+    pairs = [(q, d) for q, judged in ds.qrels.items() for d, s in judged.items() if s > 0]
+    pairs = list({q: (q, d) for q, d in pairs if q in ds.queries}.values())[:60]
+    positives = list(dict.fromkeys(d for _, d in pairs))
+    others = [d for d in ds.corpus if d not in set(positives)][:240]
+    texts = [ds.corpus[d].full_text for d in positives + others]
+    copied = positives[:: len(positives) // max(1, round(0.1 * len(positives)))][:6]
+    texts += [ds.corpus[d].full_text for d in copied]
+    model = load_model("minilm")
+    docs = model.embed(texts, "document", 32, max_length=128)
+    queries = model.embed([ds.queries[q] for q, _ in pairs], "query", 32)
+    row = {d: i for i, d in enumerate(positives + others)}
+    copy_row = {d: len(positives) + len(others) + i for i, d in enumerate(copied)}
+    return {"docs": docs, "queries": queries, "pos": [row[d] for _, d in pairs],
+            "copy": [copy_row.get(d, -1) for _, d in pairs]}  # fmt: skip
+
+
+@pytest.mark.parametrize("store_name", ["tree", "flat"])
+def test_planted_copies_in_a_scifact_cut(planted_scifact: dict[str, Any], store_name: str) -> None:
+    """Real text copies of positives: the filtered draws follow the brute-force filtered softmax
+    and draw the planted copies at least 20x less often than unfiltered."""
+    docs, q = planted_scifact["docs"], planted_scifact["queries"]
+    pos, copy = np.array(planted_scifact["pos"]), np.array(planted_scifact["copy"])
+    rows = np.nonzero(copy >= 0)[0]  # the queries whose positive has a planted copy
+    assert len(rows) >= 5
+    x, qq = docs.numpy(), q.numpy()[rows]
+    exclude = exclusion_matrix([[int(pos[r])] for r in rows])
+    ceiling = _ceiling(x, qq, pos[rows], "absolute", 0.05)
+    store = make_store(store_name, docs, StoreParams(leaf_size=16))
+    n = 10_000
+
+    def draws(cap: torch.Tensor | None) -> np.ndarray:
+        gen = torch.Generator().manual_seed(0)
+        return mine(store, qq, n, mode="softmax", exclude=exclude, ceiling=cap, temperature=0.05,
+                    generator=gen).ids  # fmt: skip
+
+    off, on = draws(None), draws(ceiling)
+    planted = copy[rows][:, None]
+    rate_off, rate_on = float((off == planted).mean()), float((on == planted).mean())
+    assert rate_off > 0.01 and rate_on * 20 <= rate_off
+    scores = qq.astype(np.float64) @ x.astype(np.float64).T
+    for i in range(len(rows)):
+        removed = [int(j) for j in np.nonzero(scores[i] > ceiling[i].item())[0]]
+        target = softmax(qq[i : i + 1], x, 0.05, [[int(pos[rows[i]]), *removed]])[0]
+        counts = np.bincount(on[i], minlength=len(x))
+        assert chi_square_p(counts, target) > 1e-4
+        assert 0.5 * np.abs(counts / n - target).sum() < 0.06

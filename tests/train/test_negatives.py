@@ -65,7 +65,9 @@ def test_config_defaults_validation_and_yaml() -> None:
             load_config(None, [override])
     with pytest.raises(ConfigError, match=r"set data\.num_negatives=0"):
         load_config(None, ["mining.strategy=static", "data.num_negatives=2"])
-    with pytest.raises(ConfigError, match=r"needs a corpus to mine from: data\.format='beir', or data\.corpus"):
+    with pytest.raises(
+        ConfigError, match=r"needs a corpus to mine from: data\.format='beir', or data\.corpus"
+    ):
         load_config(None, ["mining.strategy=dynamic", "data.format=jsonl"])
 
 
