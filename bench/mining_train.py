@@ -61,7 +61,8 @@ import torch
 from _common import CONFIGS, OUT, parse_args, quick_scifact
 from dualforge.config import load_config
 from dualforge.mining import choose_landmarks, correct_drift, drift_error
-from dualforge.mining.policies import DriftParams, DynamicPolicy, TargetVectors, TreeParams
+from dualforge.mining.policies import DriftParams, DynamicPolicy, TargetVectors, refresh
+from dualforge.mining.stores import StoreParams, StoreSpec
 from dualforge.train.checkpoint import TrainerState
 from dualforge.train.evaluation import evaluate_split
 from dualforge.train.loop import StepInfo, build_parts, resume_or_start, train_steps
@@ -251,14 +252,13 @@ class Chain:
 
     def __init__(self, v0: np.ndarray, fraction: float, recent: int, every: int) -> None:
         drift = DriftParams(landmarks=fraction, holdout=0, recent=recent, **FIT)
-        self.policy = DynamicPolicy(every, TreeParams(16, 64, 0), drift)
-        self.targets = TargetVectors.empty(len(v0))
-        self.policy.refresh(0, self.targets, lambda rows: v0 if rows is None else v0[rows])
+        self.policy = DynamicPolicy(every, drift, seed=0)
+        self.targets = TargetVectors.empty(len(v0), StoreSpec("tree", StoreParams(16, 64, 0)))
+        refresh(self.policy, 0, self.targets, lambda rows: torch.from_numpy(v0[rows]))
 
     def update(self, step: int, encode: Any) -> None:
-        """One Nyström update at ``step``."""
-        self.policy.refresh(step, self.targets, encode)
-        self.targets.last_refresh = step
+        """One Nyström update at ``step`` (``encode(rows)``: their fresh vectors)."""
+        refresh(self.policy, step, self.targets, lambda rows: torch.as_tensor(encode(rows)))
 
     def vectors(self) -> np.ndarray:
         """The chain's current estimate of every target."""
