@@ -97,6 +97,8 @@ def spawn(argv: list[str], file_limit: int | None = None) -> subprocess.Popen[st
 
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        # Ctrl-C reaches the child even when pytest runs in a background job (which ignores it)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if file_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
