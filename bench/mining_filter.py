@@ -208,7 +208,7 @@ def part_train(folder: Path, out: Path, rules: list[str], max_steps: int | None)
                 f"run.output_dir={out / 'runs'}", f"run.name={name}", "run.progress=false",
                 "eval.before=false", "--overwrite"]  # fmt: skip
         if max_steps:
-            args.append(f"optim.max_steps={max_steps}")
+            args.insert(-1, f"optim.max_steps={max_steps}")  # overrides go before --overwrite
         tick = time.perf_counter()
         subprocess.run(args, check=True, cwd=ROOT)
         log = [
