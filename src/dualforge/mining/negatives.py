@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from dualforge.mining._arrays import Array, as_matrix
-from dualforge.mining.stores import StoreParams, TreeStore, VectorStore, excluded_keys
+from dualforge.mining.sampler import exclusion_keys
+from dualforge.mining.stores import StoreParams, TreeStore, VectorStore
 from dualforge.mining.tree import TreeIndex
 
 MiningMode = Literal["softmax", "topk"]
@@ -200,7 +201,7 @@ def mine(
     need = 1 if mode == "softmax" else skip_first + k
     _check_room(exclude, store.num_points, need)
     q = torch.as_tensor(queries).detach().to(store.device, torch.float32)
-    keys = excluded_keys(exclude, q.shape[0], store.num_points)
+    keys = exclusion_keys(exclude, q.shape[0], store.num_points)
     gen = generator or torch.Generator(store.device).manual_seed(0)
 
     def draw(cap: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from dualforge.mining._compiled import resolve_backend
-from dualforge.mining.sampler import exclusion_keys
 from dualforge.mining.tree import TreeIndex
 
 Tensor = torch.Tensor
@@ -380,8 +379,3 @@ def load_store(name: str, state: dict[str, Any], params: StoreParams) -> VectorS
     if name == "flat" and "vectors" in state:
         return FlatStore(state["vectors"], params)
     raise ValueError(f"not a {name!r} store state (keys {sorted(state)})")
-
-
-def excluded_keys(exclude: np.ndarray | list[list[int]], n_queries: int, n_points: int) -> Tensor:
-    """Sorted keys ``q * N + id`` of ``(Q, m)`` ids padded with -1 (or one list per query)."""
-    return exclusion_keys(exclude, n_queries, n_points)
